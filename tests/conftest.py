@@ -1,0 +1,65 @@
+"""Shared fixtures: the tiny model/tokenizer and a small prepared dataset written in code."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TITLES = [
+    "The Hobbit", "Dune", "Emma", "Dracula", "Ulysses", "Beloved", "Persuasion", "Middlemarch",
+    "The Road", "Rebecca", "Ivanhoe", "Walden", "Hamlet", "Macbeth", "Othello", "King Lear",
+    "The Trial", "The Castle", "Nostromo", "Kim", "Lolita", "Ubik", "Solaris", "Neuromancer",
+    "Foundation", "Hyperion", "Dune Messiah", "Children of Dune", "The Two Towers", "Emma",
+]
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a real dataset in ../shared/data; skips the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+def make_tiny_dataset(path: Path, n_train: int = 24, n_valid: int = 8, n_test: int = 8, seed: int = 0):
+    """A prepared dataset with 30 titles (one duplicate title on purpose) and random windows."""
+    from softrec.data.dataset import Domain, Item, Sample, write_prepared
+
+    rng = random.Random(seed)
+    catalogue = [Item(i, t) for i, t in enumerate(TITLES)]
+
+    def samples(prefix: str, n: int) -> list[Sample]:
+        out = []
+        for index in range(n):
+            length = rng.randint(1, 5)
+            items = rng.sample(range(len(TITLES)), length + 1)
+            out.append(Sample(f"{prefix}-{index}", f"u{index % 7}", tuple(items[:-1]), items[-1], float(index)))
+        return out
+
+    splits = {"train": samples("train", n_train), "valid": samples("valid", n_valid), "test": samples("test", n_test)}
+    splits["train_full"] = splits["train"]
+    stats = {"users": 7, "items": len(TITLES), "interactions": 100, "train": n_train, "valid": n_valid, "test": n_test}
+    return write_prepared(
+        path, name="tiny-books", domain=Domain("book", "books", "read"),
+        catalogue=catalogue, splits=splits, stats=stats,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from softrec.models.registry import load_backbone
+
+    return load_backbone("tiny")
+
+
+@pytest.fixture()
+def tiny_dataset(tmp_path):
+    return make_tiny_dataset(tmp_path / "prepared")

@@ -1,0 +1,80 @@
+"""Config layering, run directories (atomic writes, lock, manifest) and the dataset contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from softrec.config import load_config
+from softrec.errors import UserError
+from softrec.runs import RunDir, atomic_dir, atomic_write_text
+
+
+def test_config_layers_file_then_set_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 0.001\n  epochs: 3\n")
+    config = load_config(path, ["train.epochs=5", "train.lora.target_modules=[q_proj]"], {"train.seed": 7})
+    assert config.train.learning_rate == 0.001
+    assert config.train.epochs == 5
+    assert config.train.lora.target_modules == ["q_proj"]
+    assert config.train.seed == 7
+    assert config.data.train_size == 4096  # reference default untouched
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["train.epochs=0"], "train.epochs"),
+        (["train.nonsense=1"], "train.nonsense"),
+        (["data.ratios=[0.5,0.5,0.5]"], "ratios"),
+        (["epochs"], "KEY=VALUE"),
+    ],
+)
+def test_config_errors_name_the_field(overrides, fragment):
+    with pytest.raises(UserError, match=fragment.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.txt").write_text("x")
+        raise RuntimeError("boom")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_manifest_detects_corruption_and_key_change(tmp_path):
+    with RunDir(tmp_path / "run") as run:
+        atomic_write_text(run.path / "a.txt", "hello")
+        run.record("a.txt", key="k1")
+        assert run.valid("a.txt", "k1")
+        assert not run.valid("a.txt", "k2")
+        (run.path / "a.txt").write_text("hellO")
+        assert not run.valid("a.txt", "k1")
+
+
+def test_second_writer_is_refused(tmp_path):
+    with RunDir(tmp_path / "run"), pytest.raises(UserError, match="another softrec process"):
+        with RunDir(tmp_path / "run"):
+            pass
+
+
+def test_prepared_dataset_roundtrip(tiny_dataset):
+    from softrec.data.dataset import PreparedDataset
+
+    again = PreparedDataset.load(tiny_dataset.path)
+    assert again.titles[1] == "Dune"
+    assert len(again.split("train")) == 24
+    assert again.domain.items == "books"
+    assert again.split("test")[0].target < len(again.catalogue)
+
+
+def test_tiny_backbone_is_deterministic(tiny_backbone):
+    import torch
+
+    from softrec.models.registry import load_backbone
+
+    model, tokenizer = tiny_backbone
+    again, _ = load_backbone("tiny")
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True))
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
