@@ -106,12 +106,39 @@ class EvalConfig(_Section):
     top_n: int = Field(50, ge=1, description="ranked items kept per sample in predictions")
 
 
+class ClassicConfig(_Section):
+    """Classic sequential recommenders (SASRec, GRU4Rec; section 1 of SOFT.md), trained on the whole
+    training pool (train_full). Defaults follow RecBole's SASRec: 64-d, 2 layers, 2 heads, CE loss."""
+
+    hidden: int = Field(64, ge=1, description="item embedding / model width (LLaRA reads these 64-d vectors)")
+    layers: int = Field(2, ge=1, description="Transformer blocks (SASRec) or GRU layers (GRU4Rec)")
+    heads: int = Field(2, ge=1, description="attention heads (SASRec); hidden must divide by it")
+    inner: int = Field(256, ge=1, description="feed-forward width (SASRec)")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    max_len: int = Field(50, ge=1, description="most recent history items the model reads")
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(200, ge=1)
+    patience: int = Field(10, ge=1, description="epochs without validation gain before stopping")
+    loss: Literal["ce", "bpr"] = Field("ce", description="ce = softmax over the full catalogue; bpr = one sampled negative")
+    valid_metric: str = Field("NDCG@10", pattern=r"^(HR|NDCG)@[0-9]+$", description="early-stopping metric")
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ClassicConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
 class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     soft: SoftConfig = Field(default_factory=SoftConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    classic: ClassicConfig = Field(default_factory=ClassicConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
