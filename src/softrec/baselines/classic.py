@@ -1,0 +1,310 @@
+"""Training, saving and scoring for the classic sequential recommenders (SASRec, GRU4Rec).
+
+They train on every window of the training pool (`train_full`), one (history, next item) pair per
+window, with a softmax over the full catalogue (or BPR with one sampled negative), and stop early on
+the `valid` split's full-ranking metric (config.classic.valid_metric), keeping the best epoch.
+
+Run directory (see ../../../helpers contracts): run.json, config.yaml, classic.safetensors (best
+weights), classic.json (hyperparameters), history.json (per epoch), checkpoints/classic_last.pt
+(for --resume). `load_ranker(run_dir)` gives samples -> scores [n, n_items]; `rank_from_scores`
+turns scores into a full ranking with ties broken by item id.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+from tqdm.auto import tqdm
+
+from softrec.config import ClassicConfig, Config
+from softrec.data.dataset import PreparedDataset, Sample
+from softrec.errors import DataFormatError, UserError
+from softrec.evaluation.metrics import aggregate
+from softrec.runs import RunDir, atomic_write_bytes, atomic_write_json, content_key
+
+CLASSIC_METHODS = ("sasrec", "gru4rec")
+WEIGHTS = "classic.safetensors"
+HPARAMS = "classic.json"
+HISTORY = "history.json"
+CHECKPOINT = "checkpoints/classic_last.pt"
+
+
+# ---------------------------------------------------------------- models and inputs
+def build_model(method: str, n_items: int, settings: ClassicConfig) -> nn.Module:
+    from softrec.baselines.gru4rec import GRU4Rec
+    from softrec.baselines.sasrec import SASRec
+
+    classes = {"sasrec": SASRec, "gru4rec": GRU4Rec}
+    if method not in classes:
+        raise UserError(f"train.method: '{method}' is not a classic recommender (expected sasrec or gru4rec)")
+    return classes[method](
+        n_items, hidden=settings.hidden, layers=settings.layers, heads=settings.heads,
+        inner=settings.inner, dropout=settings.dropout, max_len=settings.max_len,
+    )
+
+
+def encode_histories(samples: Sequence[Sample], max_len: int) -> torch.Tensor:
+    """Left-padded internal ids [n, L]: the last `max_len` history items, item i -> i + 1, 0 = pad."""
+    width = max(1, min(max_len, max((len(s.history) for s in samples), default=1)))
+    out = torch.zeros(len(samples), width, dtype=torch.long)
+    for row, sample in enumerate(samples):
+        kept = sample.history[-width:]
+        if kept:
+            out[row, width - len(kept):] = torch.tensor(kept, dtype=torch.long) + 1
+    return out
+
+
+def _trim(seqs: torch.Tensor) -> torch.Tensor:
+    """Drop leading columns that are padding in every row (shorter batches run faster)."""
+    nonpad = (seqs > 0).any(0).nonzero()
+    return seqs[:, int(nonpad[0]):] if len(nonpad) else seqs[:, -1:]
+
+
+def score(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
+    """Scores over the real items [B, n_items] (the padding row of the table is never a candidate)."""
+    return model(_trim(seqs)) @ model.item_emb.weight[1:].T
+
+
+def _check_ids(samples: Sequence[Sample], n_items: int, where: str, *, targets: bool = True) -> None:
+    for sample in samples:
+        items = (*sample.history, sample.target) if targets else sample.history
+        bad = [i for i in items if not 0 <= i < n_items]
+        if bad:
+            raise DataFormatError(
+                where, f"sample {sample.sample_id}: item id {bad[0]} outside the catalogue 0..{n_items - 1}"
+            )
+
+
+# ---------------------------------------------------------------- ranking
+def rank_from_scores(
+    scores: torch.Tensor,
+    targets: Sequence[int] | None = None,
+    top_n: int = 50,
+    *,
+    exclude: Sequence[Sequence[int]] | None = None,
+) -> tuple[list[list[int]], list[int] | None]:
+    """Full ranking from scores [n, n_items]: higher score first, ties broken by the lower item id.
+
+    Returns the top `top_n` item ids per row and, when `targets` is given, each target's 0-based rank
+    in the full ranking (every item is ranked, so a rank always exists). `exclude` (per row, item
+    ids, e.g. the history) pushes those items below every other item.
+    """
+    scores = scores.detach().float().clone()
+    if exclude is not None:
+        for row, items in enumerate(exclude):
+            if items:
+                scores[row, list(items)] = float("-inf")
+    # A stable descending sort keeps equal scores in ascending id order.
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    ranked = order[:, :top_n].tolist()
+    if targets is None:
+        return ranked, None
+    target_t = torch.as_tensor(list(targets), dtype=torch.long).unsqueeze(1)
+    target_scores = scores.gather(1, target_t)
+    ids = torch.arange(scores.shape[1]).unsqueeze(0)
+    ahead = (scores > target_scores) | ((scores == target_scores) & (ids < target_t))
+    return ranked, ahead.sum(1).tolist()
+
+
+@torch.no_grad()
+def score_samples(model: nn.Module, samples: Sequence[Sample], max_len: int, batch_size: int = 512) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    if not samples:
+        return torch.zeros(0, model.item_emb.num_embeddings - 1)
+    seqs = encode_histories(samples, max_len)
+    out = torch.cat([score(model, seqs[i:i + batch_size]) for i in range(0, len(samples), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def evaluate_ranks(model: nn.Module, samples: Sequence[Sample], max_len: int, ks: Sequence[int]) -> dict[str, float]:
+    scores = score_samples(model, samples, max_len)
+    _, ranks = rank_from_scores(scores, [s.target for s in samples], top_n=1)
+    return aggregate(ranks, ks)
+
+
+# ---------------------------------------------------------------- training
+def _loss(model: nn.Module, seqs: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    logits = score(model, seqs)
+    if kind == "ce":
+        return F.cross_entropy(logits, targets)
+    negatives = torch.randint(0, logits.shape[1], targets.shape)
+    negatives = torch.where(negatives == targets, (negatives + 1) % logits.shape[1], negatives)
+    positive = logits.gather(1, targets.unsqueeze(1))
+    negative = logits.gather(1, negatives.unsqueeze(1))
+    return -F.logsigmoid(positive - negative).mean()
+
+
+def _train_epoch(model, optimizer, seqs, targets, settings: ClassicConfig, epoch: int) -> float:
+    model.train()
+    # Shuffling depends on (seed, epoch) only, so a resumed run sees the same batches.
+    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(settings.seed + epoch))
+    total, batches = 0.0, 0
+    for start in range(0, len(order), settings.batch_size):
+        index = order[start:start + settings.batch_size]
+        loss = _loss(model, seqs[index], targets[index], settings.loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        batches += 1
+    return total / max(batches, 1)
+
+
+def _validate(model, valid: Sequence[Sample], settings: ClassicConfig, ks: Sequence[int]) -> dict[str, float]:
+    return evaluate_ranks(model, valid, settings.max_len, ks)
+
+
+def _state_bytes(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _weights_bytes(model: nn.Module) -> bytes:
+    return save_safetensors({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+
+
+def train_classic(
+    config: Config, dataset: PreparedDataset, out: Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train config.train.method (sasrec | gru4rec) on dataset's train_full; best epoch kept in `out`.
+
+    A finished run with the same settings and data is reused, not retrained; `resume=True` continues
+    an interrupted run from its last epoch checkpoint.
+    """
+    method = config.train.method
+    settings = config.classic
+    if method not in CLASSIC_METHODS:
+        raise UserError(f"train.method: '{method}' is not a classic recommender (expected sasrec or gru4rec)")
+    n_items = len(dataset.catalogue)
+    train = dataset.split("train_full")
+    valid = dataset.split("valid")
+    if not train or not valid:
+        raise UserError(f"{dataset.path}: train_full and valid must not be empty to train {method}")
+    _check_ids(train, n_items, str(dataset.path / "train_full.jsonl"))
+    _check_ids(valid, n_items, str(dataset.path / "valid.jsonl"))
+    ks = sorted({*config.eval.ks, int(settings.valid_metric.split("@")[1])})
+    key = content_key(method, settings.model_dump(mode="json"), ks, dataset.checksum)
+
+    with RunDir(out) as run:
+        if run.valid(WEIGHTS, key) and run.valid(HISTORY, key):
+            return _summary(run, method, reused=True)
+        run.update_info(method=method, dataset=str(dataset.path), dataset_key=dataset.checksum, base_model=None)
+        run.save_config(config, inputs={"dataset": dataset.checksum})
+        hparams = {"method": method, "n_items": n_items, "dataset_key": dataset.checksum,
+                   "settings": settings.model_dump(mode="json")}
+        atomic_write_json(run.path / HPARAMS, hparams)
+
+        torch.manual_seed(settings.seed)
+        model = build_model(method, n_items, settings)
+        optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        state = {"epoch": 0, "best_score": float("-inf"), "best_epoch": None, "bad_epochs": 0, "history": []}
+        checkpoint = run.path / CHECKPOINT
+        if resume and checkpoint.exists():
+            state = _restore(checkpoint, key, model, optimizer)
+        seqs = encode_histories(train, settings.max_len)
+        targets = torch.tensor([s.target for s in train], dtype=torch.long)
+
+        # An interrupted run that had already stopped early has nothing left to train.
+        last = state["epoch"] if state["bad_epochs"] >= settings.patience else settings.epochs
+        bar = tqdm(range(state["epoch"], last), desc=method, unit="epoch",
+                   initial=state["epoch"], total=settings.epochs, disable=not progress)
+        for epoch in bar:
+            started = time.perf_counter()
+            loss = _train_epoch(model, optimizer, seqs, targets, settings, epoch)
+            metrics = _validate(model, valid, settings, ks)
+            value = metrics[settings.valid_metric]
+            state["history"].append({"epoch": epoch + 1, "train_loss": loss, "valid": metrics,
+                                     "seconds": round(time.perf_counter() - started, 3)})
+            state["epoch"] = epoch + 1
+            if value > state["best_score"]:
+                state.update(best_score=value, best_epoch=epoch + 1, bad_epochs=0)
+                atomic_write_bytes(run.path / WEIGHTS, _weights_bytes(model))
+            else:
+                state["bad_epochs"] += 1
+            atomic_write_json(run.path / HISTORY, state["history"])
+            atomic_write_bytes(checkpoint, _state_bytes({**state, "key": key, "model": model.state_dict(),
+                                                         "optimizer": optimizer.state_dict(),
+                                                         "rng": torch.get_rng_state()}))
+            bar.set_postfix(loss=f"{loss:.4f}", **{settings.valid_metric: f"{value:.4f}"},
+                            best=f"{state['best_score']:.4f}@{state['best_epoch']}")
+            if state["bad_epochs"] >= settings.patience:
+                break
+        bar.close()
+
+        run.update_info(best_epoch=state["best_epoch"], epochs_run=state["epoch"],
+                        best_valid=_best_record(state["history"], state["best_epoch"])["valid"])
+        run.record(WEIGHTS, key, best_epoch=state["best_epoch"])
+        run.record(HPARAMS, key)
+        run.record(HISTORY, key)
+        return _summary(run, method, reused=False)
+
+
+def _restore(checkpoint: Path, key: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if saved.get("key") != key:
+        raise UserError(
+            f"{checkpoint}: made with other settings or data; rerun without --resume (or another --out)"
+        )
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    return {k: saved[k] for k in ("epoch", "best_score", "best_epoch", "bad_epochs", "history")}
+
+
+def _best_record(history: list[dict], best_epoch: int | None) -> dict[str, Any]:
+    return next((h for h in history if h["epoch"] == best_epoch), {"valid": {}})
+
+
+def _summary(run: RunDir, method: str, *, reused: bool) -> dict[str, Any]:
+    history = json.loads((run.path / HISTORY).read_text(encoding="utf-8"))
+    info = run.info()
+    return {
+        "method": method, "run_dir": str(run.path), "reused": reused,
+        "best_epoch": info.get("best_epoch"), "epochs_run": len(history),
+        "valid": _best_record(history, info.get("best_epoch"))["valid"],
+    }
+
+
+# ---------------------------------------------------------------- loading
+def load_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The best-epoch model of a classic run (eval mode) and its hyperparameters."""
+    run_dir = Path(run_dir)
+    weights, hparams_path = run_dir / WEIGHTS, run_dir / HPARAMS
+    if not weights.exists() or not hparams_path.exists():
+        raise UserError(f"{run_dir}: not a trained SASRec/GRU4Rec run (no {WEIGHTS} or {HPARAMS})")
+    hparams = json.loads(hparams_path.read_text(encoding="utf-8"))
+    settings = ClassicConfig.model_validate(hparams["settings"])
+    model = build_model(hparams["method"], hparams["n_items"], settings)
+    model.load_state_dict(load_safetensors(weights.read_bytes()))
+    return model.eval(), hparams
+
+
+def load_ranker(run_dir: str | Path) -> Callable[[Sequence[Sample]], torch.Tensor]:
+    """samples -> scores [n, n_items] of the run's best model (deterministic: eval mode)."""
+    model, hparams = load_model(run_dir)
+    n_items, max_len = hparams["n_items"], hparams["settings"]["max_len"]
+
+    def ranker(samples: Sequence[Sample]) -> torch.Tensor:
+        _check_ids(samples, n_items, f"{run_dir} (samples given to its ranker)", targets=False)
+        return score_samples(model, samples, max_len)
+
+    return ranker
+
+
+def item_embeddings(run_dir: str | Path) -> torch.Tensor:
+    """The trained item embedding table [n_items, hidden] (row i = item i), e.g. for LLaRA."""
+    model, _ = load_model(run_dir)
+    return model.item_emb.weight[1:].detach().clone()
