@@ -1,0 +1,336 @@
+"""`softrec evaluate`, `softrec compare` and `softrec recommend`.
+
+`evaluate` works under `torchrun` (gloo on CPU): every rank evaluates its shard, rank 0 writes the
+files and prints. Results go to RUN_DIR/eval/<split>-<grounding>/ and the latest evaluation is
+copied to RUN_DIR/metrics.json and RUN_DIR/predictions.jsonl. A rerun with the same settings, data
+and weights reuses the recorded result (manifest key) unless --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from softrec.cli.common import add_config_options, config_from_args
+from softrec.config import Config
+from softrec.errors import UserError
+
+CLASSIC = ("sasrec", "gru4rec")
+
+
+# ---------------------------------------------------------------- distributed
+@contextlib.contextmanager
+def _process_group() -> Iterator[tuple[int, int]]:
+    """(rank, world); joins the gloo process group torchrun describes when WORLD_SIZE > 1."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        yield (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        return
+    dist.init_process_group("gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def _say(rank: int, text: str) -> None:
+    if rank == 0:
+        print(text, flush=True)
+
+
+# ---------------------------------------------------------------- shared loading
+def _run_info(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "run.json"
+    if not path.exists():
+        raise UserError(f"{run_dir}: not a softrec run directory (no run.json)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _run_config(args: argparse.Namespace, run_dir: Path | None, flags: dict[str, Any]) -> Config:
+    """defaults < the run's saved config.yaml (or --config) < --set < dedicated flags."""
+    if getattr(args, "config", None) is None and run_dir is not None and (run_dir / "config.yaml").exists():
+        args.config = str(run_dir / "config.yaml")
+    return config_from_args(args, flags)
+
+
+def _dataset(path: str | None, info: dict[str, Any]) -> Any:
+    from softrec.data.dataset import PreparedDataset
+
+    path = path or info.get("dataset")
+    if not path:
+        raise UserError("--data: no prepared dataset given and run.json names none")
+    return PreparedDataset.load(path)
+
+
+def _load_llm(run_dir: Path, info: dict[str, Any]) -> tuple[Any, Any, Any | None]:
+    """(model, tokenizer, grounding_model); full fine-tuning needs the untuned base for grounding."""
+    from softrec.models.registry import load_backbone, load_run_model
+
+    if info.get("method") == "icl":
+        model, tokenizer = load_backbone(info["base_model"])
+        return model, tokenizer, None
+    model, tokenizer = load_run_model(run_dir)
+    base = load_backbone(info["base_model"])[0] if (run_dir / "model").is_dir() else None
+    return model, tokenizer, base
+
+
+def _prompt_fn(info: dict[str, Any], dataset: Any, template: str, tokenizer: Any) -> Callable | None:
+    if info.get("method") != "icl":
+        return None
+    from softrec.baselines.icl import icl_prompt_fn
+
+    return icl_prompt_fn(dataset, int(info.get("shots", 0)), seed=int(info.get("seed", 42)),
+                         template=template, tokenizer=tokenizer)
+
+
+def _weights_fingerprint(run_dir: Path, info: dict[str, Any]) -> str:
+    from softrec.runs import path_sha256
+
+    for name in ("adapter", "model"):
+        if (run_dir / name).is_dir():
+            return path_sha256(run_dir / name)
+    return str(info.get("base_model"))
+
+
+def _rank(run_dir: Path, info: dict[str, Any], dataset: Any, samples: Sequence[Any], config: Config,
+          progress: bool) -> Any:
+    """EvalResult for `samples`, dispatching on run.json's method."""
+    from softrec.evaluation.evaluate import evaluate_model, evaluate_scores
+
+    if info.get("method") in CLASSIC:
+        from softrec.baselines import load_ranker
+
+        return evaluate_scores(load_ranker(run_dir)(samples), samples, config.eval)
+    model, tokenizer, grounding_model = _load_llm(run_dir, info)
+    template = info.get("template") or config.model.template
+    return evaluate_model(
+        model, tokenizer, dataset, samples, config.eval, template=template,
+        base_model_name=info.get("base_model"), progress=progress,
+        prompt_fn=_prompt_fn(info, dataset, template, tokenizer), grounding_model=grounding_model,
+    )
+
+
+# ---------------------------------------------------------------- evaluate
+def _start_icl_run(args: argparse.Namespace, rank: int) -> Path:
+    from softrec.data.dataset import PreparedDataset
+    from softrec.runs import RunDir
+
+    if not args.out or not args.data:
+        raise UserError("--method icl needs --data PREPARED_DIR and --out RUN_DIR")
+    dataset = PreparedDataset.load(args.data)
+    run_dir = Path(args.out)
+    if rank == 0:
+        config = config_from_args(args, {"model.name": args.model})
+        with RunDir(run_dir) as run:
+            run.update_info(base_model=args.model, method="icl", shots=args.shots, seed=args.seed,
+                            dataset=str(Path(args.data).resolve()), dataset_key=dataset.checksum,
+                            template=config.model.template)
+            run.save_config(config, inputs={"dataset": dataset.checksum})
+    _barrier()
+    return run_dir
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _eval_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "eval.grounding": args.grounding,
+        "eval.num_beams": args.num_beams,
+        "eval.max_new_tokens": args.max_new_tokens,
+        "eval.length_penalty": args.length_penalty,
+        "eval.batch_size": args.batch_size,
+        "eval.exclude_history": True if args.exclude_history else None,
+    }
+
+
+def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: dict[str, Any]) -> Path:
+    from softrec.runs import RunDir, atomic_write_json, write_jsonl
+
+    with RunDir(run_dir) as run:
+        folder = Path("eval") / name
+        payload = {**result.metrics, "eval": settings}
+        atomic_write_json(run.path / folder / "metrics.json", payload)
+        write_jsonl(run.path / folder / "predictions.jsonl", result.predictions)
+        for file in ("metrics.json", "predictions.jsonl"):
+            run.record(str(folder / file), key)
+        _publish_latest(run, folder, key)
+    return run_dir / folder
+
+
+def _publish_latest(run: Any, folder: Path, key: str) -> None:
+    from softrec.runs import atomic_write_bytes
+
+    for file in ("metrics.json", "predictions.jsonl"):
+        atomic_write_bytes(run.path / file, (run.path / folder / file).read_bytes())
+        run.record(file, key, source=str(folder / file))
+
+
+def _format_metrics(metrics: dict[str, Any]) -> str:
+    shown = [k for k in ("HR@1", "HR@10", "HR@50", "NDCG@10", "NDCG@50", "validity") if k in metrics]
+    return "  ".join(f"{k}={metrics[k]:.4f}" for k in shown) + f"  n={metrics.get('n')}"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from softrec.runs import RunDir, content_key
+
+    with _process_group() as (rank, _world):
+        if args.method == "icl":
+            run_dir = _start_icl_run(args, rank)
+        elif args.run:
+            run_dir = Path(args.run)
+        else:
+            raise UserError("--run RUN_DIR is required (or --method icl with --model/--data/--out)")
+        info = _run_info(run_dir)
+        config = _run_config(args, run_dir, _eval_flags(args))
+        dataset = _dataset(args.data, info)
+        samples = dataset.split(args.split)[: args.limit] if args.limit else dataset.split(args.split)
+        name = f"{args.split}-{config.eval.grounding}"
+        settings = {**config.eval.model_dump(mode="json"), "split": args.split, "limit": args.limit,
+                    "dataset": str(dataset.path), "dataset_key": dataset.checksum,
+                    "method": info.get("method"), "base_model": info.get("base_model")}
+        key = content_key(settings, _weights_fingerprint(run_dir, info), info.get("shots"))
+        folder = Path("eval") / name
+        reuse = not args.force and all(
+            RunDir(run_dir).valid(str(folder / f), key) for f in ("metrics.json", "predictions.jsonl")
+        )
+        if reuse:
+            if rank == 0:
+                with RunDir(run_dir) as run:
+                    _publish_latest(run, folder, key)
+                metrics = json.loads((run_dir / folder / "metrics.json").read_text())
+                print(f"up to date (use --force to recompute): {run_dir / folder}")
+                print(_format_metrics(metrics))
+            return 0
+        result = _rank(run_dir, info, dataset, samples, config, progress=not args.quiet)
+        if rank == 0:
+            where = _write_results(run_dir, name, key, result, settings)
+            print(_format_metrics(result.metrics))
+            print(f"wrote {where / 'metrics.json'} and {where / 'predictions.jsonl'}")
+            print(f"latest copied to {run_dir / 'metrics.json'} and {run_dir / 'predictions.jsonl'}")
+        _barrier()
+    return 0
+
+
+# ---------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    from softrec.evaluation.compare import compare_predictions, format_table, load_predictions
+
+    diffs = compare_predictions(args.a, args.b, resamples=args.resamples, seed=args.seed)
+    if args.json:
+        print(json.dumps([d.to_dict() for d in diffs], indent=2))
+    else:
+        print(format_table(diffs, args.a, args.b, len(load_predictions(args.a))))
+    return 0
+
+
+# ---------------------------------------------------------------- recommend
+def resolve_items(entries: Sequence[str], titles: Sequence[str]) -> list[int]:
+    """Titles (exact, then case-insensitive) or item ids -> ids; unknown -> UserError with close matches."""
+    exact: dict[str, int] = {}
+    folded: dict[str, int] = {}
+    for item_id, title in enumerate(titles):
+        exact.setdefault(title, item_id)
+        folded.setdefault(title.casefold(), item_id)
+    ids = []
+    for entry in entries:
+        if entry in exact:
+            ids.append(exact[entry])
+        elif entry.casefold() in folded:
+            ids.append(folded[entry.casefold()])
+        elif entry.strip().isdigit() and int(entry) < len(titles):
+            ids.append(int(entry))
+        else:
+            close = difflib.get_close_matches(entry, titles, n=3, cutoff=0.5)
+            hint = ("; close matches: " + ", ".join(repr(c) for c in close)) if close else ""
+            raise UserError(f"--history: {entry!r} is neither a catalogue title nor an item id{hint}")
+    return ids
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from softrec.data.dataset import Sample
+
+    run_dir = Path(args.run)
+    info = _run_info(run_dir)
+    flags = {"eval.grounding": args.grounding, "eval.num_beams": args.num_beams,
+             "eval.exclude_history": True if args.exclude_history else None}
+    config = _run_config(args, run_dir, flags)
+    dataset = _dataset(args.data, info)
+    history = resolve_items(args.history, dataset.titles)
+    sample = Sample("recommend", "cli", tuple(history), -1)
+    config.eval.top_n = max(args.k, 1)
+    prediction = _rank(run_dir, info, dataset, [sample], config, progress=False).predictions[0]
+    items = [{"rank": r + 1, "item_id": i, "title": dataset.titles[i]}
+             for r, i in enumerate(prediction["ranked"][: args.k])]
+    if args.json:
+        print(json.dumps({"history": history, "generated": prediction["generated"], "items": items},
+                         indent=2, ensure_ascii=False))
+        return 0
+    if prediction["generated"]:
+        print(f"generated: {prediction['generated']}")
+    print(f"{'rank':>4}  {'item':>6}  title")
+    for row in items:
+        print(f"{row['rank']:>4}  {row['item_id']:>6}  {row['title']}")
+    return 0
+
+
+# ---------------------------------------------------------------- parsers
+def _decoding_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grounding", choices=["l2", "trie", "minilm"],
+                        help="l2 = BIGRec (reference); trie = constrained beams; minilm = sentence embeddings")
+    parser.add_argument("--num-beams", type=int, help="beams (default eval.num_beams, 4)")
+    parser.add_argument("--exclude-history", action="store_true",
+                        help="drop the sample's history items from the ranking (off by default, as in the reference)")
+    parser.add_argument("--data", metavar="PREPARED_DIR", help="prepared dataset (default: the run's)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    ev = subparsers.add_parser("evaluate", help="full-ranking metrics of a run (HR@K, NDCG@K, validity)",
+                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # --run-dir: torchrun's own parser rejects `--run` as an ambiguous prefix of its --run-path
+    ev.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR",
+                    help="trained run directory (under torchrun spell it --run-dir)")
+    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    _decoding_options(ev)
+    ev.add_argument("--max-new-tokens", type=int)
+    ev.add_argument("--length-penalty", type=float)
+    ev.add_argument("--batch-size", type=int, help="prompts per generate call")
+    ev.add_argument("--limit", type=int, metavar="N", help="only the first N samples of the split")
+    ev.add_argument("--force", action="store_true", help="recompute even if a valid result exists")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--method", choices=["icl"], help="icl = guidance-only baseline with the untuned --model")
+    ev.add_argument("--shots", type=int, default=0, help="ICL demonstrations from the train split")
+    ev.add_argument("--seed", type=int, default=42, help="ICL demonstration draw")
+    ev.add_argument("--model", default="gemma-3-270m", help="ICL backbone (registry name or HF dir)")
+    ev.add_argument("--out", metavar="RUN_DIR", help="ICL run directory to create")
+    add_config_options(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    cmp = subparsers.add_parser("compare", help="paired bootstrap of two evaluations' per-sample metrics")
+    cmp.add_argument("a", metavar="RUN_OR_PREDICTIONS_A")
+    cmp.add_argument("b", metavar="RUN_OR_PREDICTIONS_B")
+    cmp.add_argument("--resamples", type=int, default=10_000)
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--json", action="store_true")
+    cmp.set_defaults(func=cmd_compare)
+
+    rec = subparsers.add_parser("recommend", help="rank catalogue items for a history of titles or ids")
+    rec.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR", required=True)
+    rec.add_argument("--history", nargs="+", required=True, metavar="TITLE_OR_ID")
+    rec.add_argument("-k", type=int, default=10, help="items to show")
+    rec.add_argument("--json", action="store_true")
+    _decoding_options(rec)
+    add_config_options(rec)
+    rec.set_defaults(func=cmd_recommend)
