@@ -1,0 +1,126 @@
+"""D3 CSV (e.g. `amazon-industrial/`, from AkaliKong/MiniOneRec): windows with inline titles.
+
+- `train.csv` (optional), `valid.csv`, `test.csv`: columns `user_id`, `history_item_id` (a list of
+  integer ids), `item_id` (the target), plus `history_item_title` / `item_title` and semantic-id
+  columns (ignored). Rows are stride-1 windows without timestamps; the files are a global time split.
+- `items.txt`: `sid<TAB>title<TAB>item_id` per line; `item.json`: `{"<item_id>": {"title", "brand",
+  "categories", ...}}`. Titles come from items.txt, else item.json, else the inline title columns.
+
+Without `train.csv` (the published case), `valid.csv` is the training pool (the protocol carves its
+latest windows off for validation) and `test.csv` is the test split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from softrec.data.readers.base import (
+    SourceData,
+    check_known,
+    domain_for,
+    fail_at,
+    find_file,
+    id_lists,
+    read_table,
+    read_text,
+    require_values,
+)
+from softrec.errors import DataFormatError, UserError
+
+REQUIRED = ["user_id", "history_item_id", "item_id"]
+EXTRA_FIELDS = ("brand", "categories")
+
+
+def read_items_txt(path: Path) -> pd.DataFrame:
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3 or not fields[2].strip().isdigit():
+            raise DataFormatError(
+                f"{path}:{number}", "expected 3 tab-separated fields sid<TAB>title<TAB>integer item_id, "
+                f"found {len(fields)} field(s)"
+            )
+        rows.append((str(int(fields[2])), fields[1]))
+    return pd.DataFrame(rows, columns=["item", "title"])
+
+
+def read_item_json(path: Path) -> pd.DataFrame:
+    try:
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise DataFormatError(str(path), "expected a JSON object {\"<item_id>\": {\"title\": ...}}")
+    rows = []
+    for key, meta in data.items():
+        if not isinstance(meta, dict) or not key.strip().isdigit():
+            raise DataFormatError(f"{path}: key {key!r}", "expected an integer id mapped to an object")
+        row = {"item": str(int(key)), "title": str(meta.get("title") or "")}
+        row.update({f: str(meta.get(f) or "") for f in EXTRA_FIELDS})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["item", "title", *EXTRA_FIELDS])
+
+
+def read_rows(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    table = read_table(path, REQUIRED)
+    require_values(path, table, ["user_id", "item_id"])
+    history = id_lists(path, table, "history_item_id", min_len=1)
+    fail_at(path, table, ~table["item_id"].str.strip().str.isdigit(), "item_id", "an integer item id")
+    target = [str(int(t)) for t in table["item_id"]]
+    windows = pd.DataFrame({
+        "user": table["user_id"].str.strip(),
+        "items": [[*h, t] for h, t in zip(history, target, strict=True)],
+        "timestamp": float("nan"),
+        "_line": table["_line"],
+    })
+    return windows, table
+
+
+def inline_titles(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Titles from the CSVs themselves (targets only: history titles are lists of strings)."""
+    frames = [t[["item_id", "item_title"]] for t in tables if "item_title" in t.columns]
+    if not frames:
+        return pd.DataFrame(columns=["item", "title"])
+    both = pd.concat(frames).drop_duplicates("item_id")
+    return pd.DataFrame({"item": both["item_id"].str.strip().map(lambda s: str(int(s))), "title": both["item_title"]})
+
+
+def read(path: Path, name: str) -> SourceData:
+    has_train = find_file(path, "train.csv") is not None
+    layout = {"train": "train.csv", "valid": "valid.csv", "test": "test.csv"} if has_train else {
+        "train": "valid.csv", "test": "test.csv"}
+    windows, tables, files = {}, [], {}
+    for split, filename in layout.items():
+        file = find_file(path, filename)
+        if file is None:
+            raise UserError(f"{path / filename}: file not found; the D3 format needs {', '.join(layout.values())}")
+        windows[split], table = read_rows(file)
+        tables.append(table)
+        files[split] = file
+
+    items_txt, item_json = find_file(path, "items.txt"), find_file(path, "item.json")
+    if items_txt is not None:
+        catalogue, titles_from = read_items_txt(items_txt), items_txt
+    elif item_json is not None:
+        catalogue, titles_from = read_item_json(item_json)[["item", "title"]], item_json
+    else:
+        catalogue, titles_from = inline_titles(tables), None
+    if item_json is not None:
+        extras = read_item_json(item_json).drop(columns="title")
+        catalogue = catalogue.merge(extras, on="item", how="left").fillna("")
+
+    known = set(catalogue["item"])
+    origin = titles_from.name if titles_from is not None else "the item_title column"
+    for split, frame in windows.items():
+        check_known(files[split], frame["_line"], frame["items"], known, "history_item_id/item_id", origin)
+        windows[split] = frame.drop(columns="_line")
+    notes = [] if has_train else ["no train.csv: valid.csv is the training pool, test.csv the test split"]
+    return SourceData(
+        name=name, format="d3", domain=domain_for(name, "d3"), catalogue=catalogue,
+        windows=windows, notes=notes,
+    )
