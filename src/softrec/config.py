@@ -34,6 +34,9 @@ class DataConfig(_Section):
     valid_size: int | None = Field(512, ge=1)
     test_size: int | None = Field(1000, ge=1)
     seed: int = 42
+    domain: tuple[str, str, str] | None = Field(
+        None, description="prompt words (item, items, verb), e.g. [book, books, read]; None = from the dataset"
+    )
 
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> DataConfig:

@@ -60,9 +60,9 @@ class Sample:
     timestamp: float | None = None
 
     def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["history"] = list(self.history)
-        return row
+        # built by hand: dataclasses.asdict deep-copies and dominates writing 100k samples
+        return {"sample_id": self.sample_id, "user_id": self.user_id, "history": list(self.history),
+                "target": self.target, "timestamp": self.timestamp}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Sample:
@@ -130,6 +130,17 @@ class PreparedDataset:
 
     def stats(self) -> dict[str, Any]:
         return json.loads((self.path / "stats.json").read_text(encoding="utf-8"))
+
+    def intact(self) -> bool:
+        """True when the files on disk still hash to the key `write_prepared` recorded."""
+        from softrec.runs import content_key
+
+        names = ["catalogue.jsonl", *(f"{s}.jsonl" for s in (*SPLITS, "train_full")), "stats.json"]
+        try:
+            files = {n: (self.path / n).read_text(encoding="utf-8") for n in names if (self.path / n).exists()}
+        except (OSError, UnicodeDecodeError):
+            return False
+        return content_key(files) == self.meta.get("key")
 
 
 def write_prepared(

@@ -1,0 +1,477 @@
+"""The data protocol (SOFT.md section 2): a source -> one prepared-dataset directory.
+
+Steps, each a setting in `DataConfig` (reference defaults in brackets):
+
+1. titles: HTML-unescaped and whitespace-normalised; items without a title are dropped with their
+   interactions (counted in stats.json);
+2. iterative k-core on users and items [10] (full logs only: pre-windowed sources were filtered by
+   their publisher, so their windows are kept as published);
+3. stable item ids: the surviving items sorted by their source id (numerically when every id is an
+   integer), never by set or hash order;
+4. per user, chronological sliding windows of `history_len` [10] items + the next one as target,
+   every `stride` [1] targets counted back from the user's last interaction; a user with
+   <= history_len + 1 interactions gives one window (shorter history);
+5. splits: `time` [reference] sorts windows by the target's timestamp and cuts them by `ratios`
+   [0.8/0.1/0.1]; `loo` keeps each user's last window for test and the one before for validation.
+   Pre-windowed sources keep their published split under `time`; when they have no validation
+   file, the latest training windows are carved off for it (share ratios[1] / (ratios[0] +
+   ratios[1])); `loo` re-splits all their windows per user;
+6. seeded samples of train/valid/test [4096/512/1000, seed 42]; `train_full` keeps every training
+   window for the classic recommenders.
+
+Duplicate titles: generation needs every title to name one item, so when several items share a
+title the first (lowest id) keeps it and each other one gets a suffix, " (YEAR)" when its year tells
+it apart, else " (2)", " (3)", ...; the row records `duplicate_of` (the first item's id) and
+`original_title`, and stats.json lists them. Ids are never merged.
+
+`prepare_dataset` writes atomically and reuses an existing output built from the same input
+checksums and settings; a rerun produces byte-identical files.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from softrec.config import DataConfig
+from softrec.data.dataset import SPLITS, Domain, Item, PreparedDataset, Sample, write_prepared
+from softrec.data.readers.base import SourceData
+from softrec.errors import UserError
+
+PROTOCOL_VERSION = 1
+Log = Callable[[str], None]
+
+
+class Window(NamedTuple):
+    """One (history, target) sample before sampling; `row` orders windows that tie in time."""
+
+    user: str
+    history: tuple[int, ...]
+    target: int
+    timestamp: float | None
+    row: int
+    position: int = 0  # index among the user's windows in its pool (0 = earliest)
+    of: int = 1  # how many windows the user has in that pool
+
+
+# ------------------------------------------------------------------ titles and items
+_SPACE = re.compile(r"\s+")
+
+
+def normalise_title(text: Any) -> str:
+    """HTML-unescape (repeatedly, for double-escaped text) and collapse whitespace; '' if no title."""
+    if not isinstance(text, str):
+        return ""
+    for _ in range(3):
+        unescaped = html.unescape(text)
+        if unescaped == text:
+            break
+        text = unescaped
+    return _SPACE.sub(" ", text).strip()
+
+
+def sort_ids(keys: Iterable[str]) -> list[str]:
+    """Source ids in a stable order: numeric when all are integers, else as strings."""
+    keys = list(keys)
+    if all(k.lstrip("-").isdigit() for k in keys):
+        return sorted(keys, key=int)
+    return sorted(keys)
+
+
+def _clean(value: Any) -> Any:
+    """A catalogue extra as plain JSON, or None when empty."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        value = value.strip()
+    if isinstance(value, list | tuple | np.ndarray):
+        value = [_clean(v) for v in value]
+    return value if value not in ("", []) else None
+
+
+def titled_catalogue(catalogue: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Normalised titles; first row wins for a repeated id; items with no title removed."""
+    counts = {"catalogue_rows": len(catalogue)}
+    frame = catalogue.drop_duplicates("item", keep="first").copy()
+    counts["duplicate_item_ids"] = len(catalogue) - len(frame)
+    frame["title"] = [normalise_title(t) for t in frame["title"]]
+    has_title = frame["title"] != ""
+    counts["items_without_title"] = int((~has_title).sum())
+    return frame[has_title], counts
+
+
+def _year(extra: dict[str, Any]) -> str | None:
+    for key in ("year", "release_year"):
+        if extra.get(key) not in (None, ""):
+            return str(extra[key])
+    date = str(extra.get("release_date") or "")
+    return date[-4:] if date[-4:].isdigit() else None
+
+
+def build_items(frame: pd.DataFrame, keys: Sequence[str]) -> tuple[list[Item], list[dict[str, Any]]]:
+    """Items with ids 0..n-1 in `keys` order; duplicate titles made unique (module docstring)."""
+    rows = frame.set_index("item").loc[list(keys)]
+    extras_cols = [c for c in rows.columns if c != "title"]
+    items: list[Item] = []
+    taken: set[str] = set()
+    first_with: dict[str, int] = {}
+    duplicates = []
+    for item_id, (key, record) in enumerate(zip(keys, rows.to_dict("records"), strict=True)):
+        extra = {"source_id": key}
+        for column in extras_cols:
+            value = _clean(record[column])
+            if value is not None:
+                extra[column] = value
+        title = record["title"]
+        if title in first_with:
+            original, year = title, _year(extra)
+            distinct = year is not None and year != _year(items[first_with[original]].extra)
+            title = f"{original} ({year})" if distinct and f"{original} ({year})" not in taken else None
+            number = 2
+            while title is None or title in taken:
+                title, number = f"{original} ({number})", number + 1
+            extra.update(duplicate_of=first_with[original], original_title=original)
+            duplicates.append({"item_id": item_id, "duplicate_of": first_with[original], "title": title})
+        else:
+            first_with[title] = item_id
+        taken.add(title)
+        items.append(Item(item_id, title, extra))
+    return items, duplicates
+
+
+# ------------------------------------------------------------------ k-core and windows
+def k_core(inter: pd.DataFrame, k: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Iteratively drop users and items with fewer than `k` interactions until none is left."""
+    rounds = 0
+    if k > 1:
+        while True:
+            users = inter["user"].map(inter["user"].value_counts())
+            items = inter["item"].map(inter["item"].value_counts())
+            keep = (users >= k) & (items >= k)
+            if bool(keep.all()):
+                break
+            inter = inter[keep.to_numpy()]
+            rounds += 1
+    return inter, {"k": k, "rounds": rounds}
+
+
+def user_windows(length: int, history_len: int, stride: int, min_history: int) -> list[tuple[int, int]]:
+    """(start, target) positions in a sequence of `length`: history = seq[start:target]."""
+    if length <= history_len + 1:
+        return [(0, length - 1)] if length - 1 >= min_history else []
+    targets = range(length - 1, history_len - 1, -stride)
+    return [(t - history_len, t) for t in reversed(targets)]
+
+
+def windows_from_log(inter: pd.DataFrame, ids: dict[str, int], config: DataConfig) -> tuple[list[Window], int]:
+    """Chronological windows per user; also returns how many users were too short for one."""
+    codes, names = pd.factorize(inter["user"], sort=True)
+    order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), codes))
+    users = codes[order]
+    items = np.array([ids[i] for i in inter["item"].to_numpy()[order]], dtype=np.int64)
+    times = inter["timestamp"].to_numpy()[order]
+    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+    out, too_short = [], 0
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        spans = user_windows(int(hi - lo), config.history_len, config.stride, config.min_history)
+        too_short += not spans
+        seq, user = items[lo:hi].tolist(), str(names[users[lo]])
+        for position, (start, target) in enumerate(spans):
+            out.append(Window(user, tuple(seq[start:target]), seq[target],
+                              float(times[lo + target]), len(out), position, len(spans)))
+    return out, too_short
+
+
+def _with_positions(windows: list[Window]) -> list[Window]:
+    """Fill each window's position among its user's windows (in time order) in this pool."""
+    per_user: dict[str, list[int]] = {}
+    for index in sorted(range(len(windows)), key=lambda i: time_key(windows[i])):
+        per_user.setdefault(windows[index].user, []).append(index)
+    out = list(windows)
+    for indices in per_user.values():
+        for position, index in enumerate(indices):
+            out[index] = out[index]._replace(position=position, of=len(indices))
+    return out
+
+
+def time_key(window: Window) -> tuple[float, float]:
+    """Chronological order; without timestamps, a user's later windows count as later."""
+    if window.timestamp is None:
+        return (float(window.position - window.of), float(window.row))
+    return (window.timestamp, float(window.row))
+
+
+# ------------------------------------------------------------------ splits and samples
+def split_time(windows: list[Window], ratios: Sequence[float]) -> dict[str, list[Window]]:
+    ordered = sorted(windows, key=time_key)
+    n = len(ordered)
+    cut1, cut2 = int(n * ratios[0]), int(n * (ratios[0] + ratios[1]))
+    return {"train": ordered[:cut1], "valid": ordered[cut1:cut2], "test": ordered[cut2:]}
+
+
+def split_loo(windows: list[Window]) -> dict[str, list[Window]]:
+    """Per user: last window -> test, the one before -> valid, the rest -> train."""
+    out: dict[str, list[Window]] = {s: [] for s in SPLITS}
+    for w in _with_positions(windows):
+        from_end = w.of - 1 - w.position
+        out["test" if from_end == 0 else "valid" if from_end == 1 else "train"].append(w)
+    return {s: sorted(ws, key=time_key) for s, ws in out.items()}
+
+
+def carve_latest(windows: list[Window], share: float) -> tuple[list[Window], list[Window]]:
+    """(earlier, latest) with `share` of the windows in the latest part."""
+    ordered = sorted(_with_positions(windows), key=time_key)
+    cut = len(ordered) - int(round(len(ordered) * share))
+    return ordered[:cut], ordered[cut:]
+
+
+def sample_indices(n: int, size: int | None, seed: int) -> list[int]:
+    """A seeded sample of range(n), kept in order; everything when size is None or >= n."""
+    if size is None or size >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), size))
+
+
+# ------------------------------------------------------------------ stats helpers
+def length_summary(lengths: Sequence[int]) -> dict[str, Any]:
+    if not lengths:
+        return {"min": 0, "max": 0, "mean": 0.0, "counts": []}
+    counts = Counter(lengths)
+    return {
+        "min": min(lengths), "max": max(lengths), "mean": round(sum(lengths) / len(lengths), 4),
+        "counts": [[length, counts[length]] for length in sorted(counts)],
+    }
+
+
+def sequence_summary(per_user: pd.Series) -> dict[str, Any]:
+    if per_user.empty:
+        return {"min": 0, "max": 0, "mean": 0.0, "median": 0.0}
+    return {"min": int(per_user.min()), "max": int(per_user.max()),
+            "mean": round(float(per_user.mean()), 4), "median": float(per_user.median())}
+
+
+def reconstructed_interactions(windows: Iterable[tuple[str, Sequence[Any], Any]]) -> int:
+    """Interactions implied by stride-1 windows: per user, overlapping windows are merged."""
+    sequences: dict[str, list[Any]] = {}
+    for user, items, _ in windows:
+        seq = sequences.setdefault(user, [])
+        overlap = next((k for k in range(min(len(seq), len(items)), 0, -1) if seq[-k:] == list(items[:k])), 0)
+        seq.extend(items[overlap:])
+    return sum(len(s) for s in sequences.values())
+
+
+def _stamp(value: Any) -> float | None:
+    """A window's timestamp, None when the source has none (NaN)."""
+    return None if value is None or value != value else float(value)
+
+
+# ------------------------------------------------------------------ the two source kinds
+@dataclass
+class _Prepared:
+    items: list[Item]
+    pools: dict[str, list[Window]]
+    stats: dict[str, Any]
+
+
+def _from_log(source: SourceData, config: DataConfig) -> _Prepared:
+    inter = source.interactions
+    assert inter is not None
+    before = {
+        "users": int(inter["user"].nunique()), "items": int(inter["item"].nunique()),
+        "interactions": len(inter),
+        "sequence_length": sequence_summary(inter.groupby("user", observed=True).size()),
+    }
+    catalogue, cat_counts = titled_catalogue(source.catalogue)
+    titled = inter["item"].isin(set(catalogue["item"]))
+    dropped = {
+        "interactions_without_title": int((~titled).sum()),
+        "items_without_title": int(inter.loc[~titled, "item"].nunique()),
+    }
+    inter = inter[titled.to_numpy()]
+    inter = inter.assign(user=inter["user"].astype(str), item=inter["item"].astype(str))
+    n_before_core = len(inter)
+    users_before, items_before = inter["user"].nunique(), inter["item"].nunique()
+    inter, core = k_core(inter, config.k_core)
+    dropped.update({
+        "interactions_k_core": n_before_core - len(inter),
+        "users_k_core": int(users_before - inter["user"].nunique()),
+        "items_k_core": int(items_before - inter["item"].nunique()),
+    })
+    if inter.empty:
+        raise UserError(
+            f"dataset '{source.name}': no interactions left after dropping untitled items and the "
+            f"{config.k_core}-core filter; lower --k-core"
+        )
+    keys = sort_ids(inter["item"].unique())
+    items, duplicates = build_items(catalogue, keys)
+    ids = {key: i for i, key in enumerate(keys)}
+    windows, too_short = windows_from_log(inter, ids, config)
+    dropped["users_too_short"] = too_short
+    if config.split == "time":
+        pools = split_time(windows, config.ratios)
+    else:
+        pools = split_loo(windows)
+    stats = {
+        "users": int(inter["user"].nunique()), "items": len(items), "interactions": len(inter),
+        "before_filtering": before, "dropped": dropped, "catalogue": cat_counts, "k_core": core,
+        "sequence_length": sequence_summary(inter.groupby("user").size()),
+        "duplicate_titles": duplicates,
+    }
+    return _Prepared(items, pools, stats)
+
+
+def _from_windows(source: SourceData, config: DataConfig) -> _Prepared:
+    assert source.windows is not None
+    raw = source.windows
+    catalogue, cat_counts = titled_catalogue(source.catalogue)
+    keys = sort_ids(catalogue["item"])
+    items, duplicates = build_items(catalogue, keys)
+    ids = {key: i for i, key in enumerate(keys)}
+    all_rows = [(u, its, t) for frame in raw.values()
+                for u, its, t in zip(frame["user"], frame["items"], frame["timestamp"], strict=True)]
+    before = {
+        "users": len({u for u, _, _ in all_rows}), "items": int(source.catalogue["item"].nunique()),
+        "interactions": reconstructed_interactions(sorted(all_rows, key=lambda r: _stamp(r[2]) or 0.0)),
+        "windows": {split: len(frame) for split, frame in raw.items()},
+        "history_length": {split: length_summary([len(x) - 1 for x in frame["items"]]) for split, frame in raw.items()},
+    }
+    dropped = Counter({"windows_without_title_target": 0, "history_items_without_title": 0, "windows_short_history": 0})
+    pools: dict[str, list[Window]] = {}
+    row = 0
+    for split, frame in raw.items():
+        pool = []
+        for user, keys_, stamp in zip(frame["user"], frame["items"], frame["timestamp"], strict=True):
+            row += 1
+            if keys_[-1] not in ids:
+                dropped["windows_without_title_target"] += 1
+                continue
+            history = [ids[k] for k in keys_[:-1] if k in ids]
+            dropped["history_items_without_title"] += len(keys_) - 1 - len(history)
+            history = history[-config.history_len:]
+            if len(history) < config.min_history:
+                dropped["windows_short_history"] += 1
+                continue
+            pool.append(Window(str(user), tuple(history), ids[keys_[-1]], _stamp(stamp), row))
+        pools[split] = _with_positions(pool)
+    if config.split == "loo":
+        # forget per-pool positions: without timestamps, file order (train, valid, test) is time order
+        pools = split_loo([w._replace(position=0, of=1) for pool in pools.values() for w in pool])
+    elif "valid" not in pools:
+        share = config.ratios[1] / max(config.ratios[0] + config.ratios[1], 1e-12)
+        pools["train"], pools["valid"] = carve_latest(pools["train"], share)
+    pools = {split: sorted(pools[split], key=time_key) for split in SPLITS}
+    kept = [w for pool in pools.values() for w in pool]
+    stats = {
+        "users": len({w.user for w in kept}), "items": len(items),
+        "interactions": reconstructed_interactions(
+            (w.user, [*w.history, w.target], w.timestamp) for w in sorted(kept, key=time_key)),
+        "before_filtering": before, "dropped": dict(dropped), "catalogue": cat_counts,
+        "k_core": {"k": config.k_core, "applied": False,
+                   "note": "pre-windowed source: windows kept as published (filtered by the publisher)"},
+        "duplicate_titles": duplicates,
+    }
+    return _Prepared(items, pools, stats)
+
+
+# ------------------------------------------------------------------ putting it together
+def settings_for(config: DataConfig, name: str, fmt: str) -> dict[str, Any]:
+    """The settings a prepared dataset depends on (not where the input lives)."""
+    settings = config.model_dump(mode="json")
+    settings.pop("dataset")
+    settings.update(name=name, format=fmt, protocol=PROTOCOL_VERSION)
+    return settings
+
+
+def reusable(out: Path, settings: dict[str, Any], sources: dict[str, str]) -> PreparedDataset | None:
+    """The existing dataset at `out` when it was built from the same inputs/settings and is intact."""
+    if not (out / "dataset.json").is_file():
+        return None
+    try:
+        dataset = PreparedDataset(out)
+    except (UserError, json.JSONDecodeError):
+        return None
+    meta = dataset.meta
+    if meta.get("settings") != settings or meta.get("sources") != sources:
+        return None
+    return dataset if dataset.intact() else None
+
+
+def check_out(out: Path) -> None:
+    """Refuse to replace a directory that holds something other than a prepared dataset."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "dataset.json").is_file():
+        raise UserError(f"{out}: exists, is not empty and is not a prepared dataset; choose another --out")
+
+
+def build(source: SourceData, config: DataConfig, out: Path, settings: dict[str, Any]) -> PreparedDataset:
+    """Filter, window, split, sample and write `source` (the protocol of the module docstring)."""
+    if config.min_history > config.history_len:
+        raise UserError(f"data.min_history ({config.min_history}) must be <= data.history_len ({config.history_len})")
+    prepared = _from_log(source, config) if source.interactions is not None else _from_windows(source, config)
+    pools = prepared.pools
+    if not pools["train"] or not pools["test"]:
+        raise UserError(
+            f"dataset '{source.name}': the {config.split} split left {len(pools['train'])} train and "
+            f"{len(pools['test'])} test windows; it needs more users or interactions (or a lower --k-core)"
+        )
+    sizes = {"train": config.train_size, "valid": config.valid_size, "test": config.test_size}
+    splits: dict[str, list[Sample]] = {}
+    full = {split: [Sample(f"{split}-{i}", w.user, w.history, w.target, w.timestamp) for i, w in enumerate(pool)]
+            for split, pool in pools.items()}
+    for split in SPLITS:
+        splits[split] = [full[split][i] for i in sample_indices(len(full[split]), sizes[split], config.seed)]
+    splits["train_full"] = full["train"]
+    stats = {
+        **prepared.stats,
+        "name": source.name, "format": source.format,
+        **{split: len(splits[split]) for split in SPLITS},
+        "windows": {split: len(pool) for split, pool in pools.items()},
+        "history_length": {split: length_summary([len(w.history) for w in pool]) for split, pool in pools.items()},
+        "notes": list(source.notes),
+    }
+    domain = Domain(*config.domain) if config.domain else source.domain
+    return write_prepared(
+        out, name=source.name, domain=domain, catalogue=prepared.items, splits=splits,
+        stats=stats, settings=settings, sources=source.sources,
+    )
+
+
+def prepare_dataset(
+    data_config: DataConfig, out: str | Path, *, force: bool = False, log: Log | None = None
+) -> PreparedDataset:
+    """Read `data_config.dataset`, apply the protocol and write a prepared dataset to `out`.
+
+    Returns the existing dataset untouched when `out` was built from the same input checksums and
+    settings (unless `force`). `log` receives short progress lines.
+    """
+    from softrec.data.readers import locate
+
+    out = Path(out)
+    say = log or (lambda _msg: None)
+    located = locate(data_config.dataset, data_config.format)
+    sources = located.checksums()
+    settings = settings_for(data_config, located.name, located.format)
+    if not force and (existing := reusable(out, settings, sources)) is not None:
+        say(f"reused {out} (same inputs and settings)")
+        return existing
+    check_out(out)
+    say(f"reading {located.describe()} ({located.format})")
+    source = located.read()
+    source.sources = sources
+    say("filtering, windowing and splitting")
+    return build(source, data_config, out, settings)
