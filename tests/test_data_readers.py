@@ -90,3 +90,13 @@ def test_real_amazon_industrial_reader():
     assert source.format == "d3"
     assert {k: len(v) for k, v in source.windows.items()} == {"train": 4532, "test": 4533}
     assert len(source.catalogue) == 3686
+
+
+def test_amazon2023_rating_only_csv(tmp_path):
+    d = datafiles.amazon2023(tmp_path, gz=True)
+    (d / "Books.jsonl.gz").unlink()
+    csv = "user_id,parent_asin,rating,timestamp\n" + "".join(
+        f"{u},P{i},5.0,{t * 1000}\n" for u, i, t in datafiles.rows())
+    datafiles.write(d / "Books.csv", csv)
+    source = read_source(d)
+    assert len(source.interactions) == 48 and source.interactions["timestamp"].iloc[0] == 1_000_000.0

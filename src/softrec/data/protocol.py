@@ -48,7 +48,7 @@ from softrec.data.dataset import SPLITS, Domain, Item, PreparedDataset, Sample, 
 from softrec.data.readers.base import SourceData
 from softrec.errors import UserError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # bump when the same inputs and settings would give different files
 Log = Callable[[str], None]
 
 
@@ -351,6 +351,7 @@ def _from_windows(source: SourceData, config: DataConfig) -> _Prepared:
     }
     dropped = Counter({"windows_without_title_target": 0, "history_items_without_title": 0, "windows_short_history": 0})
     pools: dict[str, list[Window]] = {}
+    untruncated: dict[int, list[int]] = {}  # row -> the window's titled items, before history_len
     row = 0
     for split, frame in raw.items():
         pool = []
@@ -359,13 +360,14 @@ def _from_windows(source: SourceData, config: DataConfig) -> _Prepared:
             if keys_[-1] not in ids:
                 dropped["windows_without_title_target"] += 1
                 continue
-            history = [ids[k] for k in keys_[:-1] if k in ids]
-            dropped["history_items_without_title"] += len(keys_) - 1 - len(history)
-            history = history[-config.history_len:]
+            titled_items = [ids[k] for k in keys_ if k in ids]
+            dropped["history_items_without_title"] += len(keys_) - len(titled_items)
+            history = titled_items[:-1][-config.history_len:]
             if len(history) < config.min_history:
                 dropped["windows_short_history"] += 1
                 continue
             pool.append(Window(str(user), tuple(history), ids[keys_[-1]], _stamp(stamp), row))
+            untruncated[row] = titled_items
         pools[split] = _with_positions(pool)
     if config.split == "loo":
         # forget per-pool positions: without timestamps, file order (train, valid, test) is time order
@@ -378,7 +380,7 @@ def _from_windows(source: SourceData, config: DataConfig) -> _Prepared:
     stats = {
         "users": len({w.user for w in kept}), "items": len(items),
         "interactions": reconstructed_interactions(
-            (w.user, [*w.history, w.target], w.timestamp) for w in sorted(kept, key=time_key)),
+            (w.user, untruncated[w.row], w.timestamp) for w in sorted(kept, key=time_key)),
         "before_filtering": before, "dropped": dict(dropped), "catalogue": cat_counts,
         "k_core": {"k": config.k_core, "applied": False,
                    "note": "pre-windowed source: windows kept as published (filtered by the publisher)"},
