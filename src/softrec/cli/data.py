@@ -109,6 +109,10 @@ def format_stats(stats: dict[str, Any], path: Path | None = None) -> str:
     rows = [("", "after filtering", "before filtering")]
     for key in ("users", "items", "interactions"):
         rows.append((key, f"{stats.get(key, 0):,}", f"{before.get(key, 0):,}" if key in before else "-"))
+    raw_windows = before.get("windows")
+    if isinstance(raw_windows, dict):  # pre-windowed sources count per published split
+        raw_windows = sum(raw_windows.values())
+    rows.append(("windows", f"{sum(windows.values()):,}", f"{raw_windows:,}" if raw_windows is not None else "-"))
     rows.append(("", "", ""))
     rows.append(("split", "samples", "windows (before sampling)"))
     for split in ("train", "valid", "test"):

@@ -48,7 +48,7 @@ from softrec.data.dataset import SPLITS, Domain, Item, PreparedDataset, Sample, 
 from softrec.data.readers.base import SourceData
 from softrec.errors import UserError
 
-PROTOCOL_VERSION = 2  # bump when the same inputs and settings would give different files
+PROTOCOL_VERSION = 3  # bump when the same inputs and settings would give different files
 Log = Callable[[str], None]
 
 
@@ -290,10 +290,14 @@ class _Prepared:
 def _from_log(source: SourceData, config: DataConfig) -> _Prepared:
     inter = source.interactions
     assert inter is not None
+    per_user = inter.groupby("user", observed=True).size()
+    raw_histories = [target - start for length in per_user
+                     for start, target in user_windows(int(length), config.history_len, config.stride, config.min_history)]
     before = {
         "users": int(inter["user"].nunique()), "items": int(inter["item"].nunique()),
-        "interactions": len(inter),
-        "sequence_length": sequence_summary(inter.groupby("user", observed=True).size()),
+        "interactions": len(inter), "sequence_length": sequence_summary(per_user),
+        # what windowing the unfiltered log would give, for comparison with the kept windows
+        "windows": len(raw_histories), "history_length": length_summary(raw_histories),
     }
     catalogue, cat_counts = titled_catalogue(source.catalogue)
     titled = inter["item"].isin(set(catalogue["item"]))
