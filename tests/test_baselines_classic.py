@@ -12,6 +12,7 @@ import torch
 from softrec.baselines import classic
 from softrec.baselines.classic import (
     encode_histories,
+    encode_training,
     item_embeddings,
     load_ranker,
     rank_from_scores,
@@ -46,7 +47,7 @@ def successor_dataset(path, n_users: int = 40, seed: int = 0):
 
 def tiny_config(method: str, **extra):
     settings = {"train.method": method, "classic.hidden": 32, "classic.layers": 1, "classic.heads": 1,
-                "classic.inner": 64, "classic.dropout": 0.0, "classic.max_len": 8, "classic.batch_size": 32,
+                "classic.inner": 64, "classic.dropout": 0.0, "classic.max_len": 8, "classic.batch_size": 16,
                 "classic.learning_rate": 5e-3, "classic.epochs": 12, "classic.patience": 12, **extra}
     return load_config(values=settings)
 
@@ -109,6 +110,54 @@ def test_rank_matches_a_full_sort_on_random_ties():
 def test_encode_histories_left_pads_and_truncates():
     samples = [Sample("a", "u", (3, 4, 5, 6), 0), Sample("b", "u", (7,), 0)]
     assert encode_histories(samples, max_len=3).tolist() == [[5, 6, 7], [0, 0, 8]]
+
+
+def test_user_chains_rebuild_sequences_from_windows():
+    samples = [
+        Sample("a2", "u", (1, 2), 3, 2.0), Sample("a1", "u", (1,), 2, 1.0),        # growing (out of order)
+        Sample("a3", "u", (2, 3), 4, 3.0), Sample("a4", "u", (3, 4), 5, 4.0),      # then sliding
+        Sample("a5", "u", (9, 8), 7, 5.0),                                          # does not line up
+        Sample("b1", "v", (1,), 2, 1.0),
+    ]
+    assert classic.user_chains(samples) == [[1, 2, 3, 4, 5], [9, 8, 7], [1, 2]]
+
+
+def test_chain_pieces_label_every_transition_once():
+    chain = list(range(10))
+    pieces = classic.chain_pieces(chain, context=4)
+    assert [items for items, _ in pieces] == [[0, 1, 2, 3, 4], [2, 3, 4, 5, 6], [4, 5, 6, 7, 8], [5, 6, 7, 8, 9]]
+    targets = [item for items, labelled in pieces for item, flag in zip(items[1:], labelled, strict=True) if flag]
+    assert targets == chain[1:]
+    assert classic.chain_pieces([3, 4], context=4) == [([3, 4], [True])]
+
+
+def test_encode_training_all_and_last():
+    samples = [Sample("a1", "u", (1,), 2, 1.0), Sample("a2", "u", (1, 2), 3, 2.0), Sample("b1", "v", (4,), 5, 1.0)]
+    inputs, labels = encode_training(samples, context=3)
+    assert inputs.tolist() == [[2, 3], [0, 5]]
+    assert labels.tolist() == [[2, 3], [-100, 5]]
+    inputs, labels = encode_training(samples, context=3, positions="last")
+    assert inputs.tolist() == [[0, 2], [2, 3], [0, 5]]
+    assert labels.tolist() == [[-100, 2], [-100, 3], [-100, 5]]
+
+
+@pytest.mark.parametrize("method", ["sasrec", "gru4rec"])
+def test_position_outputs_equal_those_of_the_prefix(method):
+    """What makes dropping covered prefixes exact: the output at position j of a sequence does not
+    depend on later items, on padding, or on the sequence's length."""
+    torch.manual_seed(0)
+    model = classic.build_model(method, N_ITEMS, tiny_config(method).classic).eval()
+    full = torch.tensor([[0, 0, 3, 7, 9, 2]])
+    prefix = torch.tensor([[0, 0, 0, 0, 3, 7]])
+    with torch.no_grad():
+        assert torch.allclose(model(full)[0, 3], model(prefix)[0, -1], atol=1e-5)
+        assert torch.allclose(model(full)[0, 2:4], model(full[:, 1:4])[0, -2:], atol=1e-5)
+
+
+def test_last_position_training_learns_too(successor, tmp_path):
+    config = tiny_config("gru4rec", **{"classic.train_positions": "last", "classic.epochs": 15})
+    result = train_classic(config, successor, tmp_path / "run", progress=False)
+    assert result["valid"]["HR@1"] >= 0.9
 
 
 def test_save_load_roundtrip_and_reuse(successor, tmp_path):

@@ -80,6 +80,16 @@ class TrainConfig(_Section):
     group_by_length: bool = True
     validate_every_epoch: bool = True
     save_total_limit: int = Field(2, ge=1)
+    selection_metric: str = Field("HR@10", description="validation metric that picks the best epoch")
+    train_samples: int | None = Field(
+        None, ge=1, description="train on a seeded subset of this many prepared train samples (None = all)"
+    )
+    valid_samples: int | None = Field(
+        None, ge=1, description="validate on a seeded subset of this many valid samples (None = all)"
+    )
+    checkpoint_every: int = Field(
+        1, ge=0, description="optimizer steps between mid-epoch checkpoints for --resume (0 = epoch ends only)"
+    )
 
 
 class SoftConfig(_Section):
@@ -125,6 +135,9 @@ class ClassicConfig(_Section):
     epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1, description="epochs without validation gain before stopping")
     loss: Literal["ce", "bpr"] = Field("ce", description="ce = softmax over the full catalogue; bpr = one sampled negative")
+    train_positions: Literal["all", "last"] = Field(
+        "all", description="all = every position of the users' sequences (rebuilt from the windows) predicts "
+        "its successor (SASRec paper); last = each window predicts only its target (RecBole; slower)")
     valid_metric: str = Field("NDCG@10", pattern=r"^(HR|NDCG)@[0-9]+$", description="early-stopping metric")
     seed: int = 42
 

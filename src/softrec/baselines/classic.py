@@ -1,8 +1,9 @@
 """Training, saving and scoring for the classic sequential recommenders (SASRec, GRU4Rec).
 
-They train on every window of the training pool (`train_full`), one (history, next item) pair per
-window, with a softmax over the full catalogue (or BPR with one sampled negative), and stop early on
-the `valid` split's full-ranking metric (config.classic.valid_metric), keeping the best epoch.
+They train on every window of the training pool (`train_full`), the sequence history + target, each
+position predicting the next item (or only the target: classic.train_positions), with a softmax over
+the full catalogue (or BPR with one sampled negative), and stop early on the `valid` split's
+full-ranking metric (classic.valid_metric), keeping the best epoch.
 
 Run directory (see ../../../helpers contracts): run.json, config.yaml, classic.safetensors (best
 weights), classic.json (hyperparameters), history.json (per epoch), checkpoints/classic_last.pt
@@ -64,15 +65,84 @@ def encode_histories(samples: Sequence[Sample], max_len: int) -> torch.Tensor:
     return out
 
 
-def _trim(seqs: torch.Tensor) -> torch.Tensor:
+def user_chains(samples: Sequence[Sample]) -> list[list[int]]:
+    """Rebuild each user's item sequence from their windows (in target-time order): a window whose
+    history is the tail of the user's current chain extends it by its target, any other window
+    starts a new chain (history + target). Sliding and growing windows both rebuild the full
+    sequence; windows that do not line up are kept as they are, so nothing is lost."""
+    order = sorted(range(len(samples)), key=lambda i: (samples[i].user_id, samples[i].timestamp or 0.0, i))
+    chains: list[list[int]] = []
+    current: dict[str, list[int]] = {}
+    for index in order:
+        sample = samples[index]
+        chain = current.get(sample.user_id)
+        history = list(sample.history)
+        if chain is not None and history and chain[-len(history):] == history:
+            chain.append(sample.target)
+        else:
+            chain = [*history, sample.target]
+            chains.append(chain)
+            current[sample.user_id] = chain
+    return chains
+
+
+def chain_pieces(chain: Sequence[int], context: int) -> list[tuple[list[int], list[bool]]]:
+    """Cut a chain into (items, labelled) pieces of at most context + 1 items, overlapping by about
+    half, so every transition is labelled exactly once and (after the first piece) sees at least
+    half the context. `labelled[j]` says whether piece item j + 1 is a training target."""
+    width, stride = context + 1, max(1, (context + 1) // 2)
+    pieces, end, covered = [], min(len(chain), width), 0
+    while True:
+        start = max(0, end - width)
+        pieces.append((list(chain[start:end]), [i > covered for i in range(start + 1, end)]))
+        covered = end - 1
+        if end == len(chain):
+            return pieces
+        end = min(len(chain), end + stride)
+
+
+def encode_training(
+    samples: Sequence[Sample], context: int, positions: str = "all"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training inputs [n, L] (left-padded internal ids) and labels [n, L] (0-based next item ids,
+    -100 = no loss), L <= context.
+
+    "all" (SASRec's objective): every position of the users' sequences, rebuilt from the windows,
+    predicts its successor; each transition is labelled once per epoch (`chain_pieces`), which is
+    ~context times cheaper than feeding every overlapping window. "last" (RecBole's objective): one
+    row per window, its history predicting only its target.
+    """
+    rows: list[tuple[list[int], list[bool]]] = []
+    if positions == "all":
+        for chain in user_chains(samples):
+            rows.extend(chain_pieces(chain, context))
+    else:
+        for sample in samples:
+            seq = [*sample.history[-context:], sample.target] if sample.history else []
+            rows.append((seq, [False] * (len(seq) - 2) + [True]))
+    rows = [(items, labelled) for items, labelled in rows if len(items) >= 2]
+    width = max((len(items) - 1 for items, _ in rows), default=1)
+    inputs = torch.zeros(len(rows), width, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for row, (items, labelled) in enumerate(rows):
+        seq = torch.tensor(items, dtype=torch.long)
+        offset = width - len(items) + 1
+        inputs[row, offset:] = seq[:-1] + 1
+        labels[row, offset:] = torch.where(torch.tensor(labelled), seq[1:], -100)
+    return inputs, labels
+
+
+def _trim(seqs: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Drop leading columns that are padding in every row (shorter batches run faster)."""
     nonpad = (seqs > 0).any(0).nonzero()
-    return seqs[:, int(nonpad[0]):] if len(nonpad) else seqs[:, -1:]
+    start = int(nonpad[0]) if len(nonpad) else seqs.shape[1] - 1
+    return tuple(t[:, start:] for t in (seqs, *others))
 
 
 def score(model: nn.Module, seqs: torch.Tensor) -> torch.Tensor:
     """Scores over the real items [B, n_items] (the padding row of the table is never a candidate)."""
-    return model(_trim(seqs)) @ model.item_emb.weight[1:].T
+    (seqs,) = _trim(seqs)
+    return model(seqs)[:, -1] @ model.item_emb.weight[1:].T
 
 
 def _check_ids(samples: Sequence[Sample], n_items: int, where: str, *, targets: bool = True) -> None:
@@ -135,25 +205,28 @@ def evaluate_ranks(model: nn.Module, samples: Sequence[Sample], max_len: int, ks
 
 
 # ---------------------------------------------------------------- training
-def _loss(model: nn.Module, seqs: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
-    logits = score(model, seqs)
+def _loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    inputs, labels = _trim(inputs, labels)
+    keep = labels >= 0
+    hidden, labels = model(inputs)[keep], labels[keep]
+    logits = hidden @ model.item_emb.weight[1:].T
     if kind == "ce":
-        return F.cross_entropy(logits, targets)
-    negatives = torch.randint(0, logits.shape[1], targets.shape)
-    negatives = torch.where(negatives == targets, (negatives + 1) % logits.shape[1], negatives)
-    positive = logits.gather(1, targets.unsqueeze(1))
+        return F.cross_entropy(logits, labels)
+    negatives = torch.randint(0, logits.shape[1], labels.shape)
+    negatives = torch.where(negatives == labels, (negatives + 1) % logits.shape[1], negatives)
+    positive = logits.gather(1, labels.unsqueeze(1))
     negative = logits.gather(1, negatives.unsqueeze(1))
     return -F.logsigmoid(positive - negative).mean()
 
 
-def _train_epoch(model, optimizer, seqs, targets, settings: ClassicConfig, epoch: int) -> float:
+def _train_epoch(model, optimizer, inputs, labels, settings: ClassicConfig, epoch: int) -> float:
     model.train()
     # Shuffling depends on (seed, epoch) only, so a resumed run sees the same batches.
-    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(settings.seed + epoch))
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(settings.seed + epoch))
     total, batches = 0.0, 0
     for start in range(0, len(order), settings.batch_size):
         index = order[start:start + settings.batch_size]
-        loss = _loss(model, seqs[index], targets[index], settings.loss)
+        loss = _loss(model, inputs[index], labels[index], settings.loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -162,8 +235,8 @@ def _train_epoch(model, optimizer, seqs, targets, settings: ClassicConfig, epoch
     return total / max(batches, 1)
 
 
-def _validate(model, valid: Sequence[Sample], settings: ClassicConfig, ks: Sequence[int]) -> dict[str, float]:
-    return evaluate_ranks(model, valid, settings.max_len, ks)
+def _validate(model, valid: Sequence[Sample], context: int, ks: Sequence[int]) -> dict[str, float]:
+    return evaluate_ranks(model, valid, context, ks)
 
 
 def _state_bytes(state: dict[str, Any]) -> bytes:
@@ -203,7 +276,9 @@ def train_classic(
             return _summary(run, method, reused=True)
         run.update_info(method=method, dataset=str(dataset.path), dataset_key=dataset.checksum, base_model=None)
         run.save_config(config, inputs={"dataset": dataset.checksum})
-        hparams = {"method": method, "n_items": n_items, "dataset_key": dataset.checksum,
+        # The model never reads more history than the training windows hold (train = test contexts).
+        context = max(1, min(settings.max_len, max(len(s.history) for s in train)))
+        hparams = {"method": method, "n_items": n_items, "dataset_key": dataset.checksum, "context": context,
                    "settings": settings.model_dump(mode="json")}
         atomic_write_json(run.path / HPARAMS, hparams)
 
@@ -214,8 +289,7 @@ def train_classic(
         checkpoint = run.path / CHECKPOINT
         if resume and checkpoint.exists():
             state = _restore(checkpoint, key, model, optimizer)
-        seqs = encode_histories(train, settings.max_len)
-        targets = torch.tensor([s.target for s in train], dtype=torch.long)
+        inputs, labels = encode_training(train, context, settings.train_positions)
 
         # An interrupted run that had already stopped early has nothing left to train.
         last = state["epoch"] if state["bad_epochs"] >= settings.patience else settings.epochs
@@ -223,8 +297,8 @@ def train_classic(
                    initial=state["epoch"], total=settings.epochs, disable=not progress)
         for epoch in bar:
             started = time.perf_counter()
-            loss = _train_epoch(model, optimizer, seqs, targets, settings, epoch)
-            metrics = _validate(model, valid, settings, ks)
+            loss = _train_epoch(model, optimizer, inputs, labels, settings, epoch)
+            metrics = _validate(model, valid, context, ks)
             value = metrics[settings.valid_metric]
             state["history"].append({"epoch": epoch + 1, "train_loss": loss, "valid": metrics,
                                      "seconds": round(time.perf_counter() - started, 3)})
@@ -295,11 +369,11 @@ def load_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 def load_ranker(run_dir: str | Path) -> Callable[[Sequence[Sample]], torch.Tensor]:
     """samples -> scores [n, n_items] of the run's best model (deterministic: eval mode)."""
     model, hparams = load_model(run_dir)
-    n_items, max_len = hparams["n_items"], hparams["settings"]["max_len"]
+    n_items, context = hparams["n_items"], hparams["context"]
 
     def ranker(samples: Sequence[Sample]) -> torch.Tensor:
         _check_ids(samples, n_items, f"{run_dir} (samples given to its ranker)", targets=False)
-        return score_samples(model, samples, max_len)
+        return score_samples(model, samples, context)
 
     return ranker
 

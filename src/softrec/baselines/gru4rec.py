@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from softrec.baselines.sasrec import _init_weights
 
@@ -23,14 +23,16 @@ class GRU4Rec(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
-        """seqs [B, L] (left-padded internal ids) -> next-item representation [B, H]."""
+        """seqs [B, L] (left-padded internal ids) -> next-item representations [B, L, H]."""
         length = seqs.shape[1]
         lengths = (seqs > 0).sum(1).clamp(min=1)
-        # Left padding -> right padding, so the packed GRU never reads the pads.
-        shift = (torch.arange(length, device=seqs.device) + length - lengths.unsqueeze(1)) % length
-        right = seqs.gather(1, shift)
+        # Left padding -> right padding, so the packed GRU never reads the pads; back again after.
+        offset = length - lengths.unsqueeze(1)
+        steps = torch.arange(length, device=seqs.device)
+        right = seqs.gather(1, (steps + offset) % length)
         packed = pack_padded_sequence(
             self.dropout(self.item_emb(right)), lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-        _, last = self.gru(packed)
-        return self.proj(last[-1])
+        out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=length)
+        index = ((steps - offset) % length).unsqueeze(-1).expand(-1, -1, out.shape[-1])
+        return self.proj(out.gather(1, index))

@@ -1,9 +1,11 @@
 """SASRec (Kang & McAuley, ICDM 2018): causal self-attention over the item sequence.
 
-Learned positions counted back from the most recent item (so the last item always has the same
-position whatever the history length), pre-LayerNorm Transformer blocks, and the item embedding
-table shared between input and scoring. Input ids are internal: 0 is padding, item i is i + 1;
-sequences are left-padded, so the representation of the next item is read at the last position.
+Learned positions counted from the first item of the sequence, pre-LayerNorm Transformer blocks,
+and the item embedding table shared between input and scoring. Input ids are internal: 0 is
+padding, item i is i + 1; sequences are left-padded. The output at position j represents the item
+after position j, so one forward trains every position of a sequence (the paper's objective) and
+the next item after a history is read at the last position. Positions count from the sequence
+start (not back from its end) so that a sequence's outputs are exactly those of its prefixes.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ class SASRec(nn.Module):
         return blocked.repeat_interleave(self.heads, dim=0)  # [B * heads, L, L]
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
-        """seqs [B, L] (left-padded internal ids, L <= max_len) -> next-item representation [B, H]."""
-        length = seqs.shape[1]
-        positions = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
+        """seqs [B, L] (left-padded internal ids, L <= max_len) -> next-item representations [B, L, H]."""
+        real = seqs > 0
+        positions = (real.cumsum(1) - 1).clamp(min=0)
         x = self.item_emb(seqs) + self.pos_emb(positions)
-        x = self.dropout(x) * (seqs > 0).unsqueeze(-1)
+        x = self.dropout(x) * real.unsqueeze(-1)
         h = self.encoder(x, mask=self.attention_mask(seqs))
-        return self.norm(h[:, -1])
+        return self.norm(h)
 
 
 def _init_weights(module: nn.Module) -> None:
