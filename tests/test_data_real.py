@@ -32,8 +32,9 @@ def prepare(name: str, out, capsys) -> PreparedDataset:
 def test_ml100k(tmp_path, capsys):
     dataset = prepare("ml-100k", tmp_path / "ml", capsys)
     stats = dataset.stats()
-    assert stats["before_filtering"] | {"sequence_length": None} == {
-        "users": 943, "items": 1682, "interactions": 100_000, "sequence_length": None}
+    before = stats["before_filtering"]
+    assert (before["users"], before["items"], before["interactions"]) == (943, 1682, 100_000)
+    assert before["windows"] == 100_000 - 943 * 10  # every user has > 11 ratings: one window per later one
     assert stats["users"] == 943 and 1000 < stats["items"] < 1682  # 10-core drops rare movies
     assert stats["interactions"] + stats["dropped"]["interactions_k_core"] == 100_000
     windows = stats["windows"]
