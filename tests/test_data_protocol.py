@@ -119,6 +119,8 @@ def test_prepare_every_format(tmp_path, fmt):
         for sample in dataset.split(split):
             assert 0 <= sample.target < stats["items"]
             assert 1 <= len(sample.history) <= 10
+    if fmt != "amazon2023":  # same interactions however the source packs them
+        assert stats["interactions"] == stats["before_filtering"]["interactions"] == 48
     if fmt == "amazon2023":  # the item with an empty title is dropped, with its interactions
         assert stats["dropped"]["items_without_title"] == 1
         assert stats["dropped"]["interactions_without_title"] == stats["before_filtering"]["interactions"] - stats["interactions"]

@@ -63,6 +63,7 @@ def test_amazon_industrial(tmp_path, capsys):
     assert stats["items"] == 3686
     assert stats["windows"]["test"] == 4533
     assert stats["windows"]["train"] + stats["windows"]["valid"] == 4532
+    assert stats["interactions"] == stats["before_filtering"]["interactions"]  # nothing dropped
     assert dataset.split("test")[0].timestamp is None  # D3 has no timestamps
     assert dataset.domain.items == "industrial and scientific products"
     assert dataset.domain.verb == "purchased"

@@ -48,7 +48,7 @@ from softrec.data.dataset import SPLITS, Domain, Item, PreparedDataset, Sample, 
 from softrec.data.readers.base import SourceData
 from softrec.errors import UserError
 
-PROTOCOL_VERSION = 3  # bump when the same inputs and settings would give different files
+PROTOCOL_VERSION = 4  # bump when the same inputs and settings would give different files
 Log = Callable[[str], None]
 
 
@@ -383,8 +383,10 @@ def _from_windows(source: SourceData, config: DataConfig) -> _Prepared:
     kept = [w for pool in pools.values() for w in pool]
     stats = {
         "users": len({w.user for w in kept}), "items": len(items),
+        # file order (rows) within equal times: a user's windows must be merged in sequence order
         "interactions": reconstructed_interactions(
-            (w.user, untruncated[w.row], w.timestamp) for w in sorted(kept, key=time_key)),
+            (w.user, untruncated[w.row], w.timestamp)
+            for w in sorted(kept, key=lambda w: (w.timestamp or 0.0, w.row))),
         "before_filtering": before, "dropped": dict(dropped), "catalogue": cat_counts,
         "k_core": {"k": config.k_core, "applied": False,
                    "note": "pre-windowed source: windows kept as published (filtered by the publisher)"},
