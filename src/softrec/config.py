@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from softrec.errors import UserError
 
@@ -90,6 +90,12 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(
         1, ge=0, description="optimizer steps between mid-epoch checkpoints for --resume (0 = epoch ends only)"
     )
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML (and so --set train.bf16=off) reads on/off as booleans
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class SoftConfig(_Section):
