@@ -18,6 +18,7 @@ from softrec.errors import UserError
 COMMAND_MODULES: list[str] = [
     "softrec.cli.data",
     "softrec.cli.evaluate",
+    "softrec.cli.train",
 ]
 
 

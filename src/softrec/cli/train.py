@@ -1,0 +1,109 @@
+"""`softrec train`: SFT / SOFT of an LLM backbone, or a classic baseline, into a run directory.
+
+    softrec train --method sft --data PREPARED_DIR --model gemma-3-270m --out RUN_DIR [--epochs N]
+    softrec train --method soft --distilled SFT_RUN_DIR --alpha 1 --data PREPARED_DIR --out RUN_DIR
+    softrec train ... --resume          # continue RUN_DIR from its last checkpoint
+
+Works unchanged under `torchrun` / `accelerate launch` (the Trainer runs DDP).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from softrec.cli.common import add_config_options, config_from_args
+from softrec.errors import UserError
+
+LLM_METHODS = ("sft", "soft", "soft-sd-only", "soft-fixed", "soft-linear")
+CLASSIC_METHODS = ("sasrec", "gru4rec")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an LLM recommender (SFT, SOFT variants) or a classic baseline",
+        description="Train on a prepared dataset; weights, logs, history and checkpoints go to --out.",
+    )
+    parser.add_argument("--method", choices=[*LLM_METHODS, *CLASSIC_METHODS], default=None,
+                        help="sft (tuning-only), soft (reference curriculum), soft-sd-only, soft-fixed, "
+                        "soft-linear, sasrec, gru4rec (default: train.method, i.e. sft)")
+    parser.add_argument("--data", required=True, type=Path, metavar="PREPARED_DIR",
+                        help="prepared dataset (softrec data prepare)")
+    parser.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run directory")
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="gemma-3-270m (default), smollm2-135m, tiny, or a local HF checkpoint")
+    parser.add_argument("--epochs", type=int, help="maximum epochs (reference 7)")
+    parser.add_argument("--seed", type=int, help="training seed (reference 42)")
+    parser.add_argument("--train-size", type=int, metavar="N", help="train on a seeded subset of N samples")
+    parser.add_argument("--valid-size", type=int, metavar="N", help="validate on a seeded subset of N samples")
+    parser.add_argument("--micro-batch", type=int, metavar="N", help="samples per forward pass")
+    parser.add_argument("--effective-batch", type=int, metavar="N", help="samples per optimizer step (reference 256)")
+    parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    parser.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    soft = parser.add_argument_group("SOFT methods")
+    soft.add_argument("--distilled", type=Path, metavar="SFT_RUN_DIR",
+                      help="SFT run holding distilled.jsonl (softrec distill)")
+    soft.add_argument("--alpha", type=float, help="pace of the adaptive curriculum (soft.alpha)")
+    add_config_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args, {
+        "train.method": args.method,
+        "model.name": args.model,
+        "train.epochs": args.epochs,
+        "train.seed": args.seed,
+        "train.train_samples": args.train_size,
+        "train.valid_samples": args.valid_size,
+        "train.micro_batch": args.micro_batch,
+        "train.effective_batch": args.effective_batch,
+        "train.lora.enabled": False if args.full else None,
+        "soft.alpha": args.alpha,
+    })
+    dataset = _dataset(args.data)
+    method = config.train.method
+    if method in CLASSIC_METHODS:
+        from softrec.baselines import train_classic
+
+        print(f"{method}: {train_classic(config, dataset, args.out, resume=args.resume)}")
+        return 0
+    distilled, callbacks = _soft_inputs(config, dataset, args)
+    from softrec.training.trainer import train_llm
+
+    info = {"distilled_from": str(args.distilled.resolve())} if distilled is not None else None
+    result = train_llm(config, dataset, args.out, resume=args.resume, distilled=distilled,
+                       callbacks=callbacks, info=info)
+    best = "" if result.best_metric is None else f" ({config.train.selection_metric} {result.best_metric:.4f})"
+    state = "reused finished run" if result.reused else f"{len(result.history)} epochs" + (
+        ", stopped early" if result.stopped_early else "")
+    print(f"{method}: {state}; best epoch {result.best_epoch}{best}; weights in {result.weights_dir}")
+    return 0
+
+
+def _dataset(path: Path) -> Any:
+    from softrec.data.dataset import PreparedDataset
+
+    if not path.is_dir():
+        raise UserError(f"--data {path}: no such directory (prepare one with `softrec data prepare`)")
+    return PreparedDataset.load(path)
+
+
+def _soft_inputs(config: Any, dataset: Any, args: argparse.Namespace) -> tuple[dict[str, str] | None, list]:
+    """Self-distilled targets and the curriculum callbacks for the SOFT methods (none for sft)."""
+    method = config.train.method
+    if method == "sft":
+        if args.distilled is not None:
+            raise UserError("--distilled is only for the SOFT methods (soft, soft-sd-only, soft-fixed, soft-linear)")
+        return None, []
+    if args.distilled is None:
+        raise UserError(f"--method {method} needs --distilled SFT_RUN_DIR (an SFT run after `softrec distill`)")
+    from softrec.training.distill import load_distilled
+
+    distilled = load_distilled(args.distilled)
+    # ---- SOFT curriculum hook (owner: lead): callbacks that set trainer.soft_lambda per epoch.
+    from softrec.training.curriculum import soft_callbacks
+
+    return distilled, soft_callbacks(config, dataset, args.out, args.distilled)
