@@ -583,6 +583,7 @@ def _train_llm(
         dataloader_pin_memory=torch.cuda.is_available(),
         restore_callback_states_from_checkpoint=True,
         ddp_find_unused_parameters=False,
+        use_cpu=device_type == "cpu",  # accelerate runs multi-process CPU DDP (gloo) only when told so
     )
     epoch_cb = EpochEndCallback(
         out,
