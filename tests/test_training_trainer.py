@@ -68,7 +68,7 @@ def test_best_epoch_is_kept_and_early_stopping_fires(tiny_dataset, tmp_path):
     snapshots = []
 
     def validator(model, tokenizer):
-        snapshots.append({k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()})
+        snapshots.append({k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()})
         return {"HR@10": next(scores), "NDCG@10": 0.0}
 
     config = tiny_config(**{"train.epochs": 6, "train.patience": 2})
