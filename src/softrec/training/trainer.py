@@ -470,78 +470,22 @@ def default_validator(config: Config, dataset: PreparedDataset) -> Validator:
 
 
 # ---------------------------------------------------------------- the stage
-def train_llm(
+def build_trainer(
     config: Config,
     dataset: PreparedDataset,
     out: Path,
     *,
-    resume: bool = False,
     distilled: dict[str, str] | None = None,
     callbacks: list[TrainerCallback] | None = None,
     validator: Validator | None = None,
     model_and_tokenizer: tuple[Any, Any] | None = None,
     progress: bool = True,
-    info: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Train config.model.name on dataset's train split into RUN_DIR `out` (see module docstring).
-
-    `validator=None` uses `default_validator` unless config.train.validate_every_epoch is false (then
-    the last epoch is kept). `model_and_tokenizer` overrides loading config.model.name (tests);
-    `info` adds fields to run.json. The run directory is locked (by rank 0) while training.
-    """
-    lock = RunDir(out) if is_main_process() else contextlib.nullcontext()
-    with lock:
-        return _train_llm(
-            config, dataset, Path(out), resume=resume, distilled=distilled, callbacks=callbacks,
-            validator=validator, model_and_tokenizer=model_and_tokenizer, progress=progress, info=info,
-        )
-
-
-def _train_llm(
-    config: Config,
-    dataset: PreparedDataset,
-    out: Path,
-    *,
-    resume: bool,
-    distilled: dict[str, str] | None,
-    callbacks: list[TrainerCallback] | None,
-    validator: Validator | None,
-    model_and_tokenizer: tuple[Any, Any] | None,
-    progress: bool,
-    info: dict[str, Any] | None,
-) -> TrainResult:
+) -> tuple[SoftTrainer, EpochEndCallback]:
+    """The SoftTrainer `train_llm` runs (model with LoRA, data, callbacks), ready for `.train()`."""
     from transformers import set_seed
     from transformers.integrations import TensorBoardCallback
 
     train_cfg = config.train
-    run = RunDir(out)
-    key = training_key(config, dataset, distilled)
-    weights_name = "adapter" if train_cfg.lora.enabled else "model"
-    if run.valid("history.json", key) and run.valid(weights_name, key):
-        log.warning("%s: training already finished with these settings; reusing it", out)
-        return _result_from_disk(out, weights_name, reused=True)
-
-    if is_main_process():
-        run.update_info(
-            base_model=config.model.name, method=train_cfg.method, dataset=str(Path(dataset.path).resolve()),
-            dataset_key=dataset.checksum, template=config.model.template, status="training", train_key=key,
-            **(info or {}),
-        )
-        inputs = {"dataset": dataset.checksum}
-        if distilled is not None:
-            inputs["distilled"] = content_key(sorted(distilled.items()))
-        run.save_config(config, inputs=inputs)
-
-    checkpoint = last_complete_checkpoint(out / CHECKPOINTS) if resume else None
-    if resume and checkpoint is None:
-        log.warning("%s: no checkpoint to resume from; starting from the beginning", out)
-    if checkpoint is None and is_main_process():
-        _clear_previous_attempt(out)
-    elif checkpoint is not None and is_main_process():
-        step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
-        truncate_jsonl(out / "logs" / "metrics.jsonl", step)
-        log.warning("resuming %s from %s", out, checkpoint.name)
-
     set_seed(train_cfg.seed)
     model, tokenizer = model_and_tokenizer or _load_backbone(config.model.name)
     model = prepare_model(model, config)
@@ -616,6 +560,84 @@ def _train_llm(
             callback.bind(trainer)
         elif not hasattr(callback, "trainer"):
             callback.trainer = trainer
+    return trainer, epoch_cb
+
+
+def train_llm(
+    config: Config,
+    dataset: PreparedDataset,
+    out: Path,
+    *,
+    resume: bool = False,
+    distilled: dict[str, str] | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    validator: Validator | None = None,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train config.model.name on dataset's train split into RUN_DIR `out` (see module docstring).
+
+    `validator=None` uses `default_validator` unless config.train.validate_every_epoch is false (then
+    the last epoch is kept). `model_and_tokenizer` overrides loading config.model.name (tests);
+    `info` adds fields to run.json. The run directory is locked (by rank 0) while training.
+    """
+    lock = RunDir(out) if is_main_process() else contextlib.nullcontext()
+    with lock:
+        return _train_llm(
+            config, dataset, Path(out), resume=resume, distilled=distilled, callbacks=callbacks,
+            validator=validator, model_and_tokenizer=model_and_tokenizer, progress=progress, info=info,
+        )
+
+
+def _train_llm(
+    config: Config,
+    dataset: PreparedDataset,
+    out: Path,
+    *,
+    resume: bool,
+    distilled: dict[str, str] | None,
+    callbacks: list[TrainerCallback] | None,
+    validator: Validator | None,
+    model_and_tokenizer: tuple[Any, Any] | None,
+    progress: bool,
+    info: dict[str, Any] | None,
+) -> TrainResult:
+
+    train_cfg = config.train
+    run = RunDir(out)
+    key = training_key(config, dataset, distilled)
+    weights_name = "adapter" if train_cfg.lora.enabled else "model"
+    if run.valid("history.json", key) and run.valid(weights_name, key):
+        log.warning("%s: training already finished with these settings; reusing it", out)
+        return _result_from_disk(out, weights_name, reused=True)
+
+    if is_main_process():
+        run.update_info(
+            base_model=config.model.name, method=train_cfg.method, dataset=str(Path(dataset.path).resolve()),
+            dataset_key=dataset.checksum, template=config.model.template, status="training", train_key=key,
+            **(info or {}),
+        )
+        inputs = {"dataset": dataset.checksum}
+        if distilled is not None:
+            inputs["distilled"] = content_key(sorted(distilled.items()))
+        run.save_config(config, inputs=inputs)
+
+    checkpoint = last_complete_checkpoint(out / CHECKPOINTS) if resume else None
+    if resume and checkpoint is None:
+        log.warning("%s: no checkpoint to resume from; starting from the beginning", out)
+    if checkpoint is None and is_main_process():
+        _clear_previous_attempt(out)
+    elif checkpoint is not None and is_main_process():
+        step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+        truncate_jsonl(out / "logs" / "metrics.jsonl", step)
+        log.warning("resuming %s from %s", out, checkpoint.name)
+
+    trainer, epoch_cb = build_trainer(
+        config, dataset, out, distilled=distilled, callbacks=callbacks, validator=validator,
+        model_and_tokenizer=model_and_tokenizer, progress=progress,
+    )
+    tokenizer = trainer.processing_class
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if trainer.is_world_process_zero():
