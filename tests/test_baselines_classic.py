@@ -52,6 +52,15 @@ def tiny_config(method: str, **extra):
     return load_config(values=settings)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: a second intra-op thread only thrashes when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def successor(tmp_path_factory):
     return successor_dataset(tmp_path_factory.mktemp("data") / "successor")

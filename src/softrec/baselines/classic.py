@@ -17,6 +17,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,49 @@ def _weights_bytes(model: nn.Module) -> bytes:
     return save_safetensors({k: v.detach().contiguous() for k, v in model.state_dict().items()})
 
 
+@dataclass
+class _Fit:
+    """Everything one training run needs between epochs (kept together so each step stays short)."""
+
+    run: RunDir
+    key: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    valid: Sequence[Sample]
+    context: int
+    ks: list[int]
+    settings: ClassicConfig
+    state: dict[str, Any] = field(default_factory=lambda: {
+        "epoch": 0, "best_score": float("-inf"), "best_epoch": None, "bad_epochs": 0, "history": []})
+
+    def epoch(self, epoch: int) -> float:
+        """Train one epoch, validate, keep the best weights, checkpoint; returns the valid metric."""
+        started = time.perf_counter()
+        loss = _train_epoch(self.model, self.optimizer, self.inputs, self.labels, self.settings, epoch)
+        metrics = _validate(self.model, self.valid, self.context, self.ks)
+        value = metrics[self.settings.valid_metric]
+        state = self.state
+        state["history"].append({"epoch": epoch + 1, "train_loss": loss, "valid": metrics,
+                                 "seconds": round(time.perf_counter() - started, 3)})
+        state["epoch"] = epoch + 1
+        if value > state["best_score"]:
+            state.update(best_score=value, best_epoch=epoch + 1, bad_epochs=0)
+            atomic_write_bytes(self.run.path / WEIGHTS, _weights_bytes(self.model))
+        else:
+            state["bad_epochs"] += 1
+        atomic_write_json(self.run.path / HISTORY, state["history"])
+        atomic_write_bytes(self.run.path / CHECKPOINT, _state_bytes({
+            **state, "key": self.key, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state()}))
+        return value
+
+    @property
+    def stopped(self) -> bool:
+        return self.state["bad_epochs"] >= self.settings.patience
+
+
 def train_classic(
     config: Config, dataset: PreparedDataset, out: Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -257,19 +301,16 @@ def train_classic(
     A finished run with the same settings and data is reused, not retrained; `resume=True` continues
     an interrupted run from its last epoch checkpoint.
     """
-    method = config.train.method
-    settings = config.classic
+    method, settings = config.train.method, config.classic
     if method not in CLASSIC_METHODS:
         raise UserError(f"train.method: '{method}' is not a classic recommender (expected sasrec or gru4rec)")
     n_items = len(dataset.catalogue)
-    train = dataset.split("train_full")
-    valid = dataset.split("valid")
+    train, valid = dataset.split("train_full"), dataset.split("valid")
     if not train or not valid:
         raise UserError(f"{dataset.path}: train_full and valid must not be empty to train {method}")
     _check_ids(train, n_items, str(dataset.path / "train_full.jsonl"))
     _check_ids(valid, n_items, str(dataset.path / "valid.jsonl"))
-    ks = sorted({*config.eval.ks, int(settings.valid_metric.split("@")[1])})
-    key = content_key(method, settings.model_dump(mode="json"), ks, dataset.checksum)
+    key = content_key(method, settings.model_dump(mode="json"), dataset.checksum)
 
     with RunDir(out) as run:
         if run.valid(WEIGHTS, key) and run.valid(HISTORY, key):
@@ -278,51 +319,35 @@ def train_classic(
         run.save_config(config, inputs={"dataset": dataset.checksum})
         # The model never reads more history than the training windows hold (train = test contexts).
         context = max(1, min(settings.max_len, max(len(s.history) for s in train)))
-        hparams = {"method": method, "n_items": n_items, "dataset_key": dataset.checksum, "context": context,
-                   "settings": settings.model_dump(mode="json")}
-        atomic_write_json(run.path / HPARAMS, hparams)
-
+        atomic_write_json(run.path / HPARAMS, {"method": method, "n_items": n_items, "context": context,
+                                               "dataset_key": dataset.checksum,
+                                               "settings": settings.model_dump(mode="json")})
         torch.manual_seed(settings.seed)
         model = build_model(method, n_items, settings)
         optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-        state = {"epoch": 0, "best_score": float("-inf"), "best_epoch": None, "bad_epochs": 0, "history": []}
-        checkpoint = run.path / CHECKPOINT
-        if resume and checkpoint.exists():
-            state = _restore(checkpoint, key, model, optimizer)
-        inputs, labels = encode_training(train, context, settings.train_positions)
+        fit = _Fit(run, key, model, optimizer, *encode_training(train, context, settings.train_positions),
+                   valid, context, sorted({*config.eval.ks, int(settings.valid_metric.split("@")[1])}), settings)
+        if resume and (run.path / CHECKPOINT).exists():
+            fit.state = _restore(run.path / CHECKPOINT, key, model, optimizer)
 
         # An interrupted run that had already stopped early has nothing left to train.
-        last = state["epoch"] if state["bad_epochs"] >= settings.patience else settings.epochs
-        bar = tqdm(range(state["epoch"], last), desc=method, unit="epoch",
-                   initial=state["epoch"], total=settings.epochs, disable=not progress)
+        bar = tqdm(range(fit.state["epoch"], fit.state["epoch"] if fit.stopped else settings.epochs),
+                   desc=method, unit="epoch", initial=fit.state["epoch"], total=settings.epochs,
+                   disable=not progress)
         for epoch in bar:
-            started = time.perf_counter()
-            loss = _train_epoch(model, optimizer, inputs, labels, settings, epoch)
-            metrics = _validate(model, valid, context, ks)
-            value = metrics[settings.valid_metric]
-            state["history"].append({"epoch": epoch + 1, "train_loss": loss, "valid": metrics,
-                                     "seconds": round(time.perf_counter() - started, 3)})
-            state["epoch"] = epoch + 1
-            if value > state["best_score"]:
-                state.update(best_score=value, best_epoch=epoch + 1, bad_epochs=0)
-                atomic_write_bytes(run.path / WEIGHTS, _weights_bytes(model))
-            else:
-                state["bad_epochs"] += 1
-            atomic_write_json(run.path / HISTORY, state["history"])
-            atomic_write_bytes(checkpoint, _state_bytes({**state, "key": key, "model": model.state_dict(),
-                                                         "optimizer": optimizer.state_dict(),
-                                                         "rng": torch.get_rng_state()}))
-            bar.set_postfix(loss=f"{loss:.4f}", **{settings.valid_metric: f"{value:.4f}"},
-                            best=f"{state['best_score']:.4f}@{state['best_epoch']}")
-            if state["bad_epochs"] >= settings.patience:
+            value = fit.epoch(epoch)
+            bar.set_postfix(loss=f"{fit.state['history'][-1]['train_loss']:.4f}",
+                            **{settings.valid_metric: f"{value:.4f}"},
+                            best=f"{fit.state['best_score']:.4f}@{fit.state['best_epoch']}")
+            if fit.stopped:
                 break
         bar.close()
 
+        state = fit.state
         run.update_info(best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                         best_valid=_best_record(state["history"], state["best_epoch"])["valid"])
-        run.record(WEIGHTS, key, best_epoch=state["best_epoch"])
-        run.record(HPARAMS, key)
-        run.record(HISTORY, key)
+        for name in (WEIGHTS, HPARAMS, HISTORY):
+            run.record(name, key)
         return _summary(run, method, reused=False)
 
 
