@@ -17,6 +17,7 @@ from softrec.errors import UserError
 # Stages appear here only once they exist.
 COMMAND_MODULES: list[str] = [
     "softrec.cli.data",
+    "softrec.cli.distill",
     "softrec.cli.evaluate",
     "softrec.cli.train",
 ]

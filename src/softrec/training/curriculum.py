@@ -150,3 +150,55 @@ class CurriculumCallback(TrainerCallback):
 
     def history(self) -> dict[str, Any]:
         return {"distances": dict(sorted(self.distances.items())), "lambdas": dict(sorted(self.lambdas.items()))}
+
+
+# ---------------------------------------------------------------- wiring for `softrec train --method soft*`
+def probe_samples(dataset: Any, size: int, seed: int) -> list[Any]:
+    """The fixed probe set S: `size` training samples drawn with a fixed seed."""
+    import random
+
+    train = dataset.split("train")
+    if size >= len(train):
+        return list(train)
+    return random.Random(seed).sample(train, size)
+
+
+def probe_distance(dataset: Any, config: Any) -> Measure:
+    """d_k: mean L2 distance between the grounding embeddings (frozen base model, SOFT.md section 5)
+    of the model's top-beam generation and of the true title, over the probe set."""
+    import torch
+
+    from softrec.data.prompts import build_prompt, strip_response
+    from softrec.inference.generate import generate_beams
+    from softrec.inference.grounding import embed_texts
+
+    probe = probe_samples(dataset, config.soft.probe_size, config.soft.probe_seed)
+    titles = dataset.titles
+    targets = [titles[s.target] for s in probe]
+    cache: dict[str, torch.Tensor] = {}
+
+    def measure(model: Any, tokenizer: Any) -> float:
+        prompts = [
+            build_prompt([titles[i] for i in s.history], dataset.domain, config.model.template, tokenizer)
+            for s in probe
+        ]
+        beams = generate_beams(
+            model, tokenizer, prompts,
+            num_beams=config.soft.distill_beams,
+            max_new_tokens=config.soft.distill_max_new_tokens,
+            batch_size=config.eval.batch_size,
+        )
+        generated = [strip_response(b[0]) if b else "" for b in beams]
+        if "targets" not in cache:
+            cache["targets"] = embed_texts(model, tokenizer, targets)
+        emb = embed_texts(model, tokenizer, generated)
+        return float((emb - cache["targets"]).norm(dim=1).mean())
+
+    return measure
+
+
+def soft_callbacks(config: Any, dataset: Any, out: str | Path, distilled_run: Any = None) -> list[CurriculumCallback]:
+    """The callbacks a SOFT run adds to the Trainer (call `.bind(trainer)` on each once it exists)."""
+    scheduler = scheduler_for(config.train.method, config.soft, config.train.epochs)
+    measure = probe_distance(dataset, config) if scheduler.needs_distances else None
+    return [CurriculumCallback(scheduler, measure, Path(out) / "curriculum.json")]

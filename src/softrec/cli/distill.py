@@ -1,0 +1,40 @@
+"""`softrec distill --run SFT_RUN_DIR --data PREPARED_DIR`: SOFT's self-distillation stage."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from softrec.cli.common import add_config_options, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "distill",
+        help="generate self-distilled targets with a trained SFT run (SOFT stage 2)",
+        description="Run the SFT model over every training input and store its top-beam generations.",
+    )
+    parser.add_argument("--run", required=True, type=Path, help="the SFT run directory")
+    parser.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
+    parser.add_argument("--mode", choices=["raw", "grounded", "sample"], help="reference: raw")
+    parser.add_argument("--beams", type=int, help="beam width (reference 4)")
+    parser.add_argument("--max-new-tokens", type=int, help="reference 64")
+    add_config_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from softrec.data.dataset import PreparedDataset
+    from softrec.training.distill import distill
+
+    saved = args.run / "config.yaml"
+    if args.config is None and saved.exists():
+        args.config = saved  # decode with the settings the SFT run was trained with
+    config = config_from_args(args, {
+        "soft.distill_mode": args.mode,
+        "soft.distill_beams": args.beams,
+        "soft.distill_max_new_tokens": args.max_new_tokens,
+    })
+    path = distill(args.run, PreparedDataset.load(args.data), config)
+    print(f"self-distilled targets: {path}")
+    return 0

@@ -1,0 +1,126 @@
+"""SOFT stage 2, self-distillation: the SFT model's own top-beam generation for every training input.
+
+The targets y'_i are the raw top-beam texts (reference; not grounded), stored in
+SFT_RUN_DIR/distilled.jsonl as {"sample_id", "target_text", "exact_title"}; the run's manifest records
+their provenance (key over adapter checksum, decoding settings and data key; share of exact titles). Options beside the
+reference: `grounded` snaps each generation to its nearest catalogue title (L2 grounding) and
+`sample` draws one sampled continuation instead of beam search.
+
+Work is done in chunks, each written atomically under distilled.parts/: a killed run keeps the
+finished chunks and redoes only the unfinished one.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from softrec.config import Config
+from softrec.data.dataset import PreparedDataset, Sample
+from softrec.data.prompts import build_prompt, response_text, strip_response
+from softrec.errors import UserError
+from softrec.runs import RunDir, content_key, path_sha256, read_jsonl, write_jsonl
+
+DISTILLED = "distilled.jsonl"
+PARTS = "distilled.parts"
+CHUNK = 32
+
+
+def distill_key(run_dir: Path, dataset: PreparedDataset, config: Config) -> str:
+    weights = run_dir / ("adapter" if (run_dir / "adapter").is_dir() else "model")
+    if not weights.exists():
+        raise UserError(f"{run_dir}: no trained adapter/ or model/ to distil from (train it first)")
+    soft = config.soft
+    return content_key(
+        path_sha256(weights), dataset.checksum, config.model.template,
+        soft.distill_mode, soft.distill_beams, soft.distill_max_new_tokens, config.train.seed,
+    )
+
+
+def load_distilled(run_dir: str | Path) -> dict[str, str]:
+    """sample_id -> self-distilled response text (used verbatim as the training response)."""
+    path = Path(run_dir) / DISTILLED
+    if not path.exists():
+        raise UserError(f"{path}: no self-distilled targets; run `softrec distill --run {run_dir} --data DIR` first")
+    return {row["sample_id"]: row["target_text"] for row in read_jsonl(path)}
+
+
+def _generate_targets(
+    model: Any, tokenizer: Any, samples: Sequence[Sample], dataset: PreparedDataset, config: Config
+) -> list[str]:
+    from softrec.inference.generate import generate_beams
+
+    titles = dataset.titles
+    prompts = [
+        build_prompt([titles[i] for i in s.history], dataset.domain, config.model.template, tokenizer)
+        for s in samples
+    ]
+    soft = config.soft
+    if soft.distill_mode == "sample":
+        return _sample(model, tokenizer, prompts, soft.distill_max_new_tokens, config.train.seed)
+    beams = generate_beams(
+        model, tokenizer, prompts, num_beams=soft.distill_beams,
+        max_new_tokens=soft.distill_max_new_tokens, batch_size=config.eval.batch_size,
+    )
+    texts = [b[0].strip() if b else "" for b in beams]
+    if soft.distill_mode == "grounded":
+        from softrec.inference.grounding import catalogue_embeddings, embed_texts
+
+        catalogue = catalogue_embeddings(model, tokenizer, dataset, cache_key=None)
+        emb = embed_texts(model, tokenizer, [strip_response(t) for t in texts])
+        nearest = ((emb[:, None, :] - catalogue[None, :, :]) ** 2).sum(-1).argmin(dim=1)
+        texts = [response_text(titles[int(i)]) for i in nearest]
+    return texts
+
+
+def _sample(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:
+    import torch
+
+    torch.manual_seed(seed)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=True, top_p=0.9, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id)
+    new = out[:, batch["input_ids"].shape[1]:]
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def distill(run_dir: str | Path, dataset: PreparedDataset, config: Config, *, progress: bool = True) -> Path:
+    """Write RUN_DIR/distilled.jsonl (reused when its key still matches)."""
+    from softrec.models.registry import load_run_model
+
+    run_dir = Path(run_dir)
+    with RunDir(run_dir) as run:
+        key = distill_key(run_dir, dataset, config)
+        if run.valid(DISTILLED, key):
+            return run_dir / DISTILLED
+        parts = run_dir / PARTS / key
+        parts.mkdir(parents=True, exist_ok=True)
+        samples = dataset.split("train")
+        model, tokenizer = load_run_model(run_dir)
+        titles = set(dataset.titles)
+        chunks = range(0, len(samples), CHUNK)
+        bar = tqdm(total=len(samples), desc="distil", unit="prompt", disable=not progress)
+        for start in chunks:
+            part = parts / f"{start:07d}.jsonl"
+            chunk = samples[start:start + CHUNK]
+            if not part.exists():
+                texts = _generate_targets(model, tokenizer, chunk, dataset, config)
+                write_jsonl(part, [
+                    {"sample_id": s.sample_id, "target_text": t, "exact_title": strip_response(t) in titles}
+                    for s, t in zip(chunk, texts, strict=True)
+                ])
+            bar.update(len(chunk))
+        bar.close()
+        rows = [row for start in chunks for row in read_jsonl(parts / f"{start:07d}.jsonl")]
+        write_jsonl(run_dir / DISTILLED, rows)
+        exact = sum(r["exact_title"] for r in rows) / max(len(rows), 1)
+        run.record(DISTILLED, key, n=len(rows), exact_title_share=exact,
+                   mode=config.soft.distill_mode, beams=config.soft.distill_beams,
+                   max_new_tokens=config.soft.distill_max_new_tokens, dataset_key=dataset.checksum)
+        shutil.rmtree(run_dir / PARTS, ignore_errors=True)
+    return run_dir / DISTILLED

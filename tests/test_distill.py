@@ -1,0 +1,76 @@
+"""SOFT stage 2: self-distilled targets for every training input, resumable and reused when valid."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from softrec.config import load_config
+from softrec.runs import RunDir
+
+
+@pytest.fixture()
+def sft_run(tmp_path, tiny_backbone):
+    """A run directory holding a fresh (untrained) LoRA adapter on the tiny model."""
+    from peft import LoraConfig, get_peft_model
+
+    from softrec.models.registry import load_backbone
+
+    model, _ = load_backbone("tiny")
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    run_dir = tmp_path / "sft"
+    peft_model.save_pretrained(run_dir / "adapter")
+    RunDir(run_dir).update_info(base_model="tiny", method="sft")
+    return run_dir
+
+
+def _config():
+    return load_config(None, ["soft.distill_max_new_tokens=6", "soft.distill_beams=2", "eval.batch_size=4"])
+
+
+def test_distill_covers_every_training_sample_and_is_reused(sft_run, tiny_dataset, monkeypatch):
+    from softrec.training import distill as stage
+
+    path = stage.distill(sft_run, tiny_dataset, _config(), progress=False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["sample_id"] for r in rows] == [s.sample_id for s in tiny_dataset.split("train")]
+    assert all(isinstance(r["target_text"], str) for r in rows)
+    assert stage.load_distilled(sft_run) == {r["sample_id"]: r["target_text"] for r in rows}
+    assert not (sft_run / stage.PARTS).exists()
+
+    # a second call with the same adapter, data and settings generates nothing
+    monkeypatch.setattr(stage, "_generate_targets", lambda *a, **k: pytest.fail("regenerated"))
+    assert stage.distill(sft_run, tiny_dataset, _config(), progress=False) == path
+
+
+def test_distill_resumes_from_finished_chunks(sft_run, tiny_dataset, monkeypatch):
+    from softrec.training import distill as stage
+
+    monkeypatch.setattr(stage, "CHUNK", 8)
+    real = stage._generate_targets
+    calls = []
+
+    def crash_on_second_chunk(model, tokenizer, samples, *args):
+        calls.append(samples[0].sample_id)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(model, tokenizer, samples, *args)
+
+    monkeypatch.setattr(stage, "_generate_targets", crash_on_second_chunk)
+    with pytest.raises(RuntimeError):
+        stage.distill(sft_run, tiny_dataset, _config(), progress=False)
+    assert not (sft_run / stage.DISTILLED).exists()  # nothing half-written
+
+    calls.clear()
+    monkeypatch.setattr(stage, "_generate_targets", lambda m, t, samples, *a: calls.append(1) or real(m, t, samples, *a))
+    stage.distill(sft_run, tiny_dataset, _config(), progress=False)
+    assert len(calls) == 2  # 24 samples in chunks of 8: the finished first chunk was kept
+
+
+def test_missing_distilled_targets_is_a_user_error(tmp_path):
+    from softrec.errors import UserError
+    from softrec.training.distill import load_distilled
+
+    with pytest.raises(UserError, match="softrec distill"):
+        load_distilled(tmp_path)
