@@ -19,6 +19,8 @@ COMMAND_MODULES: list[str] = [
     "softrec.cli.data",
     "softrec.cli.distill",
     "softrec.cli.evaluate",
+    "softrec.cli.run",
+    "softrec.cli.report",
     "softrec.cli.train",
 ]
 

@@ -1,0 +1,115 @@
+"""The SOFT recipe, end to end: prepare -> SFT -> distill -> SOFT -> evaluate both -> report.
+
+Each stage reads and writes artefacts in OUT and is skipped when its artefact is still valid, so
+rerunning the same command after a crash (or with a changed later-stage setting) redoes only what is
+missing or stale.
+
+    OUT/data/            prepared dataset
+    OUT/sft/             tuning-only baseline (+ distilled.jsonl, the self-distilled targets)
+    OUT/soft/            SOFT (or OUT/soft-alpha<A>/ per swept alpha, the best on validation kept)
+    OUT/report/          report.md, metrics.json, plots
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from softrec.config import Config
+from softrec.data.dataset import PreparedDataset
+
+
+def _log(message: str) -> None:
+    print(f"[softrec {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _with(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of `config` with some fields of some sections replaced (validated)."""
+    tree = config.model_dump()
+    for section, values in sections.items():
+        tree[section].update(values)
+    return Config.model_validate(tree)
+
+
+def prepare(config: Config, out: Path) -> PreparedDataset:
+    from softrec.data.protocol import prepare_dataset
+
+    _log(f"prepare: dataset {config.data.dataset} -> {out / 'data'}")
+    return prepare_dataset(config.data, out / "data")
+
+
+def train(config: Config, dataset: PreparedDataset, run_dir: Path, *, distilled_from: Path | None = None) -> Path:
+    """train_llm reuses a finished run with the same key and resumes an interrupted one."""
+    from softrec.training.trainer import train_llm
+
+    _log(f"train {config.train.method}: {config.model.name} -> {run_dir}")
+    callbacks = None
+    distilled = None
+    if config.train.method.startswith("soft"):
+        from softrec.training.curriculum import soft_callbacks
+        from softrec.training.distill import load_distilled
+
+        distilled = load_distilled(distilled_from)
+        callbacks = soft_callbacks(config, dataset, run_dir, distilled_from)
+    train_llm(config, dataset, run_dir, resume=(run_dir / "checkpoints").exists(),
+              distilled=distilled, callbacks=callbacks)
+    return run_dir
+
+
+def evaluate(config: Config, dataset: PreparedDataset, run_dir: Path, split: str = "test") -> None:
+    """`softrec evaluate` on one run (it reuses a still-valid evaluation by its manifest key)."""
+    from softrec.cli import main as cli_main
+    from softrec.errors import UserError
+
+    _log(f"evaluate {run_dir.name} on {split} ({config.eval.grounding} grounding)")
+    status = cli_main([
+        "evaluate", "--run", str(run_dir), "--data", str(dataset.path), "--split", split,
+        "--grounding", config.eval.grounding,
+    ])
+    if status != 0:
+        raise UserError(f"{run_dir}: evaluation failed (exit status {status})")
+
+
+def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False) -> Path:
+    """The whole recipe; returns OUT/report."""
+    from softrec.report import build_report
+    from softrec.training.distill import distill
+
+    out = Path(out)
+    dataset = prepare(config, out)
+    sft_dir = train(_with(config, train={"method": "sft"}), dataset, out / "sft")
+    _log("distill: self-distilled targets from the SFT model")
+    distill(sft_dir, dataset, config)
+
+    soft_method = config.train.method if config.train.method.startswith("soft") else "soft"
+    alphas = config.soft.alpha_sweep if sweep_alpha and soft_method == "soft" else [config.soft.alpha]
+    soft_runs = {}
+    for alpha in alphas:
+        name = "soft" if len(alphas) == 1 else f"soft-alpha{alpha:g}"
+        soft_config = _with(config, train={"method": soft_method}, soft={"alpha": alpha})
+        soft_runs[name] = train(soft_config, dataset, out / name, distilled_from=sft_dir)
+    best = _best_on_validation(soft_runs)
+
+    runs = {"sft": sft_dir, **({best: soft_runs[best]} if len(soft_runs) > 1 else soft_runs)}
+    for run_dir in runs.values():
+        evaluate(config, dataset, run_dir)
+    notes = [
+        f"dataset `{dataset.name}` ({dataset.path}); model `{config.model.name}`; "
+        f"train/valid/test samples {len(dataset.split('train'))}/{len(dataset.split('valid'))}/{len(dataset.split('test'))}",
+    ]
+    if len(soft_runs) > 1:
+        notes.append(f"alpha swept over {alphas}; `{best}` selected on validation HR@10")
+    report = build_report(out, runs, grounding=config.eval.grounding, title=f"SFT vs SOFT on {dataset.name}", notes=notes)
+    _log(f"report: {report / 'report.md'}")
+    return report
+
+
+def _best_on_validation(runs: dict[str, Path]) -> str:
+    import json
+
+    def best_hr(run_dir: Path) -> float:
+        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
+        return max(((e.get("valid") or {}).get("HR@10", 0.0) for e in history), default=0.0)
+
+    return max(runs, key=lambda name: best_hr(runs[name]))

@@ -1,0 +1,154 @@
+"""The run report: Markdown + JSON + PNG plots comparing methods trained in one pipeline run.
+
+Reads only artefacts (history.json, curriculum.json, eval/<split>-<grounding>/...), so it can be
+rebuilt at any time: `softrec report DIR`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from softrec.runs import atomic_dir, dumps_json
+
+HEADLINE = ["HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "validity"]
+
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
+
+
+def run_summary(run_dir: Path, split: str, grounding: str) -> dict[str, Any]:
+    """Test metrics, per-epoch history and (SOFT) alpha, distances and lambdas of one run."""
+    info = _read_json(run_dir / "run.json", {})
+    eval_dir = run_dir / "eval" / f"{split}-{grounding}"
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "method": info.get("method"),
+        "metrics": _read_json(eval_dir / "metrics.json", {}),
+        "epochs": _read_json(run_dir / "history.json", []),
+    }
+    curriculum = _read_json(run_dir / "curriculum.json")
+    if curriculum:
+        summary["alpha"] = curriculum.get("alpha")
+        summary["scheduler"] = curriculum.get("scheduler")
+        summary["distance"] = {int(k): v for k, v in curriculum.get("distances", {}).items()}
+        summary["lambda"] = {int(k): v for k, v in curriculum.get("lambdas", {}).items()}
+    return summary
+
+
+def _bootstrap(baseline_dir: Path, other_dir: Path, split: str, grounding: str) -> dict[str, Any] | None:
+    """Paired bootstrap of per-sample metrics, other minus baseline; None if either lacks predictions."""
+    from softrec.evaluation.compare import compare_predictions
+
+    a = baseline_dir / "eval" / f"{split}-{grounding}" / "predictions.jsonl"
+    b = other_dir / "eval" / f"{split}-{grounding}" / "predictions.jsonl"
+    if not (a.exists() and b.exists()):
+        return None
+    return {d.metric: d.to_dict() for d in compare_predictions(a, b)}
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _plots(summaries: dict[str, dict[str, Any]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    soft = {n: s for n, s in summaries.items() if s.get("distance") or s.get("lambda")}
+    if soft:
+        fig, (ax_d, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
+        for name, s in soft.items():
+            if s.get("distance"):
+                ax_d.plot(list(s["distance"]), list(s["distance"].values()), marker="o", label=name)
+            if s.get("lambda"):
+                ax_l.plot(list(s["lambda"]), list(s["lambda"].values()), marker="o", label=name)
+        ax_d.set(title="probe distance d_k (epoch 0 = untuned)", xlabel="epoch", ylabel="mean L2")
+        ax_l.set(title="lambda_t (weight of self-distilled targets)", xlabel="epoch", ylim=(-0.05, 1.05))
+        for ax in (ax_d, ax_l):
+            ax.legend()
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "curriculum.png", dpi=120)
+        plt.close(fig)
+        made.append("curriculum.png")
+    fig, (ax_loss, ax_hr) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, s in summaries.items():
+        epochs = [e for e in s.get("epochs", []) if "epoch" in e]
+        if epochs:
+            ax_loss.plot([e["epoch"] for e in epochs], [e.get("train_loss") for e in epochs], marker="o", label=name)
+            ax_hr.plot([e["epoch"] for e in epochs], [(e.get("valid") or {}).get("HR@10") for e in epochs],
+                       marker="o", label=name)
+    ax_loss.set(title="training loss per epoch", xlabel="epoch")
+    ax_hr.set(title="validation HR@10 per epoch", xlabel="epoch")
+    for ax in (ax_loss, ax_hr):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=120)
+    plt.close(fig)
+    made.append("training.png")
+    return made
+
+
+def build_report(
+    out: str | Path,
+    runs: dict[str, Path],
+    *,
+    split: str = "test",
+    grounding: str = "l2",
+    baseline: str = "sft",
+    title: str = "softrec report",
+    notes: list[str] | None = None,
+) -> Path:
+    """Write OUT/report/{report.md, metrics.json, *.png} atomically; returns the report dir."""
+    out = Path(out)
+    summaries = {name: run_summary(Path(path), split, grounding) for name, path in runs.items()}
+    comparisons = {}
+    if baseline in runs:
+        for name, path in runs.items():
+            if name != baseline:
+                result = _bootstrap(Path(runs[baseline]), Path(path), split, grounding)
+                if result is not None:
+                    comparisons[f"{name} vs {baseline}"] = result
+    with atomic_dir(out / "report") as tmp:
+        plots = _plots(summaries, tmp)
+        payload = {"split": split, "grounding": grounding, "methods": summaries, "comparisons": comparisons}
+        (tmp / "metrics.json").write_text(dumps_json(payload), encoding="utf-8")
+        (tmp / "report.md").write_text(_markdown(title, payload, plots, notes or []), encoding="utf-8")
+    return out / "report"
+
+
+def _markdown(title: str, payload: dict[str, Any], plots: list[str], notes: list[str]) -> str:
+    methods = payload["methods"]
+    lines = [f"# {title}", ""]
+    lines += [f"- {n}" for n in notes]
+    any_metrics = next((s["metrics"] for s in methods.values() if s["metrics"]), {})
+    n = any_metrics.get("n", "?")
+    lines += ["", f"Test metrics ({payload['split']} split, n = {n}, grounding `{payload['grounding']}`, full ranking):", ""]
+    cols = [c for c in HEADLINE if c in any_metrics]
+    lines.append("| method | " + " | ".join(cols) + " |")
+    lines.append("|---|" + "---|" * len(cols))
+    for name, s in methods.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(s["metrics"].get(c, "-")) for c in cols) + " |")
+    for label, result in payload["comparisons"].items():
+        lines += ["", f"Paired bootstrap, {label} (difference, 95% CI, p):", ""]
+        lines.append("| metric | diff | 95% CI | p |")
+        lines.append("|---|---|---|---|")
+        for metric, r in result.items():
+            if metric in HEADLINE:
+                lines.append(f"| {metric} | {r['diff']:+.4f} | [{r['low']:+.4f}, {r['high']:+.4f}] | {r['p_value']:.3f} |")
+    for name, s in methods.items():
+        if s.get("lambda"):
+            lines += ["", f"Curriculum of `{name}` (scheduler {s.get('scheduler')}, alpha {s.get('alpha')}):", ""]
+            lines.append("| epoch | distance d_k | lambda_k |")
+            lines.append("|---|---|---|")
+            for epoch in sorted(set(s.get("distance", {})) | set(s["lambda"])):
+                lines.append(f"| {epoch} | {_fmt(s.get('distance', {}).get(epoch, '-'))} | {_fmt(s['lambda'].get(epoch, '-'))} |")
+    lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
