@@ -1,14 +1,18 @@
 """Training, saving and scoring for the classic sequential recommenders (SASRec, GRU4Rec).
 
-They train on every window of the training pool (`train_full`), the sequence history + target, each
-position predicting the next item (or only the target: classic.train_positions), with a softmax over
-the full catalogue (or BPR with one sampled negative), and stop early on the `valid` split's
-full-ranking metric (classic.valid_metric), keeping the best epoch.
+They learn from every window of the training pool (`train_full`): with classic.train_positions
+"all" (default) the users' sequences are rebuilt from the windows and every position predicts its
+successor once per epoch (the SASRec paper's objective); with "last" each window's history predicts
+only its target (RecBole's; ~context times more compute per epoch). The loss is a softmax over the
+full catalogue (or BPR with one sampled negative); training stops early on the `valid` split's
+full-ranking metric (classic.valid_metric) and keeps the best epoch. The model never reads more
+history than the training windows hold, so train and test contexts match.
 
-Run directory (see ../../../helpers contracts): run.json, config.yaml, classic.safetensors (best
-weights), classic.json (hyperparameters), history.json (per epoch), checkpoints/classic_last.pt
-(for --resume). `load_ranker(run_dir)` gives samples -> scores [n, n_items]; `rank_from_scores`
-turns scores into a full ranking with ties broken by item id.
+Run directory: run.json (method, dataset, dataset_key, base_model null, best_epoch), config.yaml,
+classic.safetensors (best weights), classic.json (hyperparameters), history.json (per epoch),
+checkpoints/classic_last.pt (for --resume). `load_ranker(run_dir)` gives samples -> scores
+[n, n_items]; `rank_from_scores` turns scores into a full ranking with ties broken by item id;
+`item_embeddings(run_dir)` gives the trained item table (LLaRA's frozen 64-d item vectors).
 """
 
 from __future__ import annotations
