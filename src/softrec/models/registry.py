@@ -84,11 +84,23 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
+def default_device() -> torch.device:
+    """This process's accelerator if there is one (torchrun's LOCAL_RANK picks the GPU), else CPU.
+
+    `SOFTREC_DEVICE=cpu` forces the CPU."""
+    wanted = os.environ.get("SOFTREC_DEVICE")
+    if wanted:
+        return torch.device(wanted)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def load_backbone(name: str) -> ModelAndTokenizer:
-    """The frozen, untuned base model and its tokenizer, in eval mode."""
+    """The frozen, untuned base model and its tokenizer, in eval mode, on `default_device()`."""
     loader = _LOADERS.get(name)
     model, tokenizer = loader() if loader else load_hf(name)
-    return model.eval(), prepare_tokenizer(tokenizer)
+    return model.to(default_device()).eval(), prepare_tokenizer(tokenizer)
 
 
 def load_run_model(run_dir: str | Path) -> ModelAndTokenizer:
@@ -106,7 +118,7 @@ def load_run_model(run_dir: str | Path) -> ModelAndTokenizer:
         raise UserError(f"{info_path}: field 'base_model' missing")
     if (run_dir / "model").is_dir():
         model, tokenizer = load_hf(str(run_dir / "model"))
-        return model.eval(), prepare_tokenizer(tokenizer)
+        return model.to(default_device()).eval(), prepare_tokenizer(tokenizer)
     model, tokenizer = load_backbone(base_name)
     adapter = run_dir / "adapter"
     if adapter.is_dir():
