@@ -175,11 +175,15 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="first steps not timed")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "softrec-bench-train"))
     parser.add_argument("--soft-cost", action="store_true", help="also time a SOFT step (lambda 0.5)")
+    parser.add_argument("--threads", type=int, help="torch threads (1 on a shared machine: other processes "
+                        "then slow both setups alike instead of stalling multi-threaded kernels)")
     args = parser.parse_args()
     args.steps = args.samples // args.micro_batch  # one pass over the samples, one step per micro-batch
     if args.steps <= args.warmup:
         parser.error("--samples / --micro-batch must exceed --warmup")
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from softrec.config import load_config
     from softrec.training.batches import encode_samples
