@@ -58,7 +58,7 @@ def test_callback_drives_lambda_and_survives_resume(tmp_path):
     callback = CurriculumCallback(Scheduler("adaptive", alpha=1.0), lambda m, t: next(measured), tmp_path / "c.json")
     callback.bind(trainer)
     model = _Model()
-    callback.on_train_begin(None, SimpleNamespace(epoch=0.0), None, model=model)
+    callback.on_train_begin(None, SimpleNamespace(epoch=0.0, global_step=0), None, model=model)
     callback.on_epoch_begin(None, SimpleNamespace(epoch=0.0), None)
     assert trainer.soft_lambda == 1.0
     callback.on_epoch_end(None, SimpleNamespace(epoch=1.0), None, model=model)
@@ -68,7 +68,16 @@ def test_callback_drives_lambda_and_survives_resume(tmp_path):
     # a new process resuming mid-epoch 2 (state.epoch = 1.5) keeps the distance history
     resumed = CurriculumCallback(Scheduler("adaptive", alpha=1.0), lambda m, t: 2.0, tmp_path / "c.json")
     resumed.bind(trainer)
-    resumed.on_train_begin(None, SimpleNamespace(epoch=1.5), None, model=model)  # d_0 not re-measured
+    resumed.on_train_begin(None, SimpleNamespace(epoch=1.5, global_step=3), None, model=model)  # d_0 not re-measured
     resumed.on_epoch_begin(None, SimpleNamespace(epoch=1.5), None)
     assert resumed.distances == {0: 4.0, 1: 3.0}
     assert trainer.soft_lambda == pytest.approx(math.exp(3.0 / 4.0 - 1.0))
+
+
+def test_fresh_run_ignores_an_earlier_attempts_state(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"distances": {"0": 9.0, "1": 1.0}, "lambdas": {"1": 1.0}}')
+    callback = CurriculumCallback(Scheduler("adaptive", alpha=1.0), lambda m, t: 5.0, path)
+    callback.bind(SimpleNamespace(soft_lambda=None, processing_class=None))
+    callback.on_train_begin(None, SimpleNamespace(epoch=0.0, global_step=0), None, model=_Model())
+    assert callback.distances == {0: 5.0}

@@ -101,10 +101,11 @@ class CurriculumCallback(TrainerCallback):
         self.trainer: Any = None
         self.distances: dict[int, float] = {}
         self.lambdas: dict[int, float] = {}
-        if self.state_path.exists():
-            saved = json.loads(self.state_path.read_text(encoding="utf-8"))
-            self.distances = {int(k): v for k, v in saved.get("distances", {}).items()}
-            self.lambdas = {int(k): v for k, v in saved.get("lambdas", {}).items()}
+
+    def _load(self) -> None:
+        saved = json.loads(self.state_path.read_text(encoding="utf-8")) if self.state_path.exists() else {}
+        self.distances = {int(k): v for k, v in saved.get("distances", {}).items()}
+        self.lambdas = {int(k): v for k, v in saved.get("lambdas", {}).items()}
 
     def bind(self, trainer: Any) -> None:
         self.trainer = trainer
@@ -127,6 +128,12 @@ class CurriculumCallback(TrainerCallback):
         self._save()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # A resumed run (Trainer restored global_step > 0) continues the saved history; a fresh run
+        # starts a new one, whatever an earlier attempt left in curriculum.json.
+        if state.global_step > 0:
+            self._load()
+        else:
+            self.distances, self.lambdas = {}, {}
         # d_0: the untuned model. A fresh LoRA (B initialised to 0) computes exactly the base model.
         if self.scheduler.needs_distances and 0 not in self.distances:
             self._measure(model, 0)
@@ -179,7 +186,8 @@ def probe_distance(dataset: Any, config: Any) -> Measure:
 
     def measure(model: Any, tokenizer: Any) -> float:
         prompts = [
-            build_prompt([titles[i] for i in s.history], dataset.domain, config.model.template, tokenizer)
+            build_prompt([titles[i] for i in s.history], dataset.domain, config.model.template, tokenizer,
+                         item_ids=s.history)
             for s in probe
         ]
         beams = generate_beams(
