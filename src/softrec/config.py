@@ -50,6 +50,10 @@ class ModelConfig(_Section):
     template: Literal["alpaca", "chat"] = "alpaca"
     max_length: int = Field(700, ge=16, description="prompt + response tokens")
     backbone: Literal["bigrec", "llara"] = "bigrec"
+    llara_sasrec_run: str | None = Field(
+        None, description="LLaRA: SASRec run (same prepared data) whose item embeddings are projected; "
+        "None = train one into RUN_DIR/sasrec"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 

@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run directory")
     parser.add_argument("--model", metavar="NAME_OR_PATH",
                         help="gemma-3-270m (default), smollm2-135m, tiny, or a local HF checkpoint")
+    parser.add_argument("--backbone", choices=["bigrec", "llara"],
+                        help="bigrec: titles only (default); llara: each history title followed by its "
+                        "projected SASRec item embedding (model.backbone)")
+    parser.add_argument("--sasrec-run", type=Path, metavar="RUN_DIR",
+                        help="llara: SASRec run on the same data (default: train one into OUT/sasrec)")
     parser.add_argument("--epochs", type=int, help="maximum epochs (reference 7)")
     parser.add_argument("--seed", type=int, help="training seed (reference 42)")
     parser.add_argument("--train-size", type=int, metavar="N", help="train on a seeded subset of N samples")
@@ -54,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, {
         "train.method": args.method,
         "model.name": args.model,
+        "model.backbone": args.backbone,
+        "model.llara_sasrec_run": str(args.sasrec_run.resolve()) if args.sasrec_run else None,
         "train.epochs": args.epochs,
         "train.seed": args.seed,
         "train.train_samples": args.train_size,

@@ -23,9 +23,25 @@ def instruction(domain: Domain) -> str:
     )
 
 
-def history_text(titles: Sequence[str], domain: Domain, item_suffix: str = "") -> str:
-    """`item_suffix` follows each title (LLaRA puts its item placeholder token there)."""
-    quoted = ", ".join(f'"{title}"{item_suffix}' for title in titles)
+# A tokenizer carrying LLaRA item tokens (models/llara.py) has this attribute: the token format
+ITEM_TOKEN_ATTR = "softrec_item_token"
+
+
+def item_suffixes(tokenizer: Any, item_ids: Sequence[int] | None) -> list[str] | str:
+    """Per history title, the item's placeholder token when the tokenizer has them (LLaRA), else ''."""
+    token = getattr(tokenizer, ITEM_TOKEN_ATTR, None) if tokenizer is not None else None
+    if not token or item_ids is None:
+        return ""
+    return [token.format(int(i)) for i in item_ids]
+
+
+def history_text(titles: Sequence[str], domain: Domain, item_suffix: str | Sequence[str] = "") -> str:
+    """`item_suffix` follows each title (LLaRA puts its item placeholder token there): one string
+    for every title, or one per title."""
+    suffixes = [item_suffix] * len(titles) if isinstance(item_suffix, str) else list(item_suffix)
+    if len(suffixes) != len(titles):
+        raise ValueError(f"{len(suffixes)} item suffixes for {len(titles)} history titles")
+    quoted = ", ".join(f'"{title}"{suffix}' for title, suffix in zip(titles, suffixes, strict=True))
     return f"The user has {domain.verb} the following {domain.items} before: {quoted}"
 
 
@@ -46,10 +62,15 @@ def build_prompt(
     domain: Domain,
     template: str = "alpaca",
     tokenizer: Any | None = None,
-    item_suffix: str = "",
+    item_suffix: str | Sequence[str] = "",
+    item_ids: Sequence[int] | None = None,
 ) -> str:
-    """The text the model reads; the response starts right after it."""
+    """The text the model reads; the response starts right after it.
+
+    `item_ids` (the history's item ids) add LLaRA's placeholder tokens when `tokenizer` has them."""
     task = instruction(domain)
+    if item_ids is not None and not item_suffix:
+        item_suffix = item_suffixes(tokenizer, item_ids)
     context = history_text(titles, domain, item_suffix)
     if template == "alpaca":
         return (

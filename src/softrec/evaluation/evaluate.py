@@ -60,7 +60,8 @@ def title_trie(tokenizer: Any, titles: Sequence[str], template: str = "alpaca") 
 
 def sample_prompt(dataset: PreparedDataset, sample: Sample, template: str, tokenizer: Any) -> str:
     titles = dataset.titles
-    return build_prompt([titles[i] for i in sample.history], dataset.domain, template, tokenizer)
+    return build_prompt([titles[i] for i in sample.history], dataset.domain, template, tokenizer,
+                        item_ids=sample.history)  # item ids: LLaRA's placeholders, when the tokenizer has them
 
 
 def _apply_exclusion(ranking: list[int], sample: Sample, exclude_history: bool) -> list[int]:

@@ -116,11 +116,18 @@ def load_run_model(run_dir: str | Path) -> ModelAndTokenizer:
     base_name = info.get("base_model")
     if not base_name:
         raise UserError(f"{info_path}: field 'base_model' missing")
+    from softrec.models import llara
+
     if (run_dir / "model").is_dir():
         model, tokenizer = load_hf(str(run_dir / "model"))
-        return model.to(default_device()).eval(), prepare_tokenizer(tokenizer)
+        model, tokenizer = model.to(default_device()).eval(), prepare_tokenizer(tokenizer)
+        if llara.has_projector(run_dir / "model"):
+            model, tokenizer = llara.attach_saved(model, tokenizer, run_dir / "model")
+        return model, tokenizer
     model, tokenizer = load_backbone(base_name)
     adapter = run_dir / "adapter"
+    if llara.has_projector(adapter):  # LLaRA backbone: item tokens + projector before the adapter
+        model, tokenizer = llara.attach_saved(model, tokenizer, adapter)
     if adapter.is_dir():
         from peft import PeftModel
 

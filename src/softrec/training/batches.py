@@ -87,7 +87,8 @@ def encode_sample(
     budget = max_length - responses  # prompt tokens allowed (positions count per response)
     titles = [dataset.titles[i] for i in sample.history]
     for start in range(len(titles) + 1):  # drop the oldest titles until the prompt fits
-        prompt = _prompt_ids(tokenizer, build_prompt(titles[start:], dataset.domain, template, tokenizer))
+        text = build_prompt(titles[start:], dataset.domain, template, tokenizer, item_ids=sample.history[start:])
+        prompt = _prompt_ids(tokenizer, text)
         if len(prompt) <= budget:
             break
     if len(prompt) > budget:  # even an empty history is too long: keep the prompt's end

@@ -56,7 +56,8 @@ def _generate_targets(
 
     titles = dataset.titles
     prompts = [
-        build_prompt([titles[i] for i in s.history], dataset.domain, config.model.template, tokenizer)
+        build_prompt([titles[i] for i in s.history], dataset.domain, config.model.template, tokenizer,
+                     item_ids=s.history)
         for s in samples
     ]
     soft = config.soft

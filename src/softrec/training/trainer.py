@@ -409,6 +409,9 @@ def _weights_saver(out: Path, lora: bool) -> Callable[[Any, Any], None]:
             model.save_pretrained(tmp, safe_serialization=True)
             if not lora and tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            from softrec.models.llara import save_projector
+
+            save_projector(model, tmp)  # LLaRA backbone: its item projector beside the weights
 
     return save
 
@@ -422,7 +425,10 @@ def prepare_model(model: Any, config: Config) -> Any:
     if lora.enabled:
         from peft import LoraConfig, get_peft_model
 
+        from softrec.models.llara import trainable_modules
+
         peft_config = LoraConfig(
+            modules_to_save=trainable_modules(model),  # LLaRA: the item projector trains with LoRA
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
@@ -488,6 +494,10 @@ def build_trainer(
     train_cfg = config.train
     set_seed(train_cfg.seed)
     model, tokenizer = model_and_tokenizer or _load_backbone(config.model.name)
+    if config.model.backbone == "llara":
+        from softrec.models.llara import attach_for_training
+
+        model, tokenizer = attach_for_training(model, tokenizer, config, dataset, out)
     model = prepare_model(model, config)
     samples = subset(dataset.split("train"), train_cfg.train_samples, config.data.seed)
     encoded = encode_samples(
@@ -616,6 +626,7 @@ def _train_llm(
         run.update_info(
             base_model=config.model.name, method=train_cfg.method, dataset=str(Path(dataset.path).resolve()),
             dataset_key=dataset.checksum, template=config.model.template, status="training", train_key=key,
+            backbone=config.model.backbone,
             **(info or {}),
         )
         inputs = {"dataset": dataset.checksum}
