@@ -174,3 +174,44 @@ def test_llara_sft_cli_trains_sasrec_then_the_llm_and_evaluates(tiny_dataset, tm
     assert metrics["n"] == len(tiny_dataset.split("test")) and 0 <= metrics["HR@10"] <= 1
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["n"] and all(len(r["ranked"]) > 0 for r in rows)
+
+
+def test_llara_sft_distill_soft_chain_through_the_cli(tiny_dataset, tmp_path, capsys):
+    """SOFT with the LLaRA backbone: distillation and the curriculum probe read LLaRA prompts (the
+    projector sees every probe/distill history), checkpoints carry the projector for --resume."""
+    from safetensors import safe_open
+
+    from softrec.cli import main
+
+    projected: list[int] = []
+    original = llara.ItemProjector.forward
+
+    def spy(self, item_ids):
+        if not torch.is_grad_enabled():  # generation (distill, probe, validation), not training
+            projected.extend(item_ids.tolist())
+        return original(self, item_ids)
+
+    data = ["--data", str(tiny_dataset.path), "--model", "tiny"]
+    sft, soft = tmp_path / "sft", tmp_path / "soft"
+    common = [*data, "--backbone", "llara", "--epochs", "1", *FAST, "--set", "train.validate_every_epoch=false"]
+    assert main(["train", "--method", "sft", "--out", str(sft), *common]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llara.ItemProjector, "forward", spy)
+        assert main(["distill", "--run", str(sft), "--data", str(tiny_dataset.path), "--beams", "2",
+                     "--max-new-tokens", "4"]) == 0
+    train_items = sorted(i for s in tiny_dataset.split("train") for i in s.history)
+    assert sorted(projected) == train_items
+    projected.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llara.ItemProjector, "forward", spy)
+        code = main(["train", "--method", "soft", "--distilled", str(sft), "--out", str(soft), *common,
+                     "--set", "soft.probe_size=4", "--set", "soft.distill_beams=2",
+                     "--set", "soft.distill_max_new_tokens=4", "--sasrec-run", str(sft / "sasrec")])
+    assert code == 0, capsys.readouterr().err
+    assert projected, "the SOFT probe generated without the item projector"
+    assert not (soft / "sasrec").exists()  # the given SASRec run was used
+    checkpoint = next((soft / "checkpoints").glob("checkpoint-*"))
+    with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt") as fh:
+        assert any("llara_projector" in key and "mlp" in key for key in fh.keys())
+    assert main(["evaluate", "--run", str(soft), "--split", "test"]) == 0
+    assert json.loads((soft / "metrics.json").read_text())["n"] == len(tiny_dataset.split("test"))
