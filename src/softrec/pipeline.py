@@ -65,19 +65,22 @@ def evaluate(config: Config, dataset: PreparedDataset, run_dir: Path, split: str
     _log(f"evaluate {run_dir.name} on {split} ({config.eval.grounding} grounding)")
     status = cli_main([
         "evaluate", "--run", str(run_dir), "--data", str(dataset.path), "--split", split,
-        "--grounding", config.eval.grounding,
+        "--grounding", config.eval.grounding, "--no-preflight",  # run_pipeline did it once up front
     ])
     if status != 0:
         raise UserError(f"{run_dir}: evaluation failed (exit status {status})")
 
 
-def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False) -> Path:
-    """The whole recipe; returns OUT/report."""
+def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, preflight: bool = True) -> Path:
+    """The whole recipe; returns OUT/report. `preflight` estimates memory/time first (refusing what
+    cannot fit)."""
     from softrec.report import build_report
     from softrec.training.distill import distill
 
     out = Path(out)
     dataset = prepare(config, out)
+    if preflight:
+        _preflight(config, dataset)
     sft_dir = train(_with(config, train={"method": "sft"}), dataset, out / "sft")
     _log("distill: self-distilled targets from the SFT model")
     distill(sft_dir, dataset, config)
@@ -103,6 +106,17 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False) 
     report = build_report(out, runs, grounding=config.eval.grounding, title=f"SFT vs SOFT on {dataset.name}", notes=notes)
     _log(f"report: {report / 'report.md'}")
     return report
+
+
+def _preflight(config: Config, dataset: PreparedDataset) -> None:
+    """The peak stages: SOFT training (both targets per row), distillation and test evaluation."""
+    from softrec.preflight import preflight_generation, preflight_train
+
+    soft_method = config.train.method if config.train.method.startswith("soft") else "soft"
+    preflight_train(_with(config, train={"method": soft_method}), dataset)
+    preflight_generation(config, dataset, len(dataset.split("train")), stage="distill",
+                         num_beams=config.soft.distill_beams, max_new_tokens=config.soft.distill_max_new_tokens)
+    preflight_generation(config, dataset, len(dataset.split("test")), stage="evaluate")
 
 
 def _best_on_validation(runs: dict[str, Path]) -> str:

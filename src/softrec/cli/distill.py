@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=["raw", "grounded", "sample"], help="reference: raw")
     parser.add_argument("--beams", type=int, help="beam width (reference 4)")
     parser.add_argument("--max-new-tokens", type=int, help="reference 64")
+    parser.add_argument("--no-preflight", action="store_true", help="skip the memory/time estimate and its refusal")
     add_config_options(parser)
     parser.set_defaults(func=run)
 
@@ -35,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
         "soft.distill_beams": args.beams,
         "soft.distill_max_new_tokens": args.max_new_tokens,
     })
-    path = distill(args.run, PreparedDataset.load(args.data), config)
+    dataset = PreparedDataset.load(args.data)
+    from softrec.preflight import preflight_generation
+
+    preflight_generation(config, dataset, len(dataset.split("train")), stage="distill", skip=args.no_preflight,
+                         num_beams=config.soft.distill_beams, max_new_tokens=config.soft.distill_max_new_tokens)
+    path = distill(args.run, dataset, config)
     print(f"self-distilled targets: {path}")
     return 0

@@ -22,6 +22,10 @@ from softrec.config import Config
 from softrec.errors import UserError
 
 CLASSIC = ("sasrec", "gru4rec")
+# LLM evaluations run in chunks of this many samples, each kept under eval/<name>.parts/ until the
+# result is written, so a killed evaluation redoes only its unfinished chunk. A multiple of the
+# generation batch size and of the world size keeps batches (and so results) as in one pass.
+EVAL_CHUNK = 256
 
 
 # ---------------------------------------------------------------- distributed
@@ -101,9 +105,9 @@ def _weights_fingerprint(run_dir: Path, info: dict[str, Any]) -> str:
 
 
 def _rank(run_dir: Path, info: dict[str, Any], dataset: Any, samples: Sequence[Any], config: Config,
-          progress: bool) -> Any:
-    """EvalResult for `samples`, dispatching on run.json's method."""
-    from softrec.evaluation.evaluate import evaluate_model, evaluate_scores
+          progress: bool, parts: Path | None = None) -> Any:
+    """EvalResult for `samples`, dispatching on run.json's method; LLM runs resume from `parts`."""
+    from softrec.evaluation.evaluate import EvalResult, evaluate_model, evaluate_scores, summarize
 
     if info.get("method") in CLASSIC:
         from softrec.baselines import load_ranker
@@ -111,11 +115,22 @@ def _rank(run_dir: Path, info: dict[str, Any], dataset: Any, samples: Sequence[A
         return evaluate_scores(load_ranker(run_dir)(samples), samples, config.eval)
     model, tokenizer, grounding_model = _load_llm(run_dir, info)
     template = info.get("template") or config.model.template
-    return evaluate_model(
-        model, tokenizer, dataset, samples, config.eval, template=template,
-        base_model_name=info.get("base_model"), progress=progress,
-        prompt_fn=_prompt_fn(info, dataset, template, tokenizer), grounding_model=grounding_model,
-    )
+
+    def run(chunk: Sequence[Any]) -> Any:
+        return evaluate_model(
+            model, tokenizer, dataset, chunk, config.eval, template=template,
+            base_model_name=info.get("base_model"), progress=progress,
+            prompt_fn=_prompt_fn(info, dataset, template, tokenizer), grounding_model=grounding_model,
+        )
+
+    if parts is None:
+        return run(samples)
+    from softrec.runs import resumable_chunks
+
+    rank = int(os.environ.get("RANK", "0"))
+    predictions = resumable_chunks(parts, len(samples), EVAL_CHUNK, lambda a, b: run(samples[a:b]).predictions,
+                                   write=rank == 0)
+    return EvalResult(summarize(predictions, config.eval.ks), predictions)
 
 
 # ---------------------------------------------------------------- evaluate
@@ -214,9 +229,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 print(f"up to date (use --force to recompute): {run_dir / folder}")
                 print(_format_metrics(metrics))
             return 0
-        result = _rank(run_dir, info, dataset, samples, config, progress=not args.quiet)
+        if info.get("method") not in CLASSIC:
+            from softrec.preflight import preflight_generation
+
+            preflight_generation(config, dataset, len(samples), stage="evaluate", skip=args.no_preflight,
+                                 model=args.model if args.method == "icl" else info.get("base_model"))
+        parts = run_dir / "eval" / f"{name}.parts"
+        result = _rank(run_dir, info, dataset, samples, config, progress=not args.quiet, parts=parts / key)
         if rank == 0:
             where = _write_results(run_dir, name, key, result, settings)
+            import shutil
+
+            shutil.rmtree(parts, ignore_errors=True)  # after the result is written, never before
             print(_format_metrics(result.metrics))
             print(f"wrote {where / 'metrics.json'} and {where / 'predictions.jsonl'}")
             print(f"latest copied to {run_dir / 'metrics.json'} and {run_dir / 'predictions.jsonl'}")
@@ -310,6 +334,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--limit", type=int, metavar="N", help="only the first N samples of the split")
     ev.add_argument("--force", action="store_true", help="recompute even if a valid result exists")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.add_argument("--no-preflight", action="store_true", help="skip the memory/time estimate and its refusal")
     ev.add_argument("--method", choices=["icl"], help="icl = guidance-only baseline with the untuned --model")
     ev.add_argument("--shots", type=int, default=0, help="ICL demonstrations from the train split")
     ev.add_argument("--seed", type=int, default=42, help="ICL demonstration draw")

@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--test-size", type=int)
     parser.add_argument("--grounding", choices=["l2", "trie", "minilm"])
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--no-preflight", action="store_true", help="skip the memory/time estimate and its refusal")
     add_config_options(parser)
     parser.set_defaults(func=run)
 
@@ -58,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
         "eval.grounding": args.grounding,
         "train.seed": args.seed,
     })
-    report = run_pipeline(config, args.out, sweep_alpha=args.sweep_alpha)
+    report = run_pipeline(config, args.out, sweep_alpha=args.sweep_alpha, preflight=not args.no_preflight)
     print(f"report: {report / 'report.md'}")
     return 0

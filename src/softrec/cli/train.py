@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--effective-batch", type=int, metavar="N", help="samples per optimizer step (reference 256)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     parser.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint")
+    parser.add_argument("--no-preflight", action="store_true", help="skip the memory/time estimate and its refusal")
     soft = parser.add_argument_group("SOFT methods")
     soft.add_argument("--distilled", type=Path, metavar="SFT_RUN_DIR",
                       help="SFT run holding distilled.jsonl (softrec distill)")
@@ -78,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{method}: {train_classic(config, dataset, args.out, resume=args.resume)}")
         return 0
     distilled, callbacks = _soft_inputs(config, dataset, args)
+    from softrec.preflight import preflight_train
     from softrec.training.trainer import train_llm
+
+    preflight_train(config, dataset, skip=args.no_preflight)
 
     info = {"distilled_from": str(args.distilled.resolve())} if distilled is not None else None
     result = train_llm(config, dataset, args.out, resume=args.resume, distilled=distilled,

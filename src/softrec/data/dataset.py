@@ -15,6 +15,7 @@ Stages read it by path through `PreparedDataset.load`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -106,9 +107,31 @@ class PreparedDataset:
         """Identity of the prepared data (stable across reruns with the same inputs/settings)."""
         return self.meta["key"]
 
+    def _verified(self, filename: str) -> Path:
+        """The path of `filename` after checking its bytes against dataset.json's `files` checksums
+        (written since those were added; older datasets are checked whole, once, by `intact`)."""
+        path = self.path / filename
+        expected = self.meta.get("files", {}).get(filename)
+        if expected is not None:
+            from softrec.runs import file_sha256
+
+            ok = path.exists() and file_sha256(path) == expected
+        else:
+            ok = not path.exists() or self._intact
+        if not ok:
+            raise UserError(
+                f"{path}: corrupted (its checksum differs from {self.path / 'dataset.json'}); "
+                "rebuild the dataset with `softrec data prepare ... --force`"
+            )
+        return path
+
+    @cached_property
+    def _intact(self) -> bool:
+        return self.intact()
+
     @cached_property
     def catalogue(self) -> list[Item]:
-        items = [Item.from_row(r) for r in read_jsonl(self.path / "catalogue.jsonl")]
+        items = [Item.from_row(r) for r in read_jsonl(self._verified("catalogue.jsonl"))]
         for index, item in enumerate(items):
             if item.item_id != index:
                 raise UserError(f"{self.path / 'catalogue.jsonl'}:{index + 1}: expected item_id {index}")
@@ -125,7 +148,7 @@ class PreparedDataset:
             path = self.path / f"{name}.jsonl"
             if not path.exists():
                 raise UserError(f"{path}: split file missing from the prepared dataset")
-            self._splits[name] = [Sample.from_row(r) for r in read_jsonl(path)]
+            self._splits[name] = [Sample.from_row(r) for r in read_jsonl(self._verified(path.name))]
         return self._splits[name]
 
     def stats(self) -> dict[str, Any]:
@@ -179,6 +202,8 @@ def write_prepared(
         "settings": settings or {},
         "sources": sources or {},
         "key": key,
+        # per-file checksums: a stage checks only the files it reads (PreparedDataset._verified)
+        "files": {n: hashlib.sha256(text.encode("utf-8")).hexdigest() for n, text in sorted(files.items())},
     }
     files["dataset.json"] = dumps_json(meta)
     with atomic_dir(path) as tmp:

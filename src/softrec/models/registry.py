@@ -117,7 +117,10 @@ def load_run_model(run_dir: str | Path) -> ModelAndTokenizer:
     if not base_name:
         raise UserError(f"{info_path}: field 'base_model' missing")
     from softrec.models import llara
+    from softrec.runs import RunDir
 
+    for name in ("model", "adapter"):  # recorded weights whose bytes changed are never loaded
+        RunDir(run_dir).check(name, f"retrain the run (softrec train ... --out {run_dir})")
     if (run_dir / "model").is_dir():
         model, tokenizer = load_hf(str(run_dir / "model"))
         model, tokenizer = model.to(default_device()).eval(), prepare_tokenizer(tokenizer)

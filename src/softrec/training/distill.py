@@ -46,6 +46,7 @@ def load_distilled(run_dir: str | Path) -> dict[str, str]:
     path = Path(run_dir) / DISTILLED
     if not path.exists():
         raise UserError(f"{path}: no self-distilled targets; run `softrec distill --run {run_dir} --data DIR` first")
+    RunDir(run_dir).check(DISTILLED, f"rebuild it with `softrec distill --run {run_dir} --data DIR`")
     return {row["sample_id"]: row["target_text"] for row in read_jsonl(path)}
 
 

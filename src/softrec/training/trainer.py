@@ -634,11 +634,18 @@ def _train_llm(
             inputs["distilled"] = content_key(sorted(distilled.items()))
         run.save_config(config, inputs=inputs)
 
+    if resume and weights_name in run.manifest()["artefacts"] and not run.valid(weights_name):
+        # the best epoch's weights were altered after they were recorded; the checkpoints cannot
+        # restore them (the last one may be later than the best epoch), so train again
+        log.warning("%s/%s is corrupted: training again from the start", out, weights_name)
+        resume = False
     checkpoint = last_complete_checkpoint(out / CHECKPOINTS) if resume else None
     if resume and checkpoint is None:
         log.warning("%s: no checkpoint to resume from; starting from the beginning", out)
     if checkpoint is None and is_main_process():
         _clear_previous_attempt(out)
+        for name in (weights_name, "history.json"):  # recorded again when this training finishes
+            run.invalidate(name)
     elif checkpoint is not None and is_main_process():
         step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
         truncate_jsonl(out / "logs" / "metrics.jsonl", step)

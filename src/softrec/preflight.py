@@ -1,0 +1,342 @@
+"""Preflight: estimate peak memory and time of a long stage before starting it, refuse what cannot fit.
+
+The estimate needs no weights: the backbone's shape comes from a small table (the registry's GGUF
+backbones), its config.json (a local HF checkpoint) or the tiny test model's config. Memory:
+
+    weights      params x bytes per param (model.dtype; float32 by default)
+    trainable    LoRA: layers x targets x r x (in + out); full fine-tuning: every parameter
+    grads+AdamW  trainable x 4 bytes x 3 (gradient, two moments)
+    activations  micro_batch x seq x layers x (12 hidden + 2 intermediate [+ heads x seq on CPU]) x 4
+    LM head      micro_batch x labelled tokens x vocab x 4 x 3 (logits, softmax, gradient); every
+                 position instead of the labelled ones when train.logits_at_labels_only is off
+    generation   batch x beams x (prompt + new tokens) x layers x 2 x kv_dim x 4 (KV cache)
+                 + batch x beams x vocab x 4 x 2 (last logits)
+
+Time: FLOPs (about 2 x params per token forward, 4x for LoRA training, 6x for full fine-tuning)
+divided by the device's effective FLOP/s: a table for known GPUs, and on CPU a 0.1 s timed 1024^2
+matmul scaled by an efficiency factor per kind of work. The factors come from one measurement on
+this project's 2-core CPU (shared with other jobs), Gemma 3 270M with LoRA r=8 on q/v:
+
+    float32 matmul 1024^2                         94 GFLOP/s
+    training, micro-batch 8 x 108 tokens          35-53 tokens/s   -> CPU_TRAIN_EFFICIENCY 0.4
+    beam search, 8 prompts x 4 beams x 20 tokens  0.11 prompts/s   -> CPU_GENERATE_EFFICIENCY 0.12
+
+The GPU rates are a table of realistic (not peak) bf16 rates, not measured here. Expect a factor of
+2 either way; the job is to flag a run that will take a day or cannot fit, before it starts.
+
+`softrec train|distill|evaluate|run` print the estimate; `--no-preflight` (or SOFTREC_NO_PREFLIGHT=1)
+skips it. Memory above `SAFETY` x available -> UserError naming the setting to change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from softrec.errors import UserError
+
+GiB = 1 << 30
+SAFETY = 0.9  # refuse above this share of the available memory
+
+# Shapes of the registry backbones (from their converted config.json), so no weights are read.
+KNOWN_MODELS: dict[str, dict[str, Any]] = {
+    "gemma-3-270m": {"params": 268_098_176, "hidden": 640, "layers": 18, "heads": 4, "kv_dim": 256,
+                     "intermediate": 2048, "vocab": 262_144},
+    "smollm2-135m": {"params": 134_515_008, "hidden": 576, "layers": 30, "heads": 9, "kv_dim": 192,
+                     "intermediate": 1536, "vocab": 49_152},
+}
+# Dense bf16 FLOP/s at a realistic utilisation for LLM training of small models (not peak).
+GPU_FLOPS = {"H100": 250e12, "H200": 250e12, "A100": 100e12, "L4": 40e12, "A10": 40e12, "T4": 15e12}
+CPU_TRAIN_EFFICIENCY = 0.4  # share of the measured matmul rate a small transformer step reaches
+CPU_GENERATE_EFFICIENCY = 0.12  # beam search is overhead- and bandwidth-bound
+GPU_GENERATE_EFFICIENCY = 0.1  # assumed, not measured
+TYPICAL_NEW_TOKENS = 32  # beams stop at the end of a title; max_new_tokens is an upper bound
+BYTES = {"float32": 4, "auto": 4, "bfloat16": 2, "float16": 2}
+
+
+class UnknownModel(UserError):
+    """No shape for this backbone without loading it: the preflight is skipped, not failed."""
+
+
+@dataclass
+class ModelShape:
+    params: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_dim: int  # key/value width per layer (num_key_value_heads x head_dim)
+    intermediate: int
+    vocab: int
+
+
+@dataclass
+class Estimate:
+    stage: str
+    model: str
+    device: str
+    memory: dict[str, int]  # part -> bytes
+    seconds: float
+    available: int  # bytes of memory the device has free
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak(self) -> int:
+        return sum(self.memory.values())
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.memory.items() if v >= GiB / 1000)
+        return (
+            f"preflight {self.stage} ({self.model} on {self.device}): peak memory ~{self.peak / GiB:.2f} GiB "
+            f"of {self.available / GiB:.1f} GiB available [{parts}]; time ~{_duration(self.seconds)}"
+            + "".join(f"; {n}" for n in self.notes)
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# ---------------------------------------------------------------- model shape
+def model_shape(name: str) -> ModelShape:
+    """Parameter count and dimensions without loading weights."""
+    if name in KNOWN_MODELS:
+        return ModelShape(**KNOWN_MODELS[name])
+    if name == "tiny":
+        from softrec.models.tiny import tiny_model
+
+        model = tiny_model()
+        return _shape_from_config(model.config.to_dict(), sum(p.numel() for p in model.parameters()))
+    path = Path(name)
+    if (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return _shape_from_config(config, _safetensors_params(path))
+    raise UnknownModel(f"preflight: no shape known for model '{name}' without loading it; estimate skipped")
+
+
+def _shape_from_config(config: dict[str, Any], params: int | None) -> ModelShape:
+    config = config.get("text_config", config)
+    hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
+    heads = int(config.get("num_attention_heads", 1))
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    kv_dim = int(config.get("num_key_value_heads", heads)) * head_dim
+    inter = int(config.get("intermediate_size", 4 * hidden))
+    vocab = int(config["vocab_size"])
+    if params is None:  # embeddings + attention (q, o full; k, v at kv width) + gated MLP per layer
+        params = vocab * hidden + layers * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * inter)
+    return ModelShape(params, hidden, layers, heads, kv_dim, inter, vocab)
+
+
+def _safetensors_params(folder: Path) -> int | None:
+    """Parameter count from safetensors headers (8-byte length + JSON), no tensor is read."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with file.open("rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        for key, entry in header.items():
+            if key != "__metadata__":
+                count = 1
+                for dim in entry["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+# ---------------------------------------------------------------- device
+def device_name() -> str:
+    import torch
+
+    if os.environ.get("SOFTREC_DEVICE", "").startswith("cpu") or not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def available_memory(device: str) -> int:
+    """Free bytes: GPU via torch.cuda.mem_get_info, CPU via psutil (or /proc/meminfo)."""
+    if device != "cpu":
+        import torch
+
+        return int(torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def device_flops(device: str, *, generate: bool = False) -> float:
+    """Effective FLOP/s: the GPU table, or a short timed float32 matmul on this CPU."""
+    if device != "cpu":
+        rate = next((flops for name, flops in GPU_FLOPS.items() if name in device), 50e12)
+        return rate * (GPU_GENERATE_EFFICIENCY if generate else 1.0)
+    return _cpu_matmul_flops() * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)
+
+
+_CPU_FLOPS: float | None = None
+
+
+def _cpu_matmul_flops(n: int = 1024, seconds: float = 0.1) -> float:
+    global _CPU_FLOPS
+    if _CPU_FLOPS is None:
+        import torch
+
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm-up
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            a @ b
+            count += 1
+        _CPU_FLOPS = 2 * n**3 * count / elapsed
+    return _CPU_FLOPS
+
+
+# ---------------------------------------------------------------- estimates
+def prompt_tokens(dataset: Any, config: Any, probe: int = 64) -> int:
+    """Typical prompt + response length in tokens (about 3.5 characters each), capped at max_length."""
+    titles = dataset.titles
+    samples = dataset.split("train")[:probe] or dataset.split("test")[:probe]
+    chars = [sum(len(titles[i]) + 4 for i in s.history) + len(titles[s.target]) for s in samples] or [0]
+    template = 300  # instruction and response scaffolding of the alpaca template, in characters
+    return min(config.model.max_length, int((max(chars) + template) / 3.5) + 1)
+
+
+def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, device: str | None = None,
+                   world_size: int | None = None) -> Estimate:
+    """Peak memory per process and wall time of `train_llm` with these settings."""
+    device = device or device_name()
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    shape = model_shape(config.model.name)
+    train = config.train
+    seq = prompt_tokens(dataset, config)
+    per_param = BYTES[config.model.dtype]
+    act = 2 if train.bf16 == "on" or (train.bf16 == "auto" and device != "cpu") else 4
+    lora = train.lora
+    if lora.enabled:
+        trainable = shape.layers * len(lora.target_modules) * lora.r * (shape.hidden + max(shape.hidden, shape.kv_dim))
+    else:
+        trainable = shape.params
+    micro = train.micro_batch * (2 if config.train.method.startswith("soft") else 1)  # SOFT rows carry both targets
+    per_token = 12 * shape.hidden + 2 * shape.intermediate + (shape.heads * seq if device == "cpu" else 0)
+    labelled = min(seq, 48) if train.logits_at_labels_only else seq  # a title response is ~10-40 tokens
+    memory = {
+        "weights": shape.params * per_param,
+        "grads+optimizer": trainable * 4 * 3,
+        "activations": micro * seq * shape.layers * per_token * act,
+        "lm_head": micro * labelled * shape.vocab * 4 * 3,
+        "runtime": int(0.5 * GiB) if device == "cpu" else int(1.0 * GiB),  # framework, allocator slack
+    }
+    n = n_samples if n_samples is not None else len(dataset.split("train"))
+    if train.train_samples:
+        n = min(n, train.train_samples)
+    flops_per_token = (6 if not lora.enabled else 4) * shape.params
+    seconds = train.epochs * n * seq * flops_per_token / (device_flops(device) * world)
+    notes = [f"{n} samples x {train.epochs} epochs, ~{seq} tokens each, micro-batch {train.micro_batch}"]
+    if train.validate_every_epoch:  # beam-search validation after every epoch
+        n_valid = min(len(dataset.split("valid")), train.valid_samples or 1 << 62)
+        ev = config.eval
+        seconds += train.epochs * estimate_generation(
+            config, dataset, n_valid, stage="validate", num_beams=ev.num_beams,
+            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, device=device).seconds
+        notes.append(f"validation on {n_valid} samples per epoch included")
+    return Estimate("train", config.model.name, device, memory, seconds, available_memory(device), notes)
+
+
+def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str, num_beams: int,
+                        max_new_tokens: int, batch_size: int, device: str | None = None,
+                        model: str | None = None) -> Estimate:
+    """Peak memory and time of beam search over `n_samples` prompts (evaluation, distillation);
+    `model` overrides config.model.name (a run's base model)."""
+    device = device or device_name()
+    model = model or config.model.name
+    shape = model_shape(model)
+    seq = prompt_tokens(dataset, config) + max_new_tokens
+    rows = batch_size * num_beams
+    memory = {
+        "weights": shape.params * BYTES[config.model.dtype],
+        "kv_cache": rows * seq * shape.layers * 2 * shape.kv_dim * 4,
+        "logits": rows * shape.vocab * 4 * 2,
+        "catalogue": len(dataset.titles) * shape.hidden * 4,
+        "runtime": int(0.5 * GiB) if device == "cpu" else int(1.0 * GiB),
+    }
+    # prompt once per sample, then each new token for every beam (and the catalogue embedded once)
+    new = min(max_new_tokens, TYPICAL_NEW_TOKENS)
+    tokens = n_samples * (seq - max_new_tokens + num_beams * new) + len(dataset.titles) * 16
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    seconds = tokens * 2 * shape.params / (device_flops(device, generate=True) * world)
+    notes = [f"{n_samples} prompts, {num_beams} beams, {max_new_tokens} new tokens, batch {batch_size}"]
+    return Estimate(stage, model, device, memory, seconds, available_memory(device), notes)
+
+
+def check(estimate: Estimate) -> None:
+    """UserError naming the settings to change when the peak exceeds the available memory."""
+    if estimate.available <= 0 or estimate.peak <= SAFETY * estimate.available:
+        return
+    biggest = max(estimate.memory, key=estimate.memory.get)
+    advice = {
+        "weights": "a smaller --model or model.dtype=bfloat16",
+        "grads+optimizer": "LoRA (train.lora.enabled=true) or a smaller train.lora.r",
+        "activations": "a smaller train.micro_batch (--micro-batch) or model.max_length",
+        "lm_head": "a smaller train.micro_batch (--micro-batch), or train.logits_at_labels_only=true",
+        "kv_cache": "a smaller eval.batch_size (--batch-size) or eval.num_beams",
+        "logits": "a smaller eval.batch_size (--batch-size) or eval.num_beams",
+        "catalogue": "a smaller catalogue",
+        "runtime": "freeing memory on the device",
+    }[biggest]
+    raise UserError(
+        f"preflight: {estimate.stage} needs ~{estimate.peak / GiB:.1f} GiB on {estimate.device} but only "
+        f"{estimate.available / GiB:.1f} GiB is available (largest part: {biggest} "
+        f"{estimate.memory[biggest] / GiB:.1f} GiB); lower it with {advice}, or skip this check with --no-preflight"
+    )
+
+
+def enabled(flag_off: bool = False) -> bool:
+    return not flag_off and os.environ.get("SOFTREC_NO_PREFLIGHT", "") in ("", "0")
+
+
+def run_preflight(estimate: Estimate, *, printer: Any = print) -> Estimate:
+    """Print the estimate (rank 0 only) and refuse when it cannot fit."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        printer(estimate.summary())
+    check(estimate)
+    return estimate
+
+
+def preflight_train(config: Any, dataset: Any, *, skip: bool = False) -> Estimate | None:
+    if not enabled(skip):
+        return None
+    try:
+        estimate = estimate_train(config, dataset)
+    except UnknownModel as exc:
+        print(exc)
+        return None
+    return run_preflight(estimate)
+
+
+def preflight_generation(config: Any, dataset: Any, n_samples: int, *, stage: str, skip: bool = False,
+                         num_beams: int | None = None, max_new_tokens: int | None = None,
+                         model: str | None = None) -> Estimate | None:
+    if not enabled(skip):
+        return None
+    try:
+        estimate = estimate_generation(
+            config, dataset, n_samples, stage=stage, model=model, num_beams=num_beams or config.eval.num_beams,
+            max_new_tokens=max_new_tokens or config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+        )
+    except UnknownModel as exc:
+        print(exc)
+        return None
+    return run_preflight(estimate)
