@@ -215,3 +215,30 @@ def test_llara_sft_distill_soft_chain_through_the_cli(tiny_dataset, tmp_path, ca
         assert any("llara_projector" in key and "mlp" in key for key in fh.keys())
     assert main(["evaluate", "--run", str(soft), "--split", "test"]) == 0
     assert json.loads((soft / "metrics.json").read_text())["n"] == len(tiny_dataset.split("test"))
+
+
+def test_full_fine_tuning_saves_and_reloads_the_projector(tiny_dataset, tmp_path):
+    from softrec.runs import RunDir
+    from softrec.training.trainer import _weights_saver, prepare_model
+
+    model, tokenizer = _llara_tiny(seed=3)
+    model = prepare_model(model, load_config(values={"model.name": "tiny", "train.lora.enabled": False}))
+    assert all(p.requires_grad for p in llara.projector_of(model).mlp.parameters())
+    with torch.no_grad():
+        llara.projector_of(model).mlp[2].bias.add_(0.3)
+    model.eval()
+    run_dir = tmp_path / "full"
+    _weights_saver(run_dir, lora=False)(model, tokenizer)
+    RunDir(run_dir).update_info(base_model="tiny", method="sft", backbone="llara")
+    loaded, loaded_tokenizer = load_run_model(run_dir)
+    prompt = _prompt(tiny_dataset, tokenizer, [4, 8, 15])
+    torch.testing.assert_close(_last_logits(loaded, loaded_tokenizer, prompt), _last_logits(model, tokenizer, prompt),
+                               rtol=0, atol=0)
+
+
+def test_torchrun_without_a_sasrec_run_is_refused(tiny_dataset, tmp_path, monkeypatch):
+    from softrec.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="--sasrec-run"):
+        llara.sasrec_items(load_config(values={"model.backbone": "llara"}), tiny_dataset, tmp_path / "out")

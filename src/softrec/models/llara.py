@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,9 @@ def sasrec_items(config: Any, dataset: Any, out: str | Path) -> tuple[torch.Tens
     if config.model.llara_sasrec_run:
         run = Path(config.model.llara_sasrec_run)
     else:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would train into the same folder
+            raise UserError("LLaRA under torchrun: train SASRec first (softrec train --method sasrec --data "
+                            f"{dataset.path} --out DIR) and pass --sasrec-run DIR (model.llara_sasrec_run)")
         run = Path(out) / SASREC_DIR
         settings = config.model_copy(deep=True)
         settings.train.method = "sasrec"
