@@ -1,0 +1,100 @@
+"""Preflight estimates with fake device numbers: the printed summary, the refusal and its advice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from softrec import preflight
+from softrec.cli import main
+from softrec.config import load_config
+from softrec.errors import UserError
+
+GiB = preflight.GiB
+
+
+@pytest.fixture(autouse=True)
+def fake_device(monkeypatch):
+    """A CPU with 16 GiB free and 100 GFLOP/s measured (no timing in tests)."""
+    monkeypatch.delenv("SOFTREC_NO_PREFLIGHT", raising=False)
+    monkeypatch.setattr(preflight, "device_name", lambda: "cpu")
+    monkeypatch.setattr(preflight, "available_memory", lambda device: 16 * GiB)
+    monkeypatch.setattr(preflight, "_cpu_matmul_flops", lambda: 100e9)
+
+
+def test_model_shape_without_weights(tmp_path):
+    gemma = preflight.model_shape("gemma-3-270m")
+    assert gemma.params == 268_098_176 and gemma.vocab == 262_144
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 128, "vocab_size": 100}))
+    header = json.dumps({"w": {"dtype": "F32", "shape": [10, 20], "data_offsets": [0, 800]},
+                         "b": {"dtype": "F32", "shape": [5], "data_offsets": [800, 820]}}).encode()
+    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(820))
+    shape = preflight.model_shape(str(folder))
+    assert shape.params == 205 and shape.kv_dim == 32 and shape.layers == 2  # from the header, no tensor read
+    with pytest.raises(preflight.UnknownModel):
+        preflight.model_shape("no-such-model")
+
+
+def test_training_estimate_parts_scale_with_the_settings(tiny_dataset):
+    small = preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m"}), tiny_dataset)
+    big = preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m", "train.micro_batch": 32}),
+                                   tiny_dataset)
+    full = preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m", "train.lora.enabled": False}),
+                                    tiny_dataset)
+    assert small.memory["weights"] == 268_098_176 * 4
+    assert big.memory["activations"] == 4 * small.memory["activations"]
+    assert big.memory["lm_head"] == 4 * small.memory["lm_head"]
+    assert small.memory["grads+optimizer"] < 0.01 * GiB < full.memory["grads+optimizer"] == 268_098_176 * 12
+    assert full.seconds > small.seconds > 0  # 6 vs 4 FLOPs per parameter and token
+    text = small.summary()
+    assert text.startswith("preflight train (gemma-3-270m on cpu): peak memory ~") and "16.0 GiB available" in text
+
+
+def test_refusal_names_the_setting_to_change(tiny_dataset, monkeypatch):
+    config = load_config(values={"model.name": "gemma-3-270m", "train.micro_batch": 256,
+                                 "train.logits_at_labels_only": False})
+    estimate = preflight.estimate_train(config, tiny_dataset)
+    assert estimate.peak > 16 * GiB
+    with pytest.raises(UserError, match=r"preflight: train needs ~\d+\.\d GiB on cpu but only 16\.0 GiB.*"
+                                        r"lm_head.*train\.micro_batch.*--no-preflight"):
+        preflight.check(estimate)
+    monkeypatch.setattr(preflight, "available_memory", lambda device: GiB + GiB // 2)
+    eval_estimate = preflight.estimate_generation(load_config(values={"model.name": "gemma-3-270m"}), tiny_dataset,
+                                                  100, stage="evaluate", num_beams=4, max_new_tokens=64, batch_size=8)
+    with pytest.raises(UserError, match="weights.*smaller --model"):
+        preflight.check(eval_estimate)
+
+
+def test_generation_time_grows_with_samples_and_beams(tiny_dataset):
+    config = load_config(values={"model.name": "smollm2-135m"})
+
+    def seconds(n, beams):
+        return preflight.estimate_generation(config, tiny_dataset, n, stage="evaluate", num_beams=beams,
+                                             max_new_tokens=64, batch_size=8).seconds
+
+    assert seconds(200, 4) > 1.9 * seconds(100, 4) and seconds(100, 8) > seconds(100, 4)
+
+
+def test_cli_prints_the_estimate_and_refuses_with_exit_2(tiny_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(preflight, "available_memory", lambda device: GiB // 4)  # less than tiny needs
+    args = ["train", "--data", str(tiny_dataset.path), "--out", str(tmp_path / "run"), "--model", "tiny"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "preflight train (tiny on cpu)" in captured.out
+    assert "softrec: error: preflight: train needs" in captured.err and "--no-preflight" in captured.err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    monkeypatch.setenv("SOFTREC_NO_PREFLIGHT", "1")
+    assert preflight.preflight_train(load_config(values={"model.name": "tiny"}), tiny_dataset) is None
+    monkeypatch.delenv("SOFTREC_NO_PREFLIGHT")
+    assert preflight.preflight_train(load_config(values={"model.name": "tiny"}), tiny_dataset, skip=True) is None
+
+
+def test_unknown_backbone_skips_the_estimate(tiny_dataset, capsys):
+    config = load_config(values={"model.name": "org/some-hub-model"})
+    assert preflight.preflight_train(config, tiny_dataset) is None
+    assert "no shape known for model 'org/some-hub-model'" in capsys.readouterr().out
