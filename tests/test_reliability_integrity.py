@@ -164,12 +164,18 @@ def test_two_real_training_processes_on_one_run_directory(tiny_dataset, tmp_path
     command = [sys.executable, "-m", "softrec", "train", "--data", str(tiny_dataset.path), "--out", str(out),
                "--model", "tiny", "--epochs", "3", "--micro-batch", "4", "--effective-batch", "4",
                "--set", "train.validate_every_epoch=false"]
-    first = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the first one's steps are slowed (0.5 s each) so it is still training when the second starts
+    slowed = ("import sys, time\nfrom transformers import Trainer\nstep = Trainer.training_step\n"
+              "Trainer.training_step = lambda self, *a, **k: (step(self, *a, **k), time.sleep(0.5))[0]\n"
+              "from softrec.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    first = subprocess.Popen([sys.executable, "-c", slowed, *command[3:]], env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while not (out / "run.json").exists():  # the first process holds the lock once it writes run.json
         assert first.poll() is None
         time.sleep(0.05)
     second = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=120)
-    assert first.wait(timeout=300) == 0
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
     assert second.returncode == 2 and "another softrec process is using this run directory" in second.stderr
 
 
