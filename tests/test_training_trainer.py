@@ -220,3 +220,13 @@ def test_accumulation_is_capped_at_the_dataset(caplog):
     with caplog.at_level(logging.WARNING):
         assert accumulation_steps(train_cfg, 64) == 8
     assert "exceeds the 64 training samples" in caplog.text
+
+
+def test_ties_on_the_selection_metric_go_to_ndcg_then_validity():
+    from softrec.training.trainer import selection_key
+
+    tied = {"HR@10": 1 / 128, "NDCG@10": 0.003, "validity": 0.33}
+    assert selection_key({**tied, "validity": 0.88}, "HR@10") > selection_key(tied, "HR@10")
+    assert selection_key({**tied, "NDCG@10": 0.004, "validity": 0.1}, "HR@10") > selection_key(tied, "HR@10")
+    assert selection_key({**tied, "HR@10": 0.0, "validity": 1.0}, "HR@10") < selection_key(tied, "HR@10")
+    assert not selection_key(tied, "HR@10") > selection_key(dict(tied), "HR@10")  # equal is no gain

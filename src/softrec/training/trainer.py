@@ -343,10 +343,20 @@ class EpochEndCallback(TrainerCallback, ExportableState):
         value = metrics.get(self.metric)
         if value is None:
             raise KeyError(f"the validator returned no '{self.metric}' (got {sorted(metrics)})")
-        if self.best_metric is None or value > self.best_metric:
+        best = next((e["valid"] for e in self.history if e.get("epoch") == self.best_epoch and "valid" in e), None)
+        if best is None or selection_key(metrics, self.metric) > selection_key(best, self.metric):
             self.best_metric = float(value)
             return True
         return False
+
+
+def selection_key(metrics: dict[str, float], metric: str) -> tuple[float, float, float]:
+    """Order of validation results: the selection metric, then NDCG at the same cut-off, then validity.
+
+    Small validation sets tie often on HR@K (every epoch at 1/128, say); the tie-breakers prefer the
+    epoch that ranks the hits higher and generates more real titles instead of the earliest epoch."""
+    cutoff = metric.split("@", 1)[1] if "@" in metric else "10"
+    return (float(metrics[metric]), float(metrics.get(f"NDCG@{cutoff}", 0.0)), float(metrics.get("validity", 0.0)))
 
 
 def _epoch_fraction(state: TrainerState) -> float:
