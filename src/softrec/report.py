@@ -58,6 +58,7 @@ def _plots(summaries: dict[str, dict[str, Any]], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     made = []
     soft = {n: s for n, s in summaries.items() if s.get("distance") or s.get("lambda")}
@@ -71,6 +72,7 @@ def _plots(summaries: dict[str, dict[str, Any]], out: Path) -> list[str]:
         ax_d.set(title="probe distance d_k (epoch 0 = untuned)", xlabel="epoch", ylabel="mean L2")
         ax_l.set(title="lambda_t (weight of self-distilled targets)", xlabel="epoch", ylim=(-0.05, 1.05))
         for ax in (ax_d, ax_l):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend()
             ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -87,6 +89,7 @@ def _plots(summaries: dict[str, dict[str, Any]], out: Path) -> list[str]:
     ax_loss.set(title="training loss per epoch", xlabel="epoch")
     ax_hr.set(title="validation HR@10 per epoch", xlabel="epoch")
     for ax in (ax_loss, ax_hr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
