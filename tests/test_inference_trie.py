@@ -86,7 +86,7 @@ def test_processor_equals_prefix_allowed_tokens_baseline(tokenizer):
     generated = [g + [tokenizer.eos_token_id] * (width - len(g)) if len(g) < width else g for g in generated]
     input_ids = torch.cat([prompt, torch.tensor(generated)], dim=1)
     scores = torch.randn(6, len(tokenizer))
-    fast = TrieLogitsProcessor(trie, 4)(input_ids, scores.clone())
+    fast = TrieLogitsProcessor(trie, 4)(input_ids, scores.clone())  # works in place
     slow = PrefixConstrainedLogitsProcessor(dict_trie.prefix_allowed_tokens_fn(4), num_beams=3)(input_ids, scores.clone())
     assert torch.equal(fast, slow)
 
@@ -97,12 +97,34 @@ def test_every_constrained_beam_is_a_real_title_and_matches_the_baseline(tiny_ba
     prompts = [build_prompt([titles[i] for i in s.history], tiny_dataset.domain) for s in tiny_dataset.split("test")[:4]]
     trie = TitleTrie.from_titles(tokenizer, titles)
     fast = generate_beam_ids(model, tokenizer, prompts, num_beams=4, max_new_tokens=24, batch_size=4, constrain_to=trie)
+    full_vocab = generate_beam_ids(model, tokenizer, prompts, num_beams=4, max_new_tokens=24, batch_size=4,
+                                   constrain_to=trie, use_subset=False)
     slow = generate_baseline(model, tokenizer, prompts, num_beams=4, max_new_tokens=24, batch_size=4,
                              trie=DictTrie.from_titles(tokenizer, titles))
-    for beams, reference in zip(fast, slow, strict=True):
-        assert beams.token_ids == reference.token_ids
+    for beams, full, reference in zip(fast, full_vocab, slow, strict=True):
+        assert beams.token_ids == full.token_ids == reference.token_ids
         assert len(beams.texts) == 4
         for ids, text in zip(beams.token_ids, beams.texts, strict=True):
             items = trie.items_for(ids)
             assert items, f"beam {text!r} is not a catalogue title"
             assert text == response_text(titles[items[0]])
+
+
+@pytest.mark.slow
+def test_decoding_benchmark_smoke_run():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import shared_dataset
+
+    shared_dataset("amazon-books")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_decoding.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--model", "tiny", "--prompts", "4", "--beams", "3", "--batch-size", "2",
+         "--max-new-tokens", "12"], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert "identical ranked outputs: 4/4 prompts" in proc.stdout
+    assert lines[-1].startswith("speedup: ") and float(lines[-1].split()[1]) > 0
