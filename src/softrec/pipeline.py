@@ -101,6 +101,8 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
         f"dataset `{dataset.name}` ({dataset.path}); model `{config.model.name}`; "
         f"train/valid/test samples {len(dataset.split('train'))}/{len(dataset.split('valid'))}/{len(dataset.split('test'))}",
     ]
+    if dataset.name == "demo":
+        notes.append("the demo's reader sequences are SYNTHETIC: these numbers are a smoke test, never a benchmark")
     if len(soft_runs) > 1:
         notes.append(f"alpha swept over {alphas}; `{best}` selected on validation HR@10")
     report = build_report(out, runs, grounding=config.eval.grounding, title=f"SFT vs SOFT on {dataset.name}", notes=notes)
