@@ -122,10 +122,15 @@ def _preflight(config: Config, dataset: PreparedDataset) -> None:
 
 
 def _best_on_validation(runs: dict[str, Path]) -> str:
+    """The run whose best epoch ranks highest by the trainer's own selection order."""
     import json
 
-    def best_hr(run_dir: Path) -> float:
-        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else []
-        return max(((e.get("valid") or {}).get("HR@10", 0.0) for e in history), default=0.0)
+    from softrec.training.trainer import selection_key
 
-    return max(runs, key=lambda name: best_hr(runs[name]))
+    def best(run_dir: Path) -> tuple[float, float, float]:
+        path = run_dir / "history.json"
+        history = json.loads(path.read_text()) if path.exists() else []
+        keys = [selection_key(e["valid"], "HR@10") for e in history if e.get("valid")]
+        return max(keys, default=(0.0, 0.0, 0.0))
+
+    return max(runs, key=lambda name: best(runs[name]))
