@@ -37,3 +37,21 @@ def test_run_pipeline_end_to_end_then_rerun_reuses(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert (out / "soft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_alpha_sweep_keeps_the_run_with_the_best_validation(tmp_path):
+    from softrec.pipeline import _best_on_validation
+
+    def run(name, epochs):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "history.json").write_text(json.dumps([{"epoch": i + 1, "valid": v} for i, v in enumerate(epochs)]))
+        return path
+
+    tie = {"HR@10": 0.1, "NDCG@10": 0.05, "validity": 0.5}
+    runs = {
+        "soft-alpha1": run("a1", [tie, {**tie, "HR@10": 0.05}]),
+        "soft-alpha10": run("a10", [{**tie, "validity": 0.9}]),  # same HR/NDCG, more real titles
+        "soft-alpha0.1": run("a01", [{**tie, "HR@10": 0.02}]),
+    }
+    assert _best_on_validation(runs) == "soft-alpha10"
