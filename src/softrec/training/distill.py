@@ -23,7 +23,7 @@ from softrec.config import Config
 from softrec.data.dataset import PreparedDataset, Sample
 from softrec.data.prompts import build_prompt, response_text, strip_response
 from softrec.errors import UserError
-from softrec.runs import RunDir, content_key, path_sha256, read_jsonl, write_jsonl
+from softrec.runs import RunDir, content_key, path_sha256, read_jsonl, resumable_chunks, write_jsonl
 
 DISTILLED = "distilled.jsonl"
 PARTS = "distilled.parts"
@@ -100,25 +100,22 @@ def distill(run_dir: str | Path, dataset: PreparedDataset, config: Config, *, pr
         key = distill_key(run_dir, dataset, config)
         if run.valid(DISTILLED, key):
             return run_dir / DISTILLED
-        parts = run_dir / PARTS / key
-        parts.mkdir(parents=True, exist_ok=True)
         samples = dataset.split("train")
         model, tokenizer = load_run_model(run_dir)
         titles = set(dataset.titles)
-        chunks = range(0, len(samples), CHUNK)
         bar = tqdm(total=len(samples), desc="distil", unit="prompt", disable=not progress)
-        for start in chunks:
-            part = parts / f"{start:07d}.jsonl"
-            chunk = samples[start:start + CHUNK]
-            if not part.exists():
-                texts = _generate_targets(model, tokenizer, chunk, dataset, config)
-                write_jsonl(part, [
-                    {"sample_id": s.sample_id, "target_text": t, "exact_title": strip_response(t) in titles}
-                    for s, t in zip(chunk, texts, strict=True)
-                ])
+
+        def compute(start: int, stop: int) -> list[dict]:
+            chunk = samples[start:stop]
+            texts = _generate_targets(model, tokenizer, chunk, dataset, config)
             bar.update(len(chunk))
+            return [
+                {"sample_id": s.sample_id, "target_text": t, "exact_title": strip_response(t) in titles}
+                for s, t in zip(chunk, texts, strict=True)
+            ]
+
+        rows = resumable_chunks(run_dir / PARTS / key, len(samples), CHUNK, compute)
         bar.close()
-        rows = [row for start in chunks for row in read_jsonl(parts / f"{start:07d}.jsonl")]
         write_jsonl(run_dir / DISTILLED, rows)
         exact = sum(r["exact_title"] for r in rows) / max(len(rows), 1)
         run.record(DISTILLED, key, n=len(rows), exact_title_share=exact,
