@@ -74,3 +74,15 @@ def test_missing_distilled_targets_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="softrec distill"):
         load_distilled(tmp_path)
+
+
+def test_distill_covers_only_the_training_subset(sft_run, tiny_dataset):
+    """SFT on `train.train_samples` of the split: distilling the rest would be wasted generation."""
+    from softrec.training import distill as stage
+    from softrec.training.trainer import subset
+
+    config = load_config(None, ["soft.distill_max_new_tokens=4", "soft.distill_beams=1", "train.train_samples=3"])
+    path = stage.distill(sft_run, tiny_dataset, config, progress=False)
+    ids = [json.loads(line)["sample_id"] for line in path.read_text().splitlines()]
+    expected = [s.sample_id for s in subset(tiny_dataset.split("train"), 3, config.data.seed)]
+    assert ids == expected and len(ids) == 3 < len(tiny_dataset.split("train"))

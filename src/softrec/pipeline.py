@@ -113,10 +113,11 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
 def _preflight(config: Config, dataset: PreparedDataset) -> None:
     """The peak stages: SOFT training (both targets per row), distillation and test evaluation."""
     from softrec.preflight import preflight_generation, preflight_train
+    from softrec.training.distill import training_samples
 
     soft_method = config.train.method if config.train.method.startswith("soft") else "soft"
     preflight_train(_with(config, train={"method": soft_method}), dataset)
-    preflight_generation(config, dataset, len(dataset.split("train")), stage="distill",
+    preflight_generation(config, dataset, len(training_samples(dataset, config)), stage="distill",
                          num_beams=config.soft.distill_beams, max_new_tokens=config.soft.distill_max_new_tokens)
     preflight_generation(config, dataset, len(dataset.split("test")), stage="evaluate")
 

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from softrec.data.dataset import PreparedDataset
-    from softrec.training.distill import distill
+    from softrec.training.distill import distill, training_samples
 
     saved = args.run / "config.yaml"
     if args.config is None and saved.exists():
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = PreparedDataset.load(args.data)
     from softrec.preflight import preflight_generation
 
-    preflight_generation(config, dataset, len(dataset.split("train")), stage="distill", skip=args.no_preflight,
+    preflight_generation(config, dataset, len(training_samples(dataset, config)), stage="distill", skip=args.no_preflight,
                          num_beams=config.soft.distill_beams, max_new_tokens=config.soft.distill_max_new_tokens)
     path = distill(args.run, dataset, config)
     print(f"self-distilled targets: {path}")

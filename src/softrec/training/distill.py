@@ -38,7 +38,15 @@ def distill_key(run_dir: Path, dataset: PreparedDataset, config: Config) -> str:
     return content_key(
         path_sha256(weights), dataset.checksum, config.model.template,
         soft.distill_mode, soft.distill_beams, soft.distill_max_new_tokens, config.train.seed,
+        config.train.train_samples, config.data.seed,
     )
+
+
+def training_samples(dataset: PreparedDataset, config: Config) -> list[Sample]:
+    """The samples SFT/SOFT train on (train.train_samples subset): only these need a distilled target."""
+    from softrec.training.trainer import subset
+
+    return subset(dataset.split("train"), config.train.train_samples, config.data.seed)
 
 
 def load_distilled(run_dir: str | Path) -> dict[str, str]:
@@ -100,7 +108,7 @@ def distill(run_dir: str | Path, dataset: PreparedDataset, config: Config, *, pr
         key = distill_key(run_dir, dataset, config)
         if run.valid(DISTILLED, key):
             return run_dir / DISTILLED
-        samples = dataset.split("train")
+        samples = training_samples(dataset, config)
         model, tokenizer = load_run_model(run_dir)
         titles = set(dataset.titles)
         bar = tqdm(total=len(samples), desc="distil", unit="prompt", disable=not progress)
