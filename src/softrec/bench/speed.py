@@ -51,10 +51,12 @@ Log = Callable[[str], None]
 REFERENCE_TRAIN, REFERENCE_PROBE = 4096, 256  # SOFT.md: training samples and probe-set size
 
 # Sizes: the default run (minutes on a 2-core CPU with Gemma 3 270M) and --quick (a smoke run).
-DEFAULTS = {"train_samples": 32, "micro_batch": 8, "warmup": 1, "epochs": 2, "prompts": 12,
-            "batch_size": 4, "repeats": 3, "matmul_size": 2048}
-QUICK = {"train_samples": 4, "micro_batch": 2, "warmup": 1, "epochs": 1, "prompts": 2,
-         "batch_size": 1, "repeats": 2, "matmul_size": 512}
+# Unconstrained beam search (distillation, the probe, evaluation) is the slow part on a CPU: about
+# 10-20 s a prompt for Gemma 3 270M when it runs to 64 new tokens.
+DEFAULTS = {"train_samples": 32, "epoch_samples": 16, "micro_batch": 8, "warmup": 1, "epochs": 2,
+            "prompts": 8, "batch_size": 2, "repeats": 3, "matmul_size": 2048}
+QUICK = {"train_samples": 4, "epoch_samples": 2, "micro_batch": 2, "warmup": 1, "epochs": 1,
+         "prompts": 2, "batch_size": 1, "repeats": 2, "matmul_size": 512}
 
 
 # ---------------------------------------------------------------- small helpers
@@ -436,11 +438,11 @@ def section_train(bench: Bench) -> dict[str, Any]:
     }
 
 
-def _epoch_config(config: Any, method: str, epochs: int, probe_size: int) -> Any:
+def _epoch_config(config: Any, method: str, epochs: int, samples: int, probe_size: int) -> Any:
     from softrec.config import Config
 
     tree = config.model_dump()
-    tree["train"].update(method=method, epochs=epochs, train_samples=None, validate_every_epoch=False,
+    tree["train"].update(method=method, epochs=epochs, train_samples=samples, validate_every_epoch=False,
                          checkpoint_every=0)
     tree["soft"]["probe_size"] = probe_size
     return Config.model_validate(tree)
@@ -456,16 +458,16 @@ def section_soft_epoch(bench: Bench) -> dict[str, Any]:
     sft_dir, soft_dir = bench.work / "sft", bench.work / "soft"
     for path in (sft_dir, soft_dir):
         shutil.rmtree(path, ignore_errors=True)  # a finished run with the same key would be reused
-    sft_config = _epoch_config(bench.config, "sft", epochs, bench.probe_size)
+    n = bench.sizes["epoch_samples"]  # train_llm and distill both take this seeded subset
+    sft_config = _epoch_config(bench.config, "sft", epochs, n, bench.probe_size)
     with stopwatch() as sft_wall:
         sft = train_llm(sft_config, data, sft_dir, progress=False)
     bench.sft_run = sft_dir
     bench.log(f"  SFT: {epochs} epochs in {sft_wall[0]:.1f} s")
     with stopwatch() as distill_wall:
         distill(sft_dir, data, sft_config, progress=False)
-    n = len(data.split("train"))
     bench.log(f"  distillation: {n} samples in {distill_wall[0]:.1f} s")
-    soft_config = _epoch_config(bench.config, "soft", epochs, bench.probe_size)
+    soft_config = _epoch_config(bench.config, "soft", epochs, n, bench.probe_size)
     callbacks = soft_callbacks(soft_config, data, soft_dir, sft_dir)
     probe_seconds: list[float] = []
     curriculum = callbacks[0]
@@ -767,7 +769,7 @@ def resolve_data(data: Path | None, sizes: dict[str, int], seed: int, work: Path
     from softrec.data.readers import data_dir
     from softrec.training.trainer import subset
 
-    n_train, n_test = sizes["train_samples"], sizes["prompts"]
+    n_train, n_test = max(sizes["train_samples"], sizes["epoch_samples"]), sizes["prompts"]
     if data is not None:
         if not Path(data).is_dir():
             raise UserError(f"--data {data}: no such directory (prepare one with `softrec data prepare`)")
@@ -799,7 +801,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="smallest sizes: a smoke run, not a measurement")
     sizes = parser.add_argument_group("sizes (defaults: full run / --quick)")
     for flag, text in (
-        ("train-samples", "training samples: one pass for the train section, the epochs' samples"),
+        ("train-samples", "training samples of the train section (one pass)"),
+        ("epoch-samples", "samples of each SFT/SOFT epoch (and of distillation)"),
         ("micro-batch", "samples per optimizer step in the train section"),
         ("warmup", "first optimizer steps not timed in the train section"),
         ("epochs", "SFT and SOFT epochs (each epoch is one repeat)"),
@@ -812,7 +815,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sizes.add_argument(f"--{flag}", type=int, metavar="N", help=f"{text} ({DEFAULTS[key]} / {QUICK[key]})")
     sizes.add_argument("--beams", type=int, metavar="N", help="beams for decoding and evaluation (eval.num_beams, 4)")
     sizes.add_argument("--probe-size", type=int, metavar="N",
-                        help="SOFT probe set (default: train samples x 256/4096, the reference ratio, at least 1)")
+                        help="SOFT probe set (default: epoch samples x 256/4096, the reference ratio, at least 1)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's choice)")
     parser.add_argument("--work", type=Path, metavar="DIR",
                         help="scratch folder for prepared data and runs (default: a temporary folder)")
@@ -854,7 +857,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = resolve_sizes(args)
-    probe = args.probe_size or max(1, round(sizes["train_samples"] * REFERENCE_PROBE / REFERENCE_TRAIN))
+    probe = args.probe_size or max(1, round(sizes["epoch_samples"] * REFERENCE_PROBE / REFERENCE_TRAIN))
     config = config_from_args(args, {
         "model.name": args.model, "train.micro_batch": sizes["micro_batch"],
         "eval.batch_size": sizes["batch_size"], "eval.num_beams": args.beams,
