@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-slow lint
+.PHONY: setup run test test-slow lint bench-quality bench-speed
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,14 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+# The results table (hours on 2 CPU cores; SUITE=gpu for the reference scale) and the speed ratios.
+SUITE ?= cpu-small
+bench-quality: setup
+	$(VENV)/bin/softrec bench quality --suite $(SUITE) --out runs/bench-$(SUITE) $(ARGS)
+
+bench-speed: setup
+	$(VENV)/bin/softrec bench speed --out runs/bench-speed $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

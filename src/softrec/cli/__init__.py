@@ -16,6 +16,7 @@ from softrec.errors import UserError
 
 # Stages appear here only once they exist.
 COMMAND_MODULES: list[str] = [
+    "softrec.cli.bench",
     "softrec.cli.data",
     "softrec.cli.distill",
     "softrec.cli.evaluate",

@@ -1,0 +1,105 @@
+"""`softrec bench quality`: the plan (same test samples, dependencies), resumption and the results files."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import types
+
+import pytest
+
+from softrec.bench import quality
+from softrec.cli import main as cli_main
+
+
+def _plan(tmp_path, methods, suite="cpu-small", datasets=("ml-100k",)):
+    return quality.plan(quality.SUITES[suite], tmp_path, list(datasets), list(methods), [])
+
+
+def test_every_row_is_evaluated_on_the_same_samples_with_the_same_grounding(tmp_path):
+    steps = _plan(tmp_path, quality.METHODS)
+    evaluations = [s for s in steps if s.kind.startswith("evaluate")]
+    assert sorted(s.owner for s in evaluations) == sorted(quality.METHODS)
+    for step in evaluations:
+        tail = step.argv[step.argv.index("--split"):]
+        assert tail[:7] == ["--split", "test", "--grounding", "l2", "--no-preflight", "--limit", "100"]
+    assert len({s.command for s in steps}) == len(steps), "a shared step (SFT teacher, SASRec) runs once"
+
+
+def test_dependencies_come_first(tmp_path):
+    steps = _plan(tmp_path, ["llara-soft"])
+    order = [(s.kind, s.owner) for s in steps]
+    assert order == [("prepare", "data"), ("train-classic", "sasrec"), ("evaluate-classic", "sasrec"),
+                     ("train-llm", "llara-sft"), ("evaluate-llm", "llara-sft"), ("distill", "llara-soft"),
+                     ("train-llm", "llara-soft"), ("evaluate-llm", "llara-soft")]
+    soft_train = steps[6].argv
+    assert soft_train[soft_train.index("--distilled") + 1] == str(tmp_path / "ml-100k" / "llara-sft")
+    assert soft_train[soft_train.index("--sasrec-run") + 1] == str(tmp_path / "ml-100k" / "sasrec")
+    assert soft_train[soft_train.index("--train-size") + 1] == "128"
+
+
+def test_launcher_prefixes_llm_training_and_evaluation_only(tmp_path):
+    steps = quality.plan(quality.SUITES["gpu"], tmp_path, ["ml-100k"], ["sft", "sasrec"], ["torchrun", "--nproc_per_node", "2"])
+    for step in steps:
+        launched = step.command.startswith("torchrun --nproc_per_node 2 -m softrec ")
+        assert launched == (step.kind in ("train-llm", "evaluate-llm")), step.command
+    assert not any("--limit" in s.argv or "--train-size" in s.argv for s in steps), "gpu = the reference sizes"
+
+
+def test_unknown_method_is_a_one_line_error(tmp_path, capsys):
+    assert cli_main(["bench", "quality", "--out", str(tmp_path), "--methods", "sft,bert4rec", "--dry-run"]) == 2
+    assert "bert4rec" in capsys.readouterr().err
+
+
+def test_relative_gain_and_its_average():
+    rows = {m: {"metrics": {g: {"value": v} for g in quality.GAIN_METRICS}} for m, v in (("sft", 0.04), ("soft", 0.05))}
+    rows["sft"]["metrics"]["HR@1"]["value"] = 0.0
+    gains = quality._gains(rows)["soft/sft"]
+    assert gains["HR@10"] == pytest.approx(25.0) and gains["HR@1"] is None
+    average = quality.average_gains({"a": {"gains": {"soft/sft": gains}}})["soft/sft"]
+    assert average["mean_percent"] == pytest.approx(25.0) and average["undefined"] == 1 and average["terms"] == 9
+
+
+def _in_process(monkeypatch, calls):
+    """Run each step's `softrec` command in this process (seconds, not a Python start per step)."""
+
+    def run(argv, env, stdout, stderr):
+        calls.append(argv[argv.index("softrec") + 1:])
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stdout):
+            return types.SimpleNamespace(returncode=cli_main(argv[argv.index("softrec") + 1:]))
+
+    monkeypatch.setattr(quality, "subprocess", types.SimpleNamespace(run=run, STDOUT=subprocess.STDOUT))
+
+
+def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeypatch):
+    calls: list[list[str]] = []
+    _in_process(monkeypatch, calls)
+    out = tmp_path / "bench"
+    methods = "sasrec,icl-0,sft,soft"
+    assert cli_main(["bench", "quality", "--suite", "smoke", "--out", str(out), "--methods", methods,
+                     "--resamples", "200", "--save", str(tmp_path / "saved")]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    rows = payload["results"]["demo"]["methods"]
+    assert set(rows) == {"sasrec", "icl-0", "sft", "soft"} and payload["results"]["demo"]["n"] == 8
+    hr10 = rows["soft"]["metrics"]["HR@10"]
+    assert hr10["low"] <= hr10["value"] <= hr10["high"]
+    assert set(rows["soft"]["vs_sft"]["HR@10"]) == {"diff", "low", "high", "p"} and "vs_sft" not in rows["sft"]
+    assert "soft/sft" in payload["results"]["demo"]["gains"]
+    text = (out / "results.md").read_text()
+    assert "BIGRec-SOFT" in text and "softrec distill --run" in text and "Relative gain" in text
+    assert (out / "results.png").stat().st_size > 0
+    assert {p.name for p in (tmp_path / "saved").iterdir()} == {"results.json", "results.md", "results.png"}
+
+    # killed after the SFT evaluation: the rerun redoes only what had not finished
+    log = json.loads((out / "steps.json").read_text())
+    unfinished = [c for c in log if f"{out}/demo/soft " in c]
+    assert len(unfinished) == 2, unfinished
+    for command in unfinished:
+        del log[command]
+    (out / "steps.json").write_text(json.dumps(log))
+    calls.clear()
+    assert cli_main(["bench", "quality", "--suite", "smoke", "--out", str(out), "--methods", methods,
+                     "--resamples", "200"]) == 0
+    assert [c[:2] for c in calls] == [["train", "--method"], ["evaluate", "--run-dir"]]
+    assert calls[0][2] == "soft" and calls[1][2] == str(out / "demo" / "soft")
