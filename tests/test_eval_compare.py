@@ -9,7 +9,7 @@ import pytest
 
 from softrec.cli import main
 from softrec.errors import UserError
-from softrec.evaluation.compare import compare_predictions, paired_bootstrap
+from softrec.evaluation.compare import compare_predictions, load_predictions, paired_bootstrap
 from softrec.runs import write_jsonl
 
 
@@ -64,3 +64,15 @@ def test_cli_accepts_run_dirs_and_prints_each_metric(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert {r["metric"] for r in rows} >= {"HR@1", "NDCG@50"}
     assert main(["compare", str(tmp_path / "runA"), str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_predictions_file_edited_after_its_evaluation_is_refused(tmp_path):
+    from softrec.runs import RunDir
+
+    run = tmp_path / "run"
+    path = _write(run / "predictions.jsonl", [1, 2, None])
+    RunDir(run).record("predictions.jsonl", "key")
+    assert load_predictions(run) == {"s0": 1, "s1": 2, "s2": None}  # intact: accepted
+    path.write_text(path.read_text().replace('"target_rank": 1', '"target_rank": 0'))
+    with pytest.raises(UserError, match="corrupted"):
+        load_predictions(run)

@@ -17,7 +17,7 @@ import numpy as np
 
 from softrec.errors import UserError
 from softrec.evaluation.metrics import DEFAULT_KS, sample_metrics
-from softrec.runs import read_jsonl
+from softrec.runs import MANIFEST, RunDir, read_jsonl
 
 
 @dataclass
@@ -41,7 +41,17 @@ def predictions_path(path: str | Path) -> Path:
         path = path / "predictions.jsonl"
     if not path.is_file():
         raise UserError(f"{path}: no predictions file; run `softrec evaluate --run DIR` first")
+    _check_against_manifest(path)
     return path
+
+
+def _check_against_manifest(path: Path) -> None:
+    """A predictions file inside a run directory must still match the checksum its evaluation recorded."""
+    for run_dir in path.resolve().parents:
+        if (run_dir / MANIFEST).exists():
+            name = str(path.resolve().relative_to(run_dir))
+            RunDir(run_dir).check(name, f"rerun `softrec evaluate --run {run_dir} --force`")
+            return
 
 
 def load_predictions(path: str | Path) -> dict[str, int | None]:
