@@ -103,3 +103,19 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
                      "--resamples", "200"]) == 0
     assert [c[:2] for c in calls] == [["train", "--method"], ["evaluate", "--run-dir"]]
     assert calls[0][2] == "soft" and calls[1][2] == str(out / "demo" / "soft")
+
+
+@pytest.mark.slow
+def test_smoke_suite_under_torchrun_two_processes(tmp_path):
+    """The gpu suite's multi-process path, on CPU (gloo): about 45 s on 2 cores."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    out = tmp_path / "bench"
+    assert cli_main(["bench", "quality", "--suite", "smoke", "--out", str(out), "--methods", "icl-0,sft",
+                     "--launcher", f"{torchrun} --nproc_per_node 2", "--resamples", "200"]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    assert set(payload["results"]["demo"]["methods"]) == {"icl-0", "sft"}
+    assert all(" --nproc_per_node 2 -m softrec " in s["command"] for s in payload["steps"] if s["kind"].endswith("llm"))
