@@ -23,7 +23,7 @@ def test_every_row_is_evaluated_on_the_same_samples_with_the_same_grounding(tmp_
     assert sorted(s.owner for s in evaluations) == sorted(quality.METHODS)
     for step in evaluations:
         tail = step.argv[step.argv.index("--split"):]
-        assert tail[:7] == ["--split", "test", "--grounding", "l2", "--no-preflight", "--limit", "100"]
+        assert tail[:8] == ["--split", "test", "--grounding", "l2", "--quiet", "--no-preflight", "--limit", "100"]
     assert len({s.command for s in steps}) == len(steps), "a shared step (SFT teacher, SASRec) runs once"
 
 
@@ -103,6 +103,14 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
                      "--resamples", "200"]) == 0
     assert [c[:2] for c in calls] == [["train", "--method"], ["evaluate", "--run-dir"]]
     assert calls[0][2] == "soft" and calls[1][2] == str(out / "demo" / "soft")
+
+    # --report-only runs nothing and reports the finished rows of the methods asked for
+    calls.clear()
+    (out / "results.json").unlink()
+    assert cli_main(["bench", "quality", "--suite", "smoke", "--out", str(out), "--methods", "sasrec,sft,llara-sft",
+                     "--resamples", "200", "--report-only"]) == 0
+    assert calls == []
+    assert set(json.loads((out / "results.json").read_text())["results"]["demo"]["methods"]) == {"sasrec", "sft"}
 
 
 @pytest.mark.slow

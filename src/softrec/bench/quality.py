@@ -143,7 +143,7 @@ class _DatasetPlan:
     def __init__(self, suite: Suite, out: Path, name: str, launcher: list[str]):
         self.suite, self.name, self.launcher = suite, name, launcher
         self.data, self.root = out / "data" / name, out / name
-        evaluation = ["--split", SPLIT, "--grounding", GROUNDING, "--no-preflight"]  # progress bars go to bench.log
+        evaluation = ["--split", SPLIT, "--grounding", GROUNDING, "--quiet", "--no-preflight"]
         self.evaluation = evaluation + (["--limit", str(suite.test_limit)] if suite.test_limit else [])
         self.llm_eval = self.evaluation + _sets(suite.llm_sets)
         train = ["--data", str(self.data), "--model", suite.model, "--epochs", str(suite.epochs),
@@ -478,6 +478,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(e.g. benchmarks/results/quality-cpu-small-DATE)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and stop")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rebuild the results from the finished rows in --out")
     parser.set_defaults(func=run)
 
 
@@ -503,16 +505,17 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     print(f"softrec bench quality: {len(steps)} steps; {suite.scale()}\n  log: {out / 'bench.log'}", flush=True)
-    log = execute(steps, out, env)
+    log = StepLog(out) if args.report_only else execute(steps, out, env)
     results = collect(suite, out, datasets, methods, log, resamples=args.resamples)
+    if not results:
+        raise UserError(f"{out}: no finished evaluations to report")
     payload = {
         "suite": dataclasses.asdict(suite), "scale": suite.scale(), "split": SPLIT, "grounding": GROUNDING,
         "num_beams": _setting(suite.llm_sets, "eval.num_beams", EvalConfig().num_beams), "out": str(out),
         "command": shlex.join(["softrec", *sys.argv[1:]]) if sys.argv and "softrec" in sys.argv[0] else
         shlex.join(["softrec", "bench", "quality", "--suite", args.suite, "--out", str(args.out)]),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-        "steps": [{"command": s.command, "dataset": s.dataset, "owner": s.owner, "kind": s.kind,
-                   "seconds": log.done.get(s.command, {}).get("seconds")} for s in steps],
+        "steps": [{"command": command, **info} for command, info in log.done.items() if info["dataset"] in datasets],
         "results": results, "average_gains": average_gains(results),
     }
     atomic_write_json(out / "results.json", payload)
