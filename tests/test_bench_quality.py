@@ -85,6 +85,7 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     hr10 = rows["soft"]["metrics"]["HR@10"]
     assert hr10["low"] <= hr10["value"] <= hr10["high"]
     assert set(rows["soft"]["vs_sft"]["HR@10"]) == {"diff", "low", "high", "p"} and "vs_sft" not in rows["sft"]
+    assert rows["soft"]["vs_sft_baseline"] == "sft"
     assert "soft/sft" in payload["results"]["demo"]["gains"]
     text = (out / "results.md").read_text()
     assert "BIGRec-SOFT" in text and "softrec distill --run" in text and "Relative gain" in text

@@ -305,10 +305,12 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
             mean, low, high, _ = paired_bootstrap(zeros, matrix, resamples=resamples)
             rows[method]["metrics"] = {n: {"value": float(mean[j]), **_interval((low[j], high[j]))}
                                        for j, n in enumerate(names)}
-            if "sft" in matrices and method != "sft":
-                diff, low, high, p = paired_bootstrap(matrices["sft"], matrix, resamples=resamples)
+            baseline = SOFT_PAIRS.get(method, "sft")  # LLaRA-SOFT against LLaRA-SFT, the rest against SFT
+            if baseline in matrices and method != "sft":
+                diff, low, high, p = paired_bootstrap(matrices[baseline], matrix, resamples=resamples)
                 rows[method]["vs_sft"] = {n: {"diff": float(diff[j]), **_interval((low[j], high[j])),
                                               "p": float(p[j])} for j, n in enumerate(names)}
+                rows[method]["vs_sft_baseline"] = baseline
         results[name] = {"n": len(ids), "methods": rows, "gains": _gains(rows)}
     return results
 
@@ -363,8 +365,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Run {payload['finished']} on {describe(payload['machine'])}.", "",
         f"Full ranking over each catalogue; LLM rows generate with {payload['num_beams']}-beam search and are "
         "grounded by L2 distance (BIGRec). HR@10 and NDCG@10 cells: value [95% bootstrap interval] (all "
-        "intervals are in results.json); 'vs SFT': paired bootstrap difference against BIGRec-SFT on the "
-        "same samples [95% interval] and its two-sided p.",
+        "intervals are in results.json); 'vs SFT': paired bootstrap difference against BIGRec-SFT (for "
+        "LLaRA-SOFT: against LLaRA-SFT) on the same samples [95% interval] and its two-sided p.",
         "",
     ]
     if suite["test_limit"] and suite["test_limit"] < 1000:
