@@ -496,8 +496,8 @@ def run(args: argparse.Namespace) -> int:
     suite = SUITES[args.suite]
     if args.model:
         suite = dataclasses.replace(suite, model=args.model)
-    datasets = _choice_list(args.datasets, suite.datasets + tuple(args.datasets.split(",")), "--datasets") \
-        if args.datasets else list(suite.datasets)
+    # any NAME or DIR `softrec data prepare --dataset` resolves is a dataset; no fixed list to check against
+    datasets = [d.strip() for d in (args.datasets or "").split(",") if d.strip()] or list(suite.datasets)
     methods = _choice_list(args.methods, METHODS, "--methods") if args.methods else list(METHODS)
     out = args.out.resolve()
     steps = plan(suite, out, datasets, methods, shlex.split(args.launcher))
