@@ -61,6 +61,13 @@ def test_relative_gain_and_its_average():
     assert average["mean_percent"] == pytest.approx(25.0) and average["undefined"] == 1 and average["terms"] == 9
 
 
+def test_gain_sections_put_the_headline_soft_vs_sft_first():
+    gains = {pair: {m: 1.0 for m in quality.GAIN_METRICS} for pair in ("llara-soft/llara-sft", "soft-sd-only/sft", "soft/sft")}
+    averages = {pair: {"mean_percent": 1.0, "terms": 10, "undefined": 0} for pair in gains}
+    headings = [line for line in quality._gain_lines({"d": {"gains": gains}}, averages) if line.startswith("### ")]
+    assert headings == ["### BIGRec-SOFT vs BIGRec-SFT", "### BIGRec-SOFT-sd-only vs BIGRec-SFT", "### LLaRA-SOFT vs LLaRA-SFT"]
+
+
 def _in_process(monkeypatch, calls):
     """Run each step's `softrec` command in this process (seconds, not a Python start per step)."""
 

@@ -395,7 +395,8 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def _gain_lines(results: dict[str, Any], averages: dict[str, Any]) -> list[str]:
-    pairs = sorted({pair for d in results.values() for pair in d["gains"]})
+    found = {pair for d in results.values() for pair in d["gains"]}
+    pairs = [f"{soft}/{sft}" for soft, sft in SOFT_PAIRS.items() if f"{soft}/{sft}" in found]  # headline first
     if not pairs:
         return []
     lines = ["## Relative gain of SOFT over SFT (%)", "",
