@@ -34,6 +34,15 @@ def test_config_errors_name_the_field(overrides, fragment):
         load_config(None, overrides)
 
 
+def test_config_with_replaces_fields_and_validates():
+    config = load_config()
+    changed = config.with_(train={"method": "soft", "epochs": 3}, soft={"alpha": 0.5})
+    assert (changed.train.method, changed.train.epochs, changed.soft.alpha) == ("soft", 3, 0.5)
+    assert changed.train.micro_batch == config.train.micro_batch and config.train.epochs != 3
+    with pytest.raises(ValueError):
+        config.with_(train={"epochs": 0})
+
+
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out"
     with pytest.raises(RuntimeError), atomic_dir(target) as tmp:

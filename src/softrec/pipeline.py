@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from softrec.config import Config
 from softrec.data.dataset import PreparedDataset
@@ -22,14 +21,6 @@ from softrec.data.dataset import PreparedDataset
 
 def _log(message: str) -> None:
     print(f"[softrec {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def _with(config: Config, **sections: dict[str, Any]) -> Config:
-    """A copy of `config` with some fields of some sections replaced (validated)."""
-    tree = config.model_dump()
-    for section, values in sections.items():
-        tree[section].update(values)
-    return Config.model_validate(tree)
 
 
 def prepare(config: Config, out: Path) -> PreparedDataset:
@@ -81,7 +72,7 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
     dataset = prepare(config, out)
     if preflight:
         _preflight(config, dataset)
-    sft_dir = train(_with(config, train={"method": "sft"}), dataset, out / "sft")
+    sft_dir = train(config.with_(train={"method": "sft"}), dataset, out / "sft")
     _log("distill: self-distilled targets from the SFT model")
     distill(sft_dir, dataset, config)
 
@@ -90,7 +81,7 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
     soft_runs = {}
     for alpha in alphas:
         name = "soft" if len(alphas) == 1 else f"soft-alpha{alpha:g}"
-        soft_config = _with(config, train={"method": soft_method}, soft={"alpha": alpha})
+        soft_config = config.with_(train={"method": soft_method}, soft={"alpha": alpha})
         soft_runs[name] = train(soft_config, dataset, out / name, distilled_from=sft_dir)
     best = _best_on_validation(soft_runs)
 
@@ -116,7 +107,7 @@ def _preflight(config: Config, dataset: PreparedDataset) -> None:
     from softrec.training.distill import training_samples
 
     soft_method = config.train.method if config.train.method.startswith("soft") else "soft"
-    preflight_train(_with(config, train={"method": soft_method}), dataset)
+    preflight_train(config.with_(train={"method": soft_method}), dataset)
     preflight_generation(config, dataset, len(training_samples(dataset, config)), stage="distill",
                          num_beams=config.soft.distill_beams, max_new_tokens=config.soft.distill_max_new_tokens)
     preflight_generation(config, dataset, len(dataset.split("test")), stage="evaluate")

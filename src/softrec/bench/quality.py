@@ -119,6 +119,11 @@ class Step:
         return shlex.join([*self.launcher, *(["softrec"] if not self.launcher else ["-m", "softrec"]), *self.argv])
 
 
+def eval_folder(out: Path, dataset: str, method: str) -> Path:
+    """Where a row's test evaluation lands: its metrics.json and predictions.jsonl."""
+    return out / dataset / method / "eval" / f"{SPLIT}-{GROUNDING}"
+
+
 def _setting(sets: tuple[str, ...], key: str, default: Any) -> Any:
     values = [v.split("=", 1)[1] for v in sets if v.startswith(f"{key}=")]
     return values[-1] if values else default
@@ -141,7 +146,7 @@ class _DatasetPlan:
     """The steps of one dataset: a method's row pulls in what it needs (SFT teacher, SASRec items)."""
 
     def __init__(self, suite: Suite, out: Path, name: str, launcher: list[str]):
-        self.suite, self.name, self.launcher = suite, name, launcher
+        self.suite, self.name, self.launcher, self.bench_out = suite, name, launcher, out
         self.data, self.root = out / "data" / name, out / name
         evaluation = ["--split", SPLIT, "--grounding", GROUNDING, "--quiet", "--no-preflight"]
         self.evaluation = evaluation + (["--limit", str(suite.test_limit)] if suite.test_limit else [])
@@ -158,7 +163,7 @@ class _DatasetPlan:
         self.out.append(Step(kind, self.name, owner, argv, output, self.launcher if launcher else []))
 
     def metrics(self, method: str) -> Path:
-        return self.root / method / "eval" / f"{SPLIT}-{GROUNDING}" / "metrics.json"
+        return eval_folder(self.bench_out, self.name, method) / "metrics.json"
 
     def classic(self, method: str) -> None:
         run = self.root / method
@@ -283,7 +288,7 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
         rows: dict[str, Any] = {}
         ranks: dict[str, dict[str, int | None]] = {}
         for method in methods:
-            folder = out / name / method / "eval" / f"{SPLIT}-{GROUNDING}"
+            folder = eval_folder(out, name, method)
             if not (folder / "predictions.jsonl").exists():
                 continue
             ranks[method] = load_predictions(folder / "predictions.jsonl")
@@ -396,14 +401,14 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def _gain_lines(results: dict[str, Any], averages: dict[str, Any]) -> list[str]:
     found = {pair for d in results.values() for pair in d["gains"]}
-    pairs = [f"{soft}/{sft}" for soft, sft in SOFT_PAIRS.items() if f"{soft}/{sft}" in found]  # headline first
+    pairs = [(soft, sft) for soft, sft in SOFT_PAIRS.items() if f"{soft}/{sft}" in found]  # headline first
     if not pairs:
         return []
     lines = ["## Relative gain of SOFT over SFT (%)", "",
              "(value - SFT) / SFT x 100 per dataset and metric; the paper reports +37.59% on average. "
              "'n/a' where SFT scored 0.", ""]
-    for pair in pairs:
-        soft, sft = pair.split("/")
+    for soft, sft in pairs:
+        pair = f"{soft}/{sft}"
         lines += [f"### {LABELS[soft]} vs {LABELS[sft]}", "", "| dataset | " + " | ".join(GAIN_METRICS) + " |",
                   "|---|" + "---:|" * len(GAIN_METRICS)]
         for name, dataset in results.items():
@@ -421,6 +426,8 @@ def _gain_lines(results: dict[str, Any], averages: dict[str, Any]) -> list[str]:
 
 def plot(results: dict[str, Any], path: Path) -> Path | None:
     """Grouped bars of HR@10 and NDCG@10 per dataset and method, with their bootstrap intervals."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -430,8 +437,6 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
 
     if not results:
         return None
-    import io
-
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), squeeze=False)
     methods = [m for m in METHODS if any(m in d["methods"] for d in results.values())]
     width = 0.8 / max(len(methods), 1)

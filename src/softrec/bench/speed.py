@@ -218,21 +218,18 @@ def run_steps(trainer: Any, count: int) -> Iterator[Step]:
 def plain_trainer(config: Any, samples: Sequence[Any], dataset: Any, work: Path) -> Any:
     """The obvious setup: HF Trainer + the model's own loss (full logits), fp32, Seq2Seq collator,
     random batches; same backbone, LoRA, learning rate and micro-batch as softrec's."""
-    from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from softrec.models.registry import load_backbone
     from softrec.training.batches import encode_samples
+    from softrec.training.trainer import prepare_model
 
     model, tokenizer = load_backbone(config.model.name)
     tokenizer.padding_side = "right"
     encoded = encode_samples(samples, dataset, tokenizer, template=config.model.template,
                              max_length=config.model.max_length)
-    lora = config.train.lora
     torch.manual_seed(config.train.seed)
-    model = get_peft_model(model, LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules),
-        task_type="CAUSAL_LM"))
+    model = prepare_model(model, config)  # the same LoRA softrec trains
     rows = [
         {"input_ids": e.prompt_ids + e.real_ids, "attention_mask": [1] * (len(e.prompt_ids) + len(e.real_ids)),
          "labels": [-100] * len(e.prompt_ids) + e.real_ids}
@@ -262,15 +259,11 @@ def softrec_trainer(config: Any, dataset: Any, work: Path, distilled: dict[str, 
 
 def step_config(config: Any, samples: int, *, soft: bool = False) -> Any:
     """One optimizer step per micro-batch over `samples` training samples; `soft`: lambda 0.5."""
-    from softrec.config import Config
-
-    tree = config.model_dump()
-    tree["train"].update(effective_batch=tree["train"]["micro_batch"], epochs=1, train_samples=samples,
-                         validate_every_epoch=False, checkpoint_every=0)
+    train = {"effective_batch": config.train.micro_batch, "epochs": 1, "train_samples": samples,
+             "validate_every_epoch": False, "checkpoint_every": 0}
     if soft:
-        tree["train"]["method"] = "soft-fixed"
-        tree["soft"]["fixed_lambda"] = 0.5
-    return Config.model_validate(tree)
+        return config.with_(train={**train, "method": "soft-fixed"}, soft={"fixed_lambda": 0.5})
+    return config.with_(train=train)
 
 
 def stand_in_distilled(samples: Sequence[Any], dataset: Any) -> dict[str, str]:
@@ -439,13 +432,9 @@ def section_train(bench: Bench) -> dict[str, Any]:
 
 
 def _epoch_config(config: Any, method: str, epochs: int, samples: int, probe_size: int) -> Any:
-    from softrec.config import Config
-
-    tree = config.model_dump()
-    tree["train"].update(method=method, epochs=epochs, train_samples=samples, validate_every_epoch=False,
-                         checkpoint_every=0)
-    tree["soft"]["probe_size"] = probe_size
-    return Config.model_validate(tree)
+    return config.with_(train={"method": method, "epochs": epochs, "train_samples": samples,
+                               "validate_every_epoch": False, "checkpoint_every": 0},
+                        soft={"probe_size": probe_size})
 
 
 def section_soft_epoch(bench: Bench) -> dict[str, Any]:
