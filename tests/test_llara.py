@@ -120,10 +120,11 @@ def test_saved_run_reloads_with_identical_logits_and_generations(tiny_dataset, t
 
 
 def test_generation_with_prefilled_cache_sees_the_item_tokens(tiny_dataset):
-    """Beam search (prefill + cache, trie-constrained subset) projects every history item once and
-    equals plain full-vocabulary generate on LLaRA prompts."""
+    """Beam search (prefill + cache, trie-constrained) projects every history item once and equals
+    plain constrained `generate` on LLaRA prompts."""
     from softrec.evaluation.evaluate import title_trie
-    from softrec.inference.generate import generate_beam_ids
+    from softrec.inference.generate import generate_baseline, generate_beam_ids
+    from softrec.inference.trie import DictTrie
 
     model, tokenizer = _llara_tiny(seed=2)
     projected: list[int] = []
@@ -134,7 +135,8 @@ def test_generation_with_prefilled_cache_sees_the_item_tokens(tiny_dataset):
     kwargs = {"num_beams": 3, "max_new_tokens": 8, "batch_size": 2}
     fast = generate_beam_ids(model, tokenizer, prompts, constrain_to=trie, **kwargs)
     assert sorted(projected) == sorted(i for s in samples for i in s.history)  # prefill only, once
-    full = generate_beam_ids(model, tokenizer, prompts, constrain_to=trie, use_subset=False, **kwargs)
+    full = generate_baseline(model, tokenizer, prompts, trie=DictTrie.from_titles(tokenizer, tiny_dataset.titles),
+                             **kwargs)
     assert [b.token_ids for b in fast] == [b.token_ids for b in full]
     vocab = model.config.vocab_size
     assert all(t < vocab for b in fast for row in b.token_ids for t in row)

@@ -1,19 +1,18 @@
-"""Batched beam search over prompts, optionally constrained to catalogue titles.
+"""The generation engine every stage uses: validation, self-distillation, the SOFT probe,
+evaluation, `recommend`, ICL. Beam search, optionally constrained to catalogue titles.
 
-Built on `transformers` `generate` (left padding, deterministic beam search). One saving matters
-most: `generate` copies every prompt `num_beams` times BEFORE its prefill, so a 250-token prompt
-with 10 beams is run through the model 10 times. Here the prompts are prefilled once (all but the
-last token), the KV cache is repeated per beam, and `generate` continues from that cache: the same
-beam search, up to float noise, at a fraction of the prefill cost. Prompts are sorted by length
-before batching so batches carry little padding; results come back in the input order.
+`generate_beam_ids` gives the same beams as transformers' `generate` on the same model (see
+`beam.py` for the loop and why it is exact) at a fraction of the cost:
+- LoRA is folded into the weights while decoding (`decoding_model`), in the fastest dtype the
+  hardware computes natively ("auto": bf16 on AMX/AVX512-BF16 CPUs and GPUs, fp32 elsewhere);
+- prompts are sorted by length into large batches (little padding, the LM head's weights read once
+  per step for many rows) and prefilled once, not once per beam;
+- the KV cache grows in place and only its generated tail is reordered (`cache.py`);
+- a prompt leaves the batch as soon as its beams are final;
+- constrained decoding ranks only the tokens that continue a title (`trie_tokens`).
 
-Constrained decoding also shrinks the vocabulary `generate` works over: the model reads and scores
-only the tokens that occur in catalogue titles (plus a sink column, see `_token_subset`), so the
-per-step log-softmax, beam top-k and masking cover thousands of columns instead of 262k. The LM head
-still computes every logit, so each kept token's log-probability is the full-vocabulary one.
-
-`generate_baseline` is the straightforward reference (plain `generate` with a
-`prefix_allowed_tokens_fn` over a Python dict trie) used by the equivalence test and the benchmark.
+`generate_baseline` (plain `generate` + `prefix_allowed_tokens_fn` over a dict trie) and
+`generate_plain` (plain `generate` as a user runs it) are the references for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -25,10 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers import GenerationConfig
 
-from softrec.inference.trie import DictTrie, TitleTrie, TokenSubset, TrieLogitsProcessor
+from softrec.hardware import use_bf16
+from softrec.inference.beam import BeamResult, BeamSettings, CandidateFn, beam_search
+from softrec.inference.cache import PromptSharedCache
+from softrec.inference.trie import DictTrie, TitleTrie
 
 
 @dataclass
@@ -78,172 +79,6 @@ def _length_sorted_batches(tokenizer: Any, prompts: Sequence[str], batch_size: i
         yield order[start : start + batch_size]
 
 
-class PromptSharedCache(DynamicCache):
-    """A KV cache whose rows are one prefilled prompt repeated for each of its beams.
-
-    Two copies of the whole cache per step dominate CPU beam search over a few-hundred-token
-    prompt, and both are avoidable:
-    - reordering: beam search only moves beams within their own prompt's group, and the prefilled
-      part of every row in a group is the same copy, so only the tokens added after the prefill
-      are reordered;
-    - growing: `expand_for_beams` preallocates room for the new tokens, so each step writes its
-      keys and values in place instead of concatenating a new cache.
-    The values seen by attention are exactly those of a plain `DynamicCache`.
-    """
-
-    def __init__(self, config: Any):
-        super().__init__(config=config)
-        self.shared_length = 0  # tokens identical within each prompt's group of rows
-        self._room: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def expand_for_beams(self, num_beams: int, extra: int) -> None:
-        """Repeat every prompt's rows `num_beams` times, into buffers with room for `extra` tokens."""
-        self.shared_length = self.get_seq_length()
-        for index, layer in enumerate(self.layers):
-            growable = type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) and layer.is_initialized
-            if growable and layer.is_sliding and layer.cumulative_length + extra >= layer.sliding_window:
-                growable = False  # the window would slide: keep the standard path
-            if not growable:
-                layer.batch_repeat_interleave(num_beams)
-                continue
-            length = layer.keys.shape[-2]
-            buffers = []
-            for tensor in (layer.keys, layer.values):
-                rows, heads, _, dim = tensor.shape
-                buffer = tensor.new_empty((rows * num_beams, heads, length + extra, dim))
-                buffer.view(rows, num_beams, heads, length + extra, dim)[:, :, :, :length] = tensor[:, None]
-                buffers.append(buffer)
-            self._room[index] = (buffers[0], buffers[1])
-            layer.keys, layer.values = buffers[0][:, :, :length], buffers[1][:, :, :length]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        room = self._room.get(layer_idx)
-        layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
-        if room is None or layer is None:
-            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-        start, new = layer.keys.shape[-2], key_states.shape[-2]
-        if start + new > room[0].shape[-2]:
-            del self._room[layer_idx]  # out of room: back to concatenation
-            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-        room[0][:, :, start : start + new] = key_states
-        room[1][:, :, start : start + new] = value_states
-        layer.keys, layer.values = room[0][:, :, : start + new], room[1][:, :, : start + new]
-        if layer.is_sliding:
-            layer.cumulative_length += new
-        return layer.keys, layer.values
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        for index, layer in enumerate(self.layers):
-            if not getattr(layer, "is_initialized", False) or layer.get_seq_length() == 0:
-                continue
-            stored = layer.keys.shape[-2]
-            total = getattr(layer, "cumulative_length", stored)  # sliding layers drop old tokens
-            tail = total - self.shared_length
-            if tail >= stored:  # the shared part slid out of the window: plain reorder
-                layer.reorder_cache(beam_idx)
-                self._room.pop(index, None)
-            elif tail > 0:
-                rows = beam_idx.to(layer.keys.device)
-                for tensor in (layer.keys, layer.values):
-                    recent = tensor[:, :, -tail:]
-                    recent.copy_(recent.index_select(0, rows))
-
-
-def _prefill(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int,
-             max_new_tokens: int) -> DynamicCache | None:
-    """KV cache of every prompt but its last token, computed once and repeated for each beam.
-
-    Position ids follow `generate`'s rule for left padding (cumsum of the mask - 1), so the cached
-    keys are those `generate` would have computed itself.
-    """
-    if input_ids.shape[1] < 2:
-        return None
-    cache = PromptSharedCache(model.config)
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    model(
-        input_ids=input_ids[:, :-1],
-        attention_mask=attention_mask[:, :-1],
-        position_ids=positions[:, :-1],
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache.expand_for_beams(num_beams, max_new_tokens + 1)  # the last prompt token, then each new one
-    return cache
-
-
-def _can_use_subset(model: Any) -> bool:
-    """The sink trick needs the LM head's output to be the final logits (no soft-capping after it)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return (
-        model.get_input_embeddings() is not None
-        and model.get_output_embeddings() is not None
-        and getattr(config, "final_logit_softcapping", None) is None
-        and getattr(config, "logit_scale", None) is None
-    )
-
-
-@contextlib.contextmanager
-def _token_subset(model: Any, subset: TokenSubset) -> Iterator[None]:
-    """Make the model read subset ids and score subset ids plus a sink column.
-
-    The sink's logit is the log-sum-exp of every token outside the subset, so a softmax over the
-    n + 1 columns gives each kept token exactly its full-vocabulary probability (up to rounding).
-    Installed as forward hooks on the input embedding and the LM head, removed on exit.
-    """
-    original = subset.original.to(model.device)
-
-    def read(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args:
-            return (original[args[0]], *args[1:]), kwargs
-        return args, {**kwargs, "input": original[kwargs["input"]]}
-
-    def score(module: Any, args: tuple, logits: torch.Tensor) -> torch.Tensor:
-        kept = logits[..., original[:-1]]
-        # log-sum-exp of the other logits, in place on the fresh logits tensor (no 262k-wide copies)
-        logits[..., original[:-1]] = -float("inf")
-        top = logits.amax(dim=-1, keepdim=True)
-        rest = logits.sub_(top).exp_().sum(dim=-1, keepdim=True).log_().add_(top)
-        return torch.cat([kept, rest], dim=-1)
-
-    handles = [
-        model.get_input_embeddings().register_forward_pre_hook(read, with_kwargs=True),
-        model.get_output_embeddings().register_forward_hook(score),
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _generate_in_subset(model: Any, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        cache: DynamicCache | None, config: GenerationConfig, trie: TitleTrie) -> torch.Tensor:
-    """`generate` constrained to `trie`, run over the trie's tokens; returns token-id sequences."""
-    stops = list(config.eos_token_id)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    vocab_size = model.get_output_embeddings().weight.shape[0]
-    # only the last prompt token is ever read by generate (the rest is cached): keep it too
-    extra = torch.tensor([*stops, pad, *input_ids[:, -1].tolist()])
-    subset = TokenSubset.of(torch.cat([trie.tokens, extra]), vocab_size, filler=pad)
-    ids = input_ids.cpu()
-    # ids past the vocabulary (LLaRA item tokens) sit in the cached prompt only: any stand-in will do
-    reduced = subset.index[ids.clamp(max=subset.index.shape[0] - 1)].masked_fill(ids >= subset.index.shape[0], -1)
-    reduced = reduced.masked_fill(reduced < 0, int(subset.index[pad])).to(input_ids.device)
-    local = copy.deepcopy(config)
-    local.eos_token_id = [int(subset.index[t]) for t in stops]
-    local.pad_token_id = int(subset.index[pad])
-    local.bos_token_id = None
-    processor = TrieLogitsProcessor(trie, input_ids.shape[1], subset)
-    with _token_subset(model, subset):
-        sequences = model.generate(
-            input_ids=reduced, attention_mask=attention_mask, past_key_values=cache,
-            generation_config=local, logits_processor=LogitsProcessorList([processor]),
-        )
-    return subset.original.to(sequences.device)[sequences]
-
-
 def _split_beams(tokenizer: Any, sequences: torch.Tensor, prompt_length: int, num_beams: int,
                  stop_ids: Sequence[int]) -> list[Beams]:
     pad = tokenizer.pad_token_id
@@ -274,11 +109,113 @@ def _run_batches(
 
     results: list[Beams | None] = [None] * len(prompts)
     batches = list(_length_sorted_batches(tokenizer, prompts, batch_size))
-    for indices in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-        encoded = encode_prompts(tokenizer, [prompts[i] for i in indices])
-        for index, beams in zip(indices, decode_batch(encoded), strict=True):
-            results[index] = beams
+    with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
+        for indices in batches:
+            encoded = encode_prompts(tokenizer, [prompts[i] for i in indices])
+            for index, beams in zip(indices, decode_batch(encoded), strict=True):
+                results[index] = beams
+            bar.update(len(indices))
     return results  # type: ignore[return-value]
+
+
+def decode_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """"auto": bf16 where the device computes it natively (AMX/AVX512-BF16 CPUs, recent GPUs)."""
+    if setting in ("float32", "bfloat16"):
+        return getattr(torch, setting)
+    return torch.bfloat16 if use_bf16("auto", device.type) else torch.float32
+
+
+def _lora_layers(model: Any) -> list[Any]:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
+
+
+@contextlib.contextmanager
+def decoding_model(model: Any, dtype: torch.dtype | None = None) -> Iterator[Any]:
+    """The model to decode with: LoRA folded into the weights (one matmul per projection instead of
+    three), in `dtype`. In the model's own dtype the merge happens in place and the base weights are
+    restored bit for bit afterwards (peft's unmerge subtracts, which drifts); another dtype decodes
+    a merged copy, the caller's model untouched. LLaRA's embedding hooks stay on the original."""
+    current = next(model.parameters()).dtype
+    if dtype is None or dtype == current or hasattr(_causal_lm(model), "llara_projector"):
+        saved = [(layer, layer.get_base_layer().weight.detach().clone()) for layer in _lora_layers(model)]
+        try:
+            for layer, _ in saved:
+                layer.merge()
+            yield model
+        finally:
+            for layer, weight in saved:
+                layer.get_base_layer().weight.data.copy_(weight)
+                layer.merged_adapters.clear()
+        return
+    twin = copy.deepcopy(model)
+    if _lora_layers(twin) and hasattr(twin, "merge_and_unload"):
+        twin = twin.merge_and_unload()
+    yield twin.to(dtype).eval()
+
+
+def _causal_lm(model: Any) -> Any:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def trie_tokens(trie: TitleTrie, n: int, pad: int) -> CandidateFn:
+    """Constrained decoding: every row's n best tokens among those that continue a catalogue title.
+
+    Only the allowed (row, token) pairs are gathered, so the ranking covers a few columns instead of
+    the vocabulary; the log-normaliser still covers the whole vocabulary (see beam._top_candidates).
+    """
+
+    def candidates(generated: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, tokens = trie.allowed_pairs(trie.states(generated))
+        order = torch.argsort(rows, stable=True)
+        rows, tokens = rows[order], tokens[order]
+        counts = torch.bincount(rows, minlength=logits.shape[0])
+        width = max(int(counts.max()), n)
+        within = torch.arange(rows.numel()) - (torch.cumsum(counts, 0) - counts)[rows]
+        rows, tokens, within = (x.to(logits.device) for x in (rows, tokens, within))
+        values = logits.new_full((logits.shape[0], width), -float("inf"))
+        values[rows, within] = logits[rows, tokens]
+        ids = torch.full((logits.shape[0], width), pad, dtype=torch.long, device=logits.device)
+        ids[rows, within] = tokens
+        top = values.topk(n, dim=-1)
+        return top.values, ids.gather(1, top.indices)
+
+    return candidates
+
+
+def _decode_batch(model: Any, encoded: dict[str, torch.Tensor], settings: BeamSettings,
+                  candidates: CandidateFn | None) -> list[BeamResult]:
+    """Prefill every prompt once, then beam search with a cache that grows in place."""
+    device, k = model.device, settings.num_beams
+    input_ids = encoded["input_ids"].to(device)
+    mask = encoded["attention_mask"].to(device)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # generate's rule for left padding
+    cache = PromptSharedCache(model.config)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1]
+    del out
+    cache.expand_for_beams(k, settings.max_new_tokens)
+    state = {"mask": mask.repeat_interleave(k, dim=0), "position": (positions[:, -1] + 1).repeat_interleave(k)}
+
+    def step(tokens: torch.Tensor) -> torch.Tensor:
+        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((tokens.shape[0], 1))], dim=1)
+        out = model(input_ids=tokens[:, None], attention_mask=state["mask"], position_ids=state["position"][:, None],
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        state["position"] = state["position"] + 1
+        return out.logits[:, -1]
+
+    def keep(prompts: torch.Tensor) -> None:
+        cache.select_prompts(prompts, k)
+        rows = (prompts[:, None] * k + torch.arange(k, device=prompts.device)).reshape(-1)
+        state["mask"], state["position"] = state["mask"][rows], state["position"][rows]
+
+    # the attention mask and positions are the same for every beam of a prompt: only the cache moves
+    return beam_search(first, step, settings, reorder=cache.reorder_cache, keep=keep, candidates=candidates)
 
 
 @torch.inference_mode()
@@ -290,39 +227,29 @@ def generate_beam_ids(
     num_beams: int,
     max_new_tokens: int,
     length_penalty: float = 1.0,
-    batch_size: int = 8,
+    batch_size: int = 32,
     constrain_to: TitleTrie | None = None,
     progress: bool = False,
-    use_subset: bool = True,
+    dtype: str = "auto",
 ) -> list[Beams]:
-    """Per prompt, every beam's token ids and text (best first). See `generate_beams`.
+    """Per prompt, every beam's token ids (up to and including the stop token) and text, best first.
 
-    `use_subset=False` keeps constrained decoding on the full vocabulary (for comparison).
+    The same beams as `model.generate(num_beams=..., early_stopping=False, do_sample=False)` on the
+    same model (see beam.py), with LoRA folded in and `dtype` ("auto": bf16 where native).
     """
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
-    config = _generation_config(model, tokenizer, num_beams, max_new_tokens, length_penalty)
-    device = model.device
+    stops = tuple(stop_token_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    settings = BeamSettings(num_beams, max_new_tokens, length_penalty, stops, pad)
+    candidates = None if constrain_to is None else trie_tokens(constrain_to, settings.beams_to_keep, pad)
+    with decoding_model(model, decode_dtype(dtype, model.device)) as decoder:
 
-    subset = constrain_to is not None and use_subset and _can_use_subset(model)
+        def decode(encoded: dict[str, torch.Tensor]) -> list[Beams]:
+            found = _decode_batch(decoder, encoded, settings, candidates)
+            return [Beams(r.token_ids, tokenizer.batch_decode(r.token_ids, skip_special_tokens=True)) for r in found]
 
-    def decode_batch(encoded: dict[str, torch.Tensor]) -> list[Beams]:
-        input_ids = encoded["input_ids"].to(device)
-        attention_mask = encoded["attention_mask"].to(device)
-        cache = _prefill(model, input_ids, attention_mask, num_beams, max_new_tokens)
-        if subset:
-            sequences = _generate_in_subset(model, tokenizer, input_ids, attention_mask, cache, config, constrain_to)
-        else:
-            processors = LogitsProcessorList()
-            if constrain_to is not None:
-                processors.append(TrieLogitsProcessor(constrain_to, input_ids.shape[1]))
-            sequences = model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
-                generation_config=config, logits_processor=processors,
-            )
-        return _split_beams(tokenizer, sequences, input_ids.shape[1], num_beams, config.eos_token_id)
-
-    return _run_batches(tokenizer, prompts, batch_size, progress, decode_batch)
+        return _run_batches(tokenizer, prompts, batch_size, progress, decode)
 
 
 def generate_beams(
@@ -378,3 +305,18 @@ def generate_baseline(
         return _split_beams(tokenizer, sequences, input_ids.shape[1], num_beams, config.eos_token_id)
 
     return _run_batches(tokenizer, prompts, batch_size, progress, decode_batch)
+
+
+@torch.inference_mode()
+def generate_plain(model: Any, tokenizer: Any, prompts: Sequence[str], *, num_beams: int, max_new_tokens: int,
+                   length_penalty: float = 1.0, batch_size: int = 8, progress: bool = False) -> list[Beams]:
+    """Plain `model.generate` as a user runs it (the model as given, batches in input order)."""
+    config = _generation_config(model, tokenizer, num_beams, max_new_tokens, length_penalty)
+    results: list[Beams] = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = encode_prompts(tokenizer, prompts[start : start + batch_size])
+        input_ids = encoded["input_ids"].to(model.device)
+        sequences = model.generate(input_ids=input_ids, attention_mask=encoded["attention_mask"].to(model.device),
+                                   generation_config=config)
+        results += _split_beams(tokenizer, sequences, input_ids.shape[1], num_beams, config.eos_token_id)
+    return results

@@ -15,13 +15,13 @@ continuing from the last prompt token (see `batches.py`).
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from softrec.hardware import cpu_has_bf16, use_bf16  # noqa: F401  (re-exported)
 
 IGNORE = -100
 
@@ -80,28 +80,7 @@ def lm_losses(model: Any, batch: dict[str, Any], target_keys: list[str], *, fast
 
 
 # ---------------------------------------------------------------- bf16 autocast
-_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls on this CPU (AMX or AVX512-BF16); without them bf16 is emulated, slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        flags = ""
-    return any(f" {flag}" in flags for flag in _BF16_CPU_FLAGS)
-
-
-def use_bf16(setting: str, device_type: str = "cpu") -> bool:
-    """config.train.bf16: "on", "off", or "auto" (on where the hardware computes bf16 natively)."""
-    if setting == "on":
-        return True
-    if setting == "off":
-        return False
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return device_type == "cpu" and cpu_has_bf16()
+# cpu_has_bf16 / use_bf16 live in softrec.hardware (decoding decides bf16 the same way)
 
 
 @contextlib.contextmanager

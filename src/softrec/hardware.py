@@ -1,0 +1,31 @@
+"""What this machine computes natively: the one place that decides bf16 for training and decoding."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls on this CPU (AMX or AVX512-BF16); without them bf16 is emulated, slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        flags = ""
+    return any(f" {flag}" in flags for flag in _BF16_CPU_FLAGS)
+
+
+def use_bf16(setting: str, device_type: str = "cpu") -> bool:
+    """A bf16 setting: "on", "off", or "auto" (on where the hardware computes bf16 natively)."""
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device_type == "cpu" and cpu_has_bf16()

@@ -1,0 +1,84 @@
+"""The generation engine against transformers' own beam search, on a model with a trained-looking
+LoRA adapter: same beams (ids and order), whatever the batching, and the caller's weights untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from softrec.data.prompts import build_prompt
+from softrec.inference.generate import decoding_model, generate_beam_ids, generate_plain
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny_backbone):
+    """The tiny model under a LoRA adapter whose B matrices are non-zero (a fresh one is a no-op),
+    its EOS made likely enough that beams end at many different steps (the untuned tiny model never
+    stops, which would leave the early exit untested)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny_backbone
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(head.weight.clone())
+        head.weight[tokenizer.eos_token_id] = head.weight.mean(0) + 2.8 * head.weight.std(0)
+    torch.manual_seed(0)  # peft draws lora_A from the global generator
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    return peft_model.eval(), tokenizer
+
+
+def _prompts(dataset, n):
+    titles = dataset.titles
+    samples = dataset.split("train")[:n]
+    return [build_prompt([titles[i] for i in s.history], dataset.domain) for s in samples]
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0])
+def test_same_beams_as_plain_generate_under_lora(adapted, tiny_dataset, length_penalty):
+    model, tokenizer = adapted
+    prompts = _prompts(tiny_dataset, 12)
+    kwargs = {"num_beams": 4, "max_new_tokens": 20, "length_penalty": length_penalty}
+    plain = generate_plain(model, tokenizer, prompts, batch_size=3, **kwargs)
+    for batch_size in (1, 5, 12):  # prompts leave the batch at different steps in each
+        ours = generate_beam_ids(model, tokenizer, prompts, batch_size=batch_size, dtype="float32", **kwargs)
+        assert [b.token_ids for b in ours] == [b.token_ids for b in plain]
+        assert [b.texts for b in ours] == [b.texts for b in plain]
+
+
+def test_some_prompts_finish_early_and_some_run_to_the_limit(adapted, tiny_dataset):
+    """The case the early exit must get right: beams of one batch ending at different steps."""
+    model, tokenizer = adapted
+    beams = generate_beam_ids(model, tokenizer, _prompts(tiny_dataset, 12), num_beams=4, max_new_tokens=20)
+    lengths = {len(ids) for b in beams for ids in b.token_ids}
+    assert min(lengths) < 20 and max(lengths) == 20
+
+
+def test_decoding_leaves_the_adapted_weights_bit_identical(adapted, tiny_dataset):
+    model, tokenizer = adapted
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with decoding_model(model, torch.float32) as decoder:
+        assert decoder is model
+        merged = {name: p.detach().clone() for name, p in model.named_parameters()}
+    assert any(not torch.equal(before[n], merged[n]) for n in before)  # the merge did change them
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    generate_beam_ids(model, tokenizer, _prompts(tiny_dataset, 2), num_beams=2, max_new_tokens=4)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert not any(layer.merged for layer in model.modules() if hasattr(layer, "merged_adapters"))
+
+
+def test_a_bf16_copy_decodes_and_the_model_stays_fp32(adapted, tiny_dataset):
+    model, tokenizer = adapted
+    with decoding_model(model, torch.bfloat16) as decoder:
+        assert decoder is not model and next(decoder.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32
+    beams = generate_beam_ids(model, tokenizer, _prompts(tiny_dataset, 2), num_beams=2, max_new_tokens=4,
+                              dtype="bfloat16")
+    assert all(len(b.token_ids) == 2 for b in beams)
