@@ -123,7 +123,11 @@ class EvalConfig(_Section):
     num_beams: int = Field(4, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     length_penalty: float = 1.0
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1, description="prompts decoded together (each with num_beams rows); "
+                            "larger batches amortise the LM head, see benchmarks/results/generation-*")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="decoding dtype; auto = bf16 where the hardware computes it natively (AMX or "
+        "AVX512-BF16 CPUs, GPUs), else float32")
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50])
     exclude_history: bool = False
     top_n: int = Field(50, ge=1, description="ranked items kept per sample in predictions")

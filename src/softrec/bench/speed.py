@@ -216,10 +216,12 @@ def run_steps(trainer: Any, count: int) -> Iterator[Step]:
 
 
 def plain_trainer(config: Any, samples: Sequence[Any], dataset: Any, work: Path) -> Any:
-    """The obvious setup: HF Trainer + the model's own loss (full logits), fp32, Seq2Seq collator,
-    random batches; same backbone, LoRA, learning rate and micro-batch as softrec's."""
+    """The obvious setup: HF Trainer + the model's own loss (full logits), Seq2Seq collator, random
+    batches; same backbone, LoRA, learning rate, micro-batch and dtype as softrec's (bf16 autocast
+    where softrec uses it, so the ratio measures the method, not the hardware's bf16)."""
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
+    from softrec.hardware import use_bf16
     from softrec.models.registry import load_backbone
     from softrec.training.batches import encode_samples
     from softrec.training.trainer import prepare_model
@@ -241,7 +243,7 @@ def plain_trainer(config: Any, samples: Sequence[Any], dataset: Any, work: Path)
             output_dir=str(work / "plain"), per_device_train_batch_size=config.train.micro_batch,
             learning_rate=config.train.learning_rate, lr_scheduler_type="constant", save_strategy="no",
             report_to="none", seed=config.train.seed, disable_tqdm=True, dataloader_pin_memory=False,
-            use_cpu=not torch.cuda.is_available(),
+            use_cpu=not torch.cuda.is_available(), bf16=use_bf16(config.train.bf16, model.device.type),
         ),
         train_dataset=rows,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
@@ -307,7 +309,7 @@ def compare_training(config: Any, dataset: Any, work: Path, *, samples: int, war
     result = TrainingComparison(
         {name: [] for name in setups}, warmup,
         {name: ModelShape.of(t.model) for name, t in setups.items()},
-        {name: bool(getattr(t, "bf16_autocast", False)) for name, t in setups.items()}, len(chosen),
+        {name: bool(getattr(t, "bf16_autocast", False) or t.args.bf16) for name, t in setups.items()}, len(chosen),
     )
     for number in range(count):  # alternate the setups: they share any CPU contention
         for name, runner in runners.items():
@@ -643,12 +645,46 @@ def section_mfu(bench: Bench) -> dict[str, Any]:
     }
 
 
+def section_generation(bench: Bench) -> dict[str, Any]:
+    """The engine vs plain `model.generate` (see softrec.bench.generation) on the test prompts
+    (evaluation, L2 grounding included) and the train prompts (self-distillation), with the SFT run's
+    adapter as `softrec evaluate --run` loads it."""
+    from softrec.bench.generation import compare_stage
+    from softrec.data.prompts import strip_response
+    from softrec.inference import grounding
+    from softrec.models.registry import load_backbone, load_run_model
+
+    config = bench.config
+    model, tokenizer = load_run_model(bench.sft_run) if bench.sft_run else load_backbone(config.model.name)
+    samples, eval_prompts = _test_prompts(bench, tokenizer)
+    from softrec.evaluation.evaluate import sample_prompt
+
+    train = bench.dataset.split("train")[: len(samples)]
+    distill_prompts = [sample_prompt(bench.dataset, s, config.model.template, tokenizer) for s in train]
+    adapter_off = model.disable_adapter if hasattr(model, "disable_adapter") else contextlib.nullcontext
+    with torch.inference_mode(), adapter_off():
+        catalogue = grounding.catalogue_embeddings(model, tokenizer, bench.dataset, cache_key=config.model.name)
+
+    def ground(texts: list[str]) -> None:
+        with torch.inference_mode(), adapter_off():
+            queries = grounding.embed_texts(model, tokenizer, [strip_response(t) or " " for t in texts])
+        grounding.rank_by_distance(queries, catalogue)
+
+    settings = {"num_beams": 4, "max_new_tokens": 64, "dtype": config.eval.dtype,
+                "engine_batch": config.eval.batch_size, "log": bench.log}
+    evaluation = compare_stage(model, tokenizer, eval_prompts, after=ground, **settings)
+    distillation = compare_stage(model, tokenizer, distill_prompts, **settings)
+    return {"unit": "whole stage over its prompts (prompts/s)", "evaluation": evaluation,
+            "distillation": distillation, "ratio": evaluation["ratio"]}
+
+
 SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "train": section_train,
     "mfu": section_mfu,
     "soft_epoch": section_soft_epoch,
     "decoding": section_decoding,
     "evaluation": section_evaluation,
+    "generation": section_generation,
 }
 
 
@@ -704,6 +740,14 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             _num(e["decoding_only"]["prompts_per_s"]["median"]) + " (its decoding alone)", _x(e["ratio"]),
             f"{e['prompts']} prompts, {e['grounding']} grounding, {e['beams']} beams, {e['model']}; catalogue "
             f"embeddings {_num(e['catalogue_embedding_seconds'])} s (once per model and catalogue, cached)"))
+    if g := r.get("generation"):
+        for stage in ("evaluation", "distillation"):
+            x = g[stage]
+            rows.append((
+                f"{stage} prompts/s, engine vs plain generate", _num(x["engine_prompts_per_s"]),
+                _num(x["plain_prompts_per_s"]) + " (model.generate, fp32, adapter unmerged, batch 8)", _x(x["ratio"]),
+                f"identical top beams {x['identical_top_beams']}/{x['prompts']}; 4 beams, <= 64 new tokens; engine "
+                f"{x['engine_dtype']}, {_num(x['engine_gflop_per_s'])} GFLOP/s executed"))
     if m := r.get("mfu"):
         peaks = m["peak_gflops"]
         rows.append((

@@ -93,7 +93,7 @@ def rank_samples(
     beams = generate_beam_ids(
         model, tokenizer, prompts, num_beams=eval_config.num_beams,
         max_new_tokens=eval_config.max_new_tokens, length_penalty=eval_config.length_penalty,
-        batch_size=eval_config.batch_size, constrain_to=trie, progress=progress,
+        batch_size=eval_config.batch_size, constrain_to=trie, progress=progress, dtype=eval_config.dtype,
     )
     generated = [b.texts[0] if b.texts else "" for b in beams]
     # an empty query would be a zero-length input; a blank is a neutral stand-in

@@ -260,9 +260,10 @@ def generate_beams(
     num_beams: int,
     max_new_tokens: int,
     length_penalty: float = 1.0,
-    batch_size: int = 8,
+    batch_size: int = 32,
     constrain_to: TitleTrie | None = None,
     progress: bool = False,
+    dtype: str = "auto",
 ) -> list[list[str]]:
     """Per prompt, the beams' decoded texts (best first), special tokens stripped, not unquoted.
 
@@ -272,7 +273,7 @@ def generate_beams(
     beams = generate_beam_ids(
         model, tokenizer, prompts, num_beams=num_beams, max_new_tokens=max_new_tokens,
         length_penalty=length_penalty, batch_size=batch_size, constrain_to=constrain_to,
-        progress=progress,
+        progress=progress, dtype=dtype,
     )
     return [b.texts for b in beams]
 

@@ -195,6 +195,7 @@ def probe_distance(dataset: Any, config: Any) -> Measure:
             num_beams=config.soft.distill_beams,
             max_new_tokens=config.soft.distill_max_new_tokens,
             batch_size=config.eval.batch_size,
+            dtype=config.eval.dtype,
         )
         generated = [strip_response(b[0]) if b else "" for b in beams]
         if "targets" not in cache:

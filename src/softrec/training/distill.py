@@ -75,6 +75,7 @@ def _generate_targets(
     beams = generate_beams(
         model, tokenizer, prompts, num_beams=soft.distill_beams,
         max_new_tokens=soft.distill_max_new_tokens, batch_size=config.eval.batch_size,
+        dtype=config.eval.dtype, progress=True,
     )
     texts = [b[0].strip() if b else "" for b in beams]
     if soft.distill_mode == "grounded":
