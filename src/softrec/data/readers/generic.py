@@ -19,6 +19,8 @@ import pandas as pd
 
 from softrec.data.readers.base import (
     SourceData,
+    check_spelling,
+    check_unique_ids,
     domain_for,
     fail_at,
     header_fields,
@@ -26,7 +28,7 @@ from softrec.data.readers.base import (
     read_table,
     require_values,
 )
-from softrec.errors import DataFormatError, UserError
+from softrec.errors import UserError
 
 ALIASES = {
     "user_id": "user", "item_id": "item", "time": "timestamp", "name": "title",
@@ -82,10 +84,8 @@ def read(path: Path, name: str) -> SourceData:
     require_values(items_path, items, ["item"])
     fail_at(items_path, items, items["title"].str.strip().eq(""), "title", "a non-empty title")
     ids = items["item"].str.strip()
-    dup = ids.duplicated()
-    if bool(dup.any()):
-        row = items[dup].iloc[0]
-        raise DataFormatError(f"{items_path}:{row['_line']}", f"field 'item': id {row['item']!r} is listed twice; expected unique ids")
+    check_unique_ids(items_path, list(ids), list(items["_line"]))
+    check_spelling(log_path, log, "item", ids, items_path)
     extras = [c for c in items.columns if c not in ("item", "title", "_line")]
     catalogue = pd.concat([pd.DataFrame({"item": ids, "title": items["title"]}), items[extras]], axis=1)
     return SourceData(

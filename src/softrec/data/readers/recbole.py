@@ -13,6 +13,8 @@ import pandas as pd
 
 from softrec.data.readers.base import (
     SourceData,
+    check_spelling,
+    check_unique_ids,
     domain_for,
     numeric,
     read_table,
@@ -62,6 +64,8 @@ def read(path: Path, name: str) -> SourceData:
     require_values(item_path, items, ["item_id"])
     extras = [c for c in items.columns if c not in ("item_id", title_field, "_line")]
     catalogue = pd.DataFrame({"item": items["item_id"].str.strip(), "title": items[title_field]})
+    check_unique_ids(item_path, list(catalogue["item"]), list(items["_line"]), column="item_id")
+    check_spelling(inter_path, inter, "item_id", catalogue["item"], item_path)
     for column in extras:
         catalogue[column] = items[column].str.strip()
     return SourceData(
