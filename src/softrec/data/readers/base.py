@@ -18,7 +18,6 @@ import csv
 import gzip
 import io
 import json
-import math
 import os
 import re
 import stat
@@ -202,7 +201,7 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
                 number += 1
                 if len(raw) > MAX_LINE_BYTES:
                     raise DataFormatError(
-                        f"{path}:{number}", f"line longer than {MAX_LINE_BYTES >> 20} MiB; expected one "
+                        f"{path}:{number}", f"line longer than {MAX_LINE_BYTES:,} bytes; expected one "
                         "record per line (a file without line breaks?)"
                     )
                 try:
@@ -359,9 +358,25 @@ def check_header(
 
 
 def _field_at(line: str, sep: str, names: Sequence[str]) -> str:
-    """The column whose value is still open at the end of physical `line` (an unterminated quote)."""
-    fields = next(csv.reader([line], delimiter=sep, strict=False), [""])
-    index = max(0, len(fields) - 1)
+    """The column of physical `line` whose quoting is wrong: a quote never closed on the line, or
+    text after a closing quote."""
+    index, i, n = 0, 0, len(line)
+    while i < n:
+        if line[i] == '"':
+            j = i + 1
+            while (j := line.find('"', j)) >= 0 and line[j + 1:j + 2] == '"':
+                j += 2
+            if j < 0 or (j + 1 < n and line[j + 1] not in (sep, "\r")):
+                break
+            i = j + 1
+        else:
+            i = line.find(sep, i)
+            if i < 0:
+                break
+        if i >= n or line[i] != sep:
+            break
+        i += 1
+        index += 1
     return f"field '{names[index]}'" if index < len(names) else f"field {index + 1}"
 
 
@@ -396,17 +411,21 @@ def parse_rows(
             start = reader.line_num + 1
     except csv.Error as exc:
         physical = text.split("\n")
-        if "unexpected end of data" in str(exc):
-            line = physical[start - 1] if start <= len(physical) else ""
-            raise DataFormatError(
-                f"{path}:{start}", f"{_field_at(line, sep, names)}: a quote opened on this line is never "
-                "closed (unterminated quote); expected a closing quote at the end of the value"
-            ) from None
         at = reader.line_num
-        before = physical[at - 1].split(f'"{sep}', 1)[0] if at <= len(physical) else ""
+        field = _field_at(physical[start - 1] if start <= len(physical) else "", sep, names)
+        if "unexpected end of data" in str(exc):
+            raise DataFormatError(
+                f"{path}:{start}", f"{field}: a quote opened on this line is never closed (unterminated "
+                "quote); expected a closing quote at the end of the value"
+            ) from None
+        if at > start:
+            raise DataFormatError(
+                f"{path}:{start}", f"{field}: a quote opened on this line runs on to line {at} (unterminated "
+                "quote?); expected one row per line"
+            ) from None
         raise DataFormatError(
-            f"{path}:{at}", f"{_field_at(before, sep, names)}: not valid CSV ({exc}); a quoted value "
-            "must end at its closing quote (write a quote inside a value as \"\")"
+            f"{path}:{at}", f"{field}: not valid CSV ({exc}); a quoted value must end at its closing quote "
+            "(write a quote inside a value as \"\")"
         ) from None
     return rows, lines
 
@@ -484,13 +503,9 @@ def numeric(path: Path, frame: pd.DataFrame, column: str, allow_dates: bool = Fa
     what = "a number (unix time) or an ISO-8601 date" if allow_dates else "a number"
     fail_at(path, frame, bad, column, what)
     values = values.astype("float64")
-    fail_at(path, frame, ~np.isfinite(values), column, f"a finite {what}")
+    fail_at(path, frame, ~np.isfinite(values), column, what.replace("a number", "a finite number"))
     return values
 
-
-def check_finite(path: Path | str, line: int, column: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise DataFormatError(f"{path}:{line}", f"field '{column}': expected a finite number, got {value!r}")
 
 
 def id_lists(path: Path, frame: pd.DataFrame, column: str, min_len: int = 1) -> list[list[str]]:

@@ -72,7 +72,7 @@ def read_item_json(path: Path) -> pd.DataFrame:
             raise DataFormatError(where(key), f"key {key!r}: expected an integer id mapped to an object")
         title = meta.get("title")
         if title is not None and not isinstance(title, str):
-            raise DataFormatError(where(key), f"key {key!r}: field 'title': expected a string, got {title!r}")
+            raise DataFormatError(where(key), f"key {key!r}: field 'title': expected a string, got {title!r:.80}")
         row = {"item": str(int(key)), "title": title or ""}
         row.update({f: str(meta.get(f) or "") for f in EXTRA_FIELDS})
         rows.append(row)

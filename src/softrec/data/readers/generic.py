@@ -57,7 +57,7 @@ def _columns(path: Path) -> set[str]:
 
 def find_pair(path: Path) -> tuple[Path, Path] | None:
     """(interactions file, items file): the conventional names, else the CSVs whose headers fit."""
-    if (path / INTERACTIONS).is_file() and (path / ITEMS).is_file():
+    if (path / INTERACTIONS).exists() and (path / ITEMS).exists():  # a FIFO is refused when read
         return path / INTERACTIONS, path / ITEMS
     candidates = sorted(p for p in path.iterdir() if p.is_file() and (".csv" in p.name or ".tsv" in p.name))
     logs = [p for p in candidates if {"user", "item", "timestamp"} <= _columns(p)]

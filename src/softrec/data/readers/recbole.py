@@ -44,7 +44,7 @@ def inter_file(path: Path) -> Path:
 def read(path: Path, name: str) -> SourceData:
     inter_path = inter_file(path)
     item_path = inter_path.with_suffix(".item")
-    if not item_path.is_file():
+    if not item_path.exists():  # not is_file(): a FIFO or device is refused by name when read
         raise UserError(f"{item_path}: file not found; RecBole item titles are read from NAME.item")
     inter = read_table(inter_path, ["user_id", "item_id", "timestamp"], sep="\t", rename=_field)
     require_values(inter_path, inter, ["user_id", "item_id"])

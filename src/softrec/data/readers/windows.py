@@ -49,7 +49,7 @@ def read_id_titles(path: Path) -> pd.DataFrame:
         if not key.strip().lstrip("-").isdigit():
             raise DataFormatError(where(key), f"key {key!r}: expected an integer item id")
         if not isinstance(title, str):
-            raise DataFormatError(where(key), f"key {key!r}: expected a title string, got {title!r}")
+            raise DataFormatError(where(key), f"key {key!r}: expected a title string, got {title!r:.80}")
         items.append(str(int(key)))
         titles.append(title)
     check_json_ids(path, text, list(mapping), items, "id")
