@@ -569,3 +569,30 @@ def test_load_json_reports_lines():
         base.load_json('[1,\n-Infinity]', "f.json")
     assert base.load_json('{"s": "NaN Infinity \\"a\\": {"}', "f.json") == {"s": 'NaN Infinity "a": {'}
     assert base.load_json(io.StringIO("[1]").read(), "f.json") == [1]
+
+
+@pytest.mark.parametrize("text", [
+    "user,item,timestamp\nu0,b1,5\nu1,b2,6\n",
+    "user,item,timestamp\r\nu0,b1,5\r\n\r\nu1,b2,6",
+    "user,item,timestamp\n\nu0,b1,5\n\n\nu1,,6\n,,\nu2,b\u00e9,7\n",
+    "user,item,timestamp\nu0, b1 ,5\nu1,b2,6 \n",
+])
+def test_fast_unquoted_path_agrees_with_the_strict_csv_path(tmp_path, text):
+    """Quote-free text goes through pandas' C parser after a vectorised field count; it must give
+    exactly what the strict csv-module path gives."""
+    path = tmp_path / "interactions.csv"
+    fast = base.read_table(path, ["user", "item", "timestamp"], text=text)
+    rows, lines = base.parse_rows(path, text, ",", ["user", "item", "timestamp"], quoting=0, first=2)
+    kept = [(r, n) for r, n in zip(rows, lines, strict=True) if any(r)]
+    assert [list(r) for r in fast[["user", "item", "timestamp"]].itertuples(index=False)] == [r for r, _ in kept]
+    assert list(fast["_line"]) == [n for _, n in kept]
+
+
+@pytest.mark.parametrize("text, line, found", [
+    ("user,item,timestamp\nu0,b1,5\nu1,b2\n", 3, 2),
+    ("user,item,timestamp\nu0,b1,5,9\n", 2, 4),
+    ("user,item,timestamp\r\nu0,b1,5\r\n   \r\n", 3, 1),
+])
+def test_fast_unquoted_path_counts_fields_per_line(tmp_path, text, line, found):
+    with pytest.raises(DataFormatError, match=rf"interactions.csv:{line}: expected 3 fields, found {found}"):
+        base.read_table(tmp_path / "interactions.csv", ["user", "item", "timestamp"], text=text)
