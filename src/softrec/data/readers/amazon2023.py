@@ -23,6 +23,7 @@ from tqdm import tqdm
 from softrec.data.dataset import Domain
 from softrec.data.readers.base import (
     SourceData,
+    check_regular,
     domain_for,
     iter_lines,
     load_json,
@@ -58,6 +59,7 @@ def find_files(path: Path) -> tuple[str, Path, Path]:
     category = metas[0].name.removeprefix("meta_").split(".jsonl")[0]
     for name in (f"{category}.jsonl", f"{category}.jsonl.gz", f"{category}.csv", f"{category}.csv.gz"):
         if (path / name).is_file():
+            check_regular(metas[0])  # before the long read of the reviews, not after it
             return category, path / name, metas[0]
     raise UserError(f"{path}: no review file {category}.jsonl[.gz] or {category}.csv[.gz] beside {metas[0].name}")
 

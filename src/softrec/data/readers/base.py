@@ -250,6 +250,23 @@ def _json_constant(name: str) -> Any:
     raise _JSONProblem("constant", name)
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_json_pairs, parse_constant=_json_constant)  # built once: per call costs
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether parsed JSON nests more than MAX_JSON_DEPTH containers (iterative, stops early)."""
+    if not isinstance(value, dict | list):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
 def _json_find(text: str, kind: str, detail: str = "") -> int | None:
     """Where (a character offset) the first `kind` problem of `text` is, by a small tokenizer that
     skips strings; None when it cannot tell. Only run on the error path (and for deep nesting)."""
@@ -303,17 +320,16 @@ def load_json(text: str, path: Path | str, *, line: int | None = None, expected:
     if nul is not None:
         raise fail(first + text.count("\n", 0, nul.start()), "a string contains a NUL character (\\u0000); "
                    "expected plain text")
-    if text.count("{") + text.count("[") > MAX_JSON_DEPTH:
-        deep = _json_find(text, "depth")
-        if deep is not None:
-            raise fail(first + text.count("\n", 0, deep),
-                       f"JSON nested more than {MAX_JSON_DEPTH} levels deep{expect}")
+    too_deep = f"JSON nested more than {MAX_JSON_DEPTH} levels deep{expect}"
     try:
-        return json.loads(text, object_pairs_hook=_json_pairs, parse_constant=_json_constant)
+        value = _DECODER.decode(text)
+        if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _too_deep(value):
+            raise RecursionError
+        return value
+    except RecursionError:  # beyond the parser's own limit, or beyond MAX_JSON_DEPTH
+        raise fail(json_line(text, "depth", first_line=first), too_deep) from None
     except json.JSONDecodeError as exc:
         raise fail(first + exc.lineno - 1, f"not valid JSON ({exc.msg}){expect}") from None
-    except RecursionError:
-        raise fail(None, f"JSON nested too deeply to read{expect}") from None
     except _JSONProblem as exc:
         at = json_line(text, exc.kind, exc.detail, first)
         if exc.kind == "constant":
