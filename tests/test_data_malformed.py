@@ -596,3 +596,14 @@ def test_fast_unquoted_path_agrees_with_the_strict_csv_path(tmp_path, text):
 def test_fast_unquoted_path_counts_fields_per_line(tmp_path, text, line, found):
     with pytest.raises(DataFormatError, match=rf"interactions.csv:{line}: expected 3 fields, found {found}"):
         base.read_table(tmp_path / "interactions.csv", ["user", "item", "timestamp"], text=text)
+
+
+def test_stripped_characters_are_reported_by_prepare(tmp_path, capsys):
+    d = datafiles.generic(tmp_path)
+    (d / "items.csv").write_text((d / "items.csv").read_text().replace('"Emma"', '"\u200fEmma\u200e"'))
+    assert main(["data", "prepare", "--dataset", str(d), "--out", str(tmp_path / "out"), "--k-core", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "note: titles: removed 2 invisible control/format character(s) from 1 title(s)" in out
+    assert "U+200F RIGHT-TO-LEFT MARK" in out
+    titles = [json.loads(line)["title"] for line in (tmp_path / "out" / "catalogue.jsonl").read_text().splitlines()]
+    assert "Emma" in titles and not any("\u200f" in t for t in titles)
