@@ -558,8 +558,31 @@ def test_zip_with_lying_sizes_is_stopped_while_reading(tmp_path, monkeypatch):
 
 def test_gzip_limits_scale_with_the_compressed_size():
     assert base.inflate_limit(10) == 1 << 20
-    assert base.inflate_limit(100 << 20) == 10_000 << 20 if (10_000 << 20) < base.MAX_INFLATED_BYTES else True
-    assert base.inflate_limit(1 << 40) == base.MAX_INFLATED_BYTES
+    assert base.inflate_limit(1 << 20) == 100 << 20
+    assert base.inflate_limit(1 << 30) == base.MAX_INFLATED_BYTES  # read whole into memory: capped
+    assert base.inflate_limit(1 << 30, in_memory=False) == 100 << 30  # streamed (multi-GB reviews): ratio only
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_gzip_declared_size_is_refused_before_decompressing(tmp_path, monkeypatch, streamed):
+    d = datafiles.amazon2023(tmp_path, gz=True)
+    name = "Books.jsonl.gz" if streamed else "meta_Books.jsonl.gz"
+    raw = bytearray((d / name).read_bytes())
+    raw[-4:] = (3 << 30).to_bytes(4, "little")  # the trailer claims 3 GiB
+    (d / name).write_bytes(bytes(raw))
+    monkeypatch.setattr(base.gzip, "GzipFile", None)  # decompressing at all would fail the test
+    with pytest.raises(DataFormatError, match=rf"{name}: declares 3,221,225,472 bytes uncompressed"):
+        read_source(d) if streamed else base.read_bytes(d / name)
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_gzip_bomb_with_a_lying_trailer_is_stopped_while_reading(tmp_path, streamed):
+    d = datafiles.amazon2023(tmp_path, gz=True)
+    raw = bytearray(gzip.compress(b" " * (4 << 20)))
+    raw[-4:] = b"\0\0\0\0"
+    (d / "Books.jsonl.gz").write_bytes(bytes(raw))
+    with pytest.raises(DataFormatError, match=r"Books.jsonl.gz: expands past 1,048,576 bytes"):
+        read_source(d) if streamed else base.read_bytes(d / "Books.jsonl.gz")
 
 
 def test_load_json_reports_lines():

@@ -74,8 +74,10 @@ def domain_for(name: str, fmt: str) -> Domain:
 
 # ------------------------------------------------------------------ raw bytes and text
 # Resource limits, checked before the work they would make long: compressed inputs may expand at
-# most MAX_INFLATE_RATIO times (and MAX_INFLATED_BYTES in all; above 1 MiB, as tiny files compress
-# very well), and a streamed line may be at most MAX_LINE_BYTES long.
+# most MAX_INFLATE_RATIO times (above 1 MiB, as tiny files compress very well), those read whole into
+# memory to MAX_INFLATED_BYTES at most (streamed ones, like multi-GB Amazon reviews, have no absolute
+# limit), and a streamed line may be at most MAX_LINE_BYTES long. A gzip trailer's declared size
+# (ISIZE) over the limit is refused before decompressing; the limit is also enforced while reading.
 MAX_INFLATE_RATIO = 100
 MAX_INFLATED_BYTES = 4 << 30
 MAX_LINE_BYTES = 64 << 20
@@ -99,21 +101,34 @@ def check_regular(path: Path) -> None:
         raise UserError(f"{path}: {kind}; expected a regular data file")
 
 
-def inflate_limit(compressed: int) -> int:
+def inflate_limit(compressed: int, in_memory: bool = True) -> int:
     """The most bytes `compressed` bytes may expand to (see MAX_INFLATE_RATIO)."""
-    return min(MAX_INFLATED_BYTES, max(_RATIO_FLOOR, compressed * MAX_INFLATE_RATIO))
+    limit = max(_RATIO_FLOOR, compressed * MAX_INFLATE_RATIO)
+    return min(MAX_INFLATED_BYTES, limit) if in_memory else limit
 
 
-def too_large(where: str, compressed: int, limit: int) -> DataFormatError:
+def too_large(where: str, compressed: int, limit: int, size: int | None = None) -> DataFormatError:
+    """`size`: what a gzip trailer declares (then the file may also just be cut short)."""
+    what = f"declares {size:,} bytes uncompressed" if size is not None else f"expands past {limit:,} bytes"
+    verdict = ("a likely decompression bomb, or a truncated or corrupt gzip file (download it again)"
+               if size is not None else "a likely decompression bomb")
     return DataFormatError(
-        where, f"expands to more than {limit:,} bytes from {compressed:,} compressed (over "
-        f"{MAX_INFLATE_RATIO}x, or over {MAX_INFLATED_BYTES >> 30} GiB): refusing a likely "
-        "decompression bomb; decompress it yourself if it is genuine"
+        where, f"{what} from {compressed:,} compressed (limit {limit:,}: {MAX_INFLATE_RATIO}x the "
+        f"compressed size, and at most {MAX_INFLATED_BYTES >> 30} GiB read into memory): refusing {verdict}; "
+        "decompress it yourself if it is genuine"
     )
+
+
+def _gzip_declared(tail: bytes) -> int | None:
+    """A gzip trailer's ISIZE (uncompressed size mod 2**32; a lower bound of the real size)."""
+    return int.from_bytes(tail[-4:], "little") if len(tail) >= 18 else None
 
 
 def _gunzip(path: Path, data: bytes) -> bytes:
     limit = inflate_limit(len(data))
+    declared = _gzip_declared(data[-18:])
+    if declared is not None and declared > limit and data[:2] == b"\x1f\x8b":
+        raise too_large(str(path), len(data), limit, declared)
     out = bytearray()
     stream = io.BytesIO(data)
     try:
@@ -173,7 +188,7 @@ class _Bounded(io.RawIOBase):
 
     def __init__(self, fh: Any, path: Path, compressed: int):
         self.fh, self.path, self.compressed = fh, path, compressed
-        self.limit, self.seen = inflate_limit(compressed), 0
+        self.limit, self.seen = inflate_limit(compressed, in_memory=False), 0
 
     def readable(self) -> bool:
         return True
@@ -194,6 +209,12 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
         with path.open("rb") as raw_fh:
             if path.suffix == ".gz":
                 size = os.fstat(raw_fh.fileno()).st_size
+                if size >= 18:
+                    raw_fh.seek(size - 4)
+                    declared = _gzip_declared(b"\0" * 14 + raw_fh.read(4))
+                    raw_fh.seek(0)
+                    if declared is not None and declared > inflate_limit(size, in_memory=False):
+                        raise too_large(str(path), size, inflate_limit(size, in_memory=False), declared)
                 fh: Any = io.BufferedReader(_Bounded(gzip.GzipFile(fileobj=raw_fh), path, size), 1 << 20)
             else:
                 fh = raw_fh
