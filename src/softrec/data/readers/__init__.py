@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from softrec.data.readers import amazon2023, d3, generic, grouplens, recbole, windows
-from softrec.data.readers.base import SourceData, find_file, header_fields, input_checksums
+from softrec.data.readers.base import (
+    SourceData,
+    find_file,
+    header_fields,
+    input_checksums,
+    strip_invisible,
+)
 from softrec.errors import UserError
 
 READERS: dict[str, Callable[[Path, str], SourceData]] = {
@@ -35,10 +41,10 @@ READERS: dict[str, Callable[[Path, str], SourceData]] = {
 
 
 def _header(path: Path | None) -> list[str]:
-    if path is None or path.suffix == ".gz":
+    if path is None or path.suffix == ".gz" or not path.is_file():
         return []
     with path.open(encoding="utf-8", errors="replace") as fh:
-        return header_fields(fh.readline().rstrip("\r\n"), ",")
+        return header_fields(fh.readline(1 << 16).rstrip("\r\n"), ",")  # bounded: a header only
 
 
 def detect_format(path: Path) -> str:
@@ -100,7 +106,7 @@ class Located:
             from softrec.data.demo import load_demo
 
             return load_demo()
-        return READERS[self.format](self.path, self.name)
+        return strip_invisible(READERS[self.format](self.path, self.name))
 
 
 def locate(dataset: str, fmt: str | None = None) -> Located:
@@ -140,7 +146,7 @@ def read_source(path: str | Path, fmt: str | None = None, name: str | None = Non
     if not path.exists():
         raise UserError(f"{path}: no such dataset directory")
     name = name or (path.stem if path.is_file() else path.name)
-    return READERS[fmt](path, name)
+    return strip_invisible(READERS[fmt](path, name))
 
 
 __all__ = ["READERS", "Located", "SourceData", "data_dir", "detect_format", "locate", "read_source"]

@@ -13,7 +13,7 @@ Files are streamed, so multi-GB categories fit in memory as integer codes.
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,10 @@ from tqdm import tqdm
 from softrec.data.dataset import Domain
 from softrec.data.readers.base import (
     SourceData,
+    check_regular,
     domain_for,
     iter_lines,
+    load_json,
     numeric,
     read_table,
 )
@@ -57,6 +59,7 @@ def find_files(path: Path) -> tuple[str, Path, Path]:
     category = metas[0].name.removeprefix("meta_").split(".jsonl")[0]
     for name in (f"{category}.jsonl", f"{category}.jsonl.gz", f"{category}.csv", f"{category}.csv.gz"):
         if (path / name).is_file():
+            check_regular(metas[0])  # before the long read of the reviews, not after it
             return category, path / name, metas[0]
     raise UserError(f"{path}: no review file {category}.jsonl[.gz] or {category}.csv[.gz] beside {metas[0].name}")
 
@@ -65,10 +68,7 @@ def _json_rows(path: Path, fields: tuple[str, ...], what: str):
     for number, line in tqdm(iter_lines(path), desc=path.name, unit=" lines", disable=None, leave=False):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path}:{number}", f"not valid JSON ({exc.msg}); expected one {what} per line") from None
+        row = load_json(line, path, line=number, expected=f"one {what} per line")
         if not isinstance(row, dict):
             raise DataFormatError(f"{path}:{number}", f"expected a JSON object ({what})")
         for name in fields:
@@ -87,8 +87,8 @@ def read_reviews(path: Path) -> pd.DataFrame:
     users, items, times = [], [], []
     for number, row in _json_rows(path, REVIEW_FIELDS, "review"):
         stamp = row["timestamp"]
-        if isinstance(stamp, bool) or not isinstance(stamp, int | float):
-            raise DataFormatError(f"{path}:{number}", f"field 'timestamp': expected a number (unix ms), got {stamp!r}")
+        if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not math.isfinite(stamp):
+            raise DataFormatError(f"{path}:{number}", f"field 'timestamp': expected a finite number (unix ms), got {stamp!r}")
         users.append(user_codes.setdefault(str(row["user_id"]), len(user_codes)))
         items.append(item_codes.setdefault(str(row["parent_asin"]), len(item_codes)))
         times.append(float(stamp) / 1000.0)
@@ -100,15 +100,25 @@ def read_reviews(path: Path) -> pd.DataFrame:
 
 
 def read_meta(path: Path, wanted: set[str]) -> pd.DataFrame:
-    rows = []
-    for _, row in _json_rows(path, ("parent_asin",), "item metadata object"):
+    """Metadata of the `wanted` items; an item listed again is ignored when its title is the same
+    and refused when it differs (which one is right?)."""
+    rows, seen = [], {}
+    for number, row in _json_rows(path, ("parent_asin",), "item metadata object"):
         asin = str(row["parent_asin"])
         if asin in wanted:
             title = row.get("title")
-            rows.append((asin, title if isinstance(title, str) else "",
-                         *(str(row.get(f) or "") for f in META_EXTRAS)))
-    frame = pd.DataFrame(rows, columns=["item", "title", *META_EXTRAS])
-    return frame.drop_duplicates("item")
+            title = title if isinstance(title, str) else ""
+            if asin in seen:
+                first_title, first_line = seen[asin]
+                if title != first_title:
+                    raise DataFormatError(
+                        f"{path}:{number}", f"field 'title': item {asin} is listed again with title {title!r}, "
+                        f"but line {first_line} titles it {first_title!r}; expected one title per item"
+                    )
+                continue
+            seen[asin] = (title, number)
+            rows.append((asin, title, *(str(row.get(f) or "") for f in META_EXTRAS)))
+    return pd.DataFrame(rows, columns=["item", "title", *META_EXTRAS])
 
 
 def read(path: Path, name: str) -> SourceData:

@@ -17,13 +17,18 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
+import os
 import re
+import stat
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from softrec.data.dataset import Domain
@@ -68,26 +73,97 @@ def domain_for(name: str, fmt: str) -> Domain:
 
 
 # ------------------------------------------------------------------ raw bytes and text
-def read_bytes(path: Path) -> bytes:
-    """A file's bytes, gunzipped when it ends in .gz; truncated or corrupt gzip is a DataFormatError."""
+# Resource limits, checked before the work they would make long: compressed inputs may expand at
+# most MAX_INFLATE_RATIO times (above 1 MiB, as tiny files compress very well), those read whole into
+# memory to MAX_INFLATED_BYTES at most (streamed ones, like multi-GB Amazon reviews, have no absolute
+# limit), and a streamed line may be at most MAX_LINE_BYTES long. A gzip trailer's declared size
+# (ISIZE) over the limit is refused before decompressing; the limit is also enforced while reading.
+MAX_INFLATE_RATIO = 100
+MAX_INFLATED_BYTES = 4 << 30
+MAX_LINE_BYTES = 64 << 20
+_RATIO_FLOOR = 1 << 20
+
+
+def check_regular(path: Path) -> None:
+    """Refuse, before opening it, anything that is not a regular file (a FIFO would block forever,
+    a device would never end)."""
     try:
-        data = path.read_bytes()
+        mode = path.stat().st_mode
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: expected a file, found a directory") from None
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise DataFormatError(
-                str(path), f"truncated or corrupt gzip file ({exc}); download it again"
-            ) from None
-    return data
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: expected a file, found a directory")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise UserError(f"{path}: {kind}; expected a regular data file")
+
+
+def inflate_limit(compressed: int, in_memory: bool = True) -> int:
+    """The most bytes `compressed` bytes may expand to (see MAX_INFLATE_RATIO)."""
+    limit = max(_RATIO_FLOOR, compressed * MAX_INFLATE_RATIO)
+    return min(MAX_INFLATED_BYTES, limit) if in_memory else limit
+
+
+def too_large(where: str, compressed: int, limit: int, size: int | None = None) -> DataFormatError:
+    """`size`: what a gzip trailer declares (then the file may also just be cut short)."""
+    what = f"declares {size:,} bytes uncompressed" if size is not None else f"expands past {limit:,} bytes"
+    verdict = ("a likely decompression bomb, or a truncated or corrupt gzip file (download it again)"
+               if size is not None else "a likely decompression bomb")
+    return DataFormatError(
+        where, f"{what} from {compressed:,} compressed (limit {limit:,}: {MAX_INFLATE_RATIO}x the "
+        f"compressed size, and at most {MAX_INFLATED_BYTES >> 30} GiB read into memory): refusing {verdict}; "
+        "decompress it yourself if it is genuine"
+    )
+
+
+def _gzip_declared(tail: bytes) -> int | None:
+    """A gzip trailer's ISIZE (uncompressed size mod 2**32; a lower bound of the real size)."""
+    return int.from_bytes(tail[-4:], "little") if len(tail) >= 18 else None
+
+
+def _gunzip(path: Path, data: bytes) -> bytes:
+    limit = inflate_limit(len(data))
+    declared = _gzip_declared(data[-18:])
+    if declared is not None and declared > limit and data[:2] == b"\x1f\x8b":
+        raise too_large(str(path), len(data), limit, declared)
+    out = bytearray()
+    stream = io.BytesIO(data)
+    try:
+        with gzip.GzipFile(fileobj=stream) as fh:
+            while block := fh.read(1 << 20):
+                out += block
+                if len(out) > limit:
+                    raise too_large(str(path), len(data), limit)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataFormatError(
+            str(path), f"truncated or corrupt gzip file ({exc}); download it again"
+        ) from None
+    return bytes(out)
+
+
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes, gunzipped when it ends in .gz; truncated or corrupt gzip is a DataFormatError."""
+    check_regular(path)
+    data = path.read_bytes()
+    return _gunzip(path, data) if path.suffix == ".gz" else data
+
+
+def check_nul(text: str, where: str, first_line: int = 1) -> None:
+    """A NUL character is never text: refuse it with its line."""
+    at = text.find("\x00")
+    if at >= 0:
+        line = first_line + text.count("\n", 0, at)
+        raise DataFormatError(
+            f"{where}:{line}", "contains a NUL character (byte 0x00); expected plain text (a binary or "
+            "UTF-16 file?)"
+        )
 
 
 def decode(data: bytes, where: str, encoding: str = "utf-8") -> str:
-    """Strict decoding; a bad byte is reported with its line number."""
+    """Strict decoding; a bad byte or a NUL is reported with its line number."""
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -96,6 +172,7 @@ def decode(data: bytes, where: str, encoding: str = "utf-8") -> str:
             f"{where}:{line}", f"byte 0x{data[exc.start]:02x} is not valid {encoding.upper()}; "
             f"expected {encoding.upper()} text (re-save the file as {encoding.upper()})"
         ) from None
+    check_nul(text, where)
     return text.removeprefix("\ufeff")
 
 
@@ -106,28 +183,180 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
     return text
 
 
+class _Bounded(io.RawIOBase):
+    """A gzip stream that stops with a DataFormatError past its inflate limit."""
+
+    def __init__(self, fh: Any, path: Path, compressed: int):
+        self.fh, self.path, self.compressed = fh, path, compressed
+        self.limit, self.seen = inflate_limit(compressed, in_memory=False), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.fh.readinto(buffer)
+        self.seen += n
+        if self.seen > self.limit:
+            raise too_large(str(self.path), self.compressed, self.limit)
+        return n
+
+
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of a possibly huge, possibly gzipped UTF-8 file, streamed."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    check_regular(path)
     number = 0
     try:
-        with opener(path, "rb") as fh:
-            for number, raw in enumerate(fh, 1):  # noqa: B007 - number is reported after the loop
+        with path.open("rb") as raw_fh:
+            if path.suffix == ".gz":
+                size = os.fstat(raw_fh.fileno()).st_size
+                if size >= 18:
+                    raw_fh.seek(size - 4)
+                    declared = _gzip_declared(b"\0" * 14 + raw_fh.read(4))
+                    raw_fh.seek(0)
+                    if declared is not None and declared > inflate_limit(size, in_memory=False):
+                        raise too_large(str(path), size, inflate_limit(size, in_memory=False), declared)
+                fh: Any = io.BufferedReader(_Bounded(gzip.GzipFile(fileobj=raw_fh), path, size), 1 << 20)
+            else:
+                fh = raw_fh
+            while raw := fh.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    raise DataFormatError(
+                        f"{path}:{number}", f"line longer than {MAX_LINE_BYTES:,} bytes; expected one "
+                        "record per line (a file without line breaks?)"
+                    )
                 try:
-                    yield number, raw.decode("utf-8")
+                    line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise DataFormatError(
                         f"{path}:{number}", f"byte 0x{raw[exc.start]:02x} is not valid UTF-8; "
                         "expected UTF-8 text"
                     ) from None
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
+                check_nul(line, str(path), number)
+                yield number, line
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataFormatError(
             str(path), f"truncated or corrupt gzip file after line {number} ({exc}); download it again"
         ) from None
     if number == 0:
         raise DataFormatError(str(path), "file is empty; expected data rows")
+
+
+# ------------------------------------------------------------------ JSON
+# Stricter than json.loads: standard JSON only (no NaN/Infinity), no key given twice with different
+# values (json.loads keeps the last silently), no NUL in strings, nesting at most MAX_JSON_DEPTH.
+MAX_JSON_DEPTH = 64
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"(?:\s*:)?|[{}\[\]]|-?Infinity|NaN')
+_JSON_NUL = re.compile(r'(?<!\\)(?:\\\\)*\\u0000')
+
+
+class _JSONProblem(Exception):
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(kind)
+        self.kind, self.detail = kind, detail
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen and seen[key] != value:
+                raise _JSONProblem("duplicate", key)
+            seen[key] = value
+    return out
+
+
+def _json_constant(name: str) -> Any:
+    raise _JSONProblem("constant", name)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_json_pairs, parse_constant=_json_constant)  # built once: per call costs
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether parsed JSON nests more than MAX_JSON_DEPTH containers (iterative, stops early)."""
+    if not isinstance(value, dict | list):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _json_find(text: str, kind: str, detail: str = "") -> int | None:
+    """Where (a character offset) the first `kind` problem of `text` is, by a small tokenizer that
+    skips strings; None when it cannot tell. Only run on the error path (and for deep nesting)."""
+    scopes: list[set[str] | None] = []
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in ("{", "["):
+            scopes.append(set() if token == "{" else None)
+            if kind == "depth" and len(scopes) > MAX_JSON_DEPTH:
+                return match.start()
+        elif token in ("}", "]"):
+            if scopes:
+                scopes.pop()
+        elif token[0] != '"':
+            if kind == "constant":
+                return match.start()
+        elif kind == "duplicate" and token[-1] == ":" and scopes and scopes[-1] is not None:
+            try:
+                key = json.loads(token[:-1].rstrip())
+            except ValueError:
+                continue
+            if key == detail and key in scopes[-1]:
+                return match.start()
+            scopes[-1].add(key)
+        elif kind == "key" and token[-1] == ":":
+            try:
+                if json.loads(token[:-1].rstrip()) == detail:
+                    return match.start()
+            except ValueError:
+                continue
+    return None
+
+
+def json_line(text: str, kind: str, detail: str = "", first_line: int = 1) -> int | None:
+    """The line of `_json_find`'s offset, counted from `first_line`."""
+    at = _json_find(text, kind, detail)
+    return None if at is None else first_line + text.count("\n", 0, at)
+
+
+def load_json(text: str, path: Path | str, *, line: int | None = None, expected: str = "") -> Any:
+    """Strict JSON (see above); `line` is the line number of `text` in `path` (JSON Lines)."""
+    expect = f"; expected {expected}" if expected else ""
+    first = line or 1
+
+    def fail(at: int | None, problem: str) -> DataFormatError:
+        at = line or at  # one JSON Lines record: its line, whatever the offset
+        where = f"{path}:{at}" if at is not None else str(path)
+        return DataFormatError(where, problem)
+
+    nul = _JSON_NUL.search(text) if "\\u0000" in text else None
+    if nul is not None:
+        raise fail(first + text.count("\n", 0, nul.start()), "a string contains a NUL character (\\u0000); "
+                   "expected plain text")
+    too_deep = f"JSON nested more than {MAX_JSON_DEPTH} levels deep{expect}"
+    try:
+        value = _DECODER.decode(text)
+        if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _too_deep(value):
+            raise RecursionError
+        return value
+    except RecursionError:  # beyond the parser's own limit, or beyond MAX_JSON_DEPTH
+        raise fail(json_line(text, "depth", first_line=first), too_deep) from None
+    except json.JSONDecodeError as exc:
+        raise fail(first + exc.lineno - 1, f"not valid JSON ({exc.msg}){expect}") from None
+    except _JSONProblem as exc:
+        at = json_line(text, exc.kind, exc.detail, first)
+        if exc.kind == "constant":
+            raise fail(at, f"non-standard JSON value {exc.detail} (not a finite number){expect}") from None
+        raise fail(at, f"key {exc.detail!r} appears twice in one object with different values; "
+                   "expected each key once (which value is right?)") from None
 
 
 # ------------------------------------------------------------------ tables
@@ -165,7 +394,108 @@ def check_header(
         )
 
 
-_PANDAS_LINE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+def _field_at(line: str, sep: str, names: Sequence[str]) -> str:
+    """The column of physical `line` whose quoting is wrong: a quote never closed on the line, or
+    text after a closing quote."""
+    index, i, n = 0, 0, len(line)
+    while i < n:
+        if line[i] == '"':
+            j = i + 1
+            while (j := line.find('"', j)) >= 0 and line[j + 1:j + 2] == '"':
+                j += 2
+            if j < 0 or (j + 1 < n and line[j + 1] not in (sep, "\r")):
+                break
+            i = j + 1
+        else:
+            i = line.find(sep, i)
+            if i < 0:
+                break
+        if i >= n or line[i] != sep:
+            break
+        i += 1
+        index += 1
+    return f"field '{names[index]}'" if index < len(names) else f"field {index + 1}"
+
+
+def parse_rows(
+    path: Path, text: str, sep: str, names: Sequence[str], *, quoting: int, first: int
+) -> tuple[list[list[str]], list[int]]:
+    """Strict CSV: rows with exactly len(names) fields (blank lines skipped) and the line each starts on.
+
+    A quote left open (which would swallow the following rows into one value), text after a closing
+    quote, and a value spanning several lines are refused with their line and field.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, quoting=quoting, strict=True)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    want = len(names)
+    start = 1
+    try:
+        for row in reader:
+            if start >= first and row:
+                end = reader.line_num
+                if end > start:
+                    column = next((i for i, v in enumerate(row) if "\n" in v or "\r" in v), 0)
+                    name = names[column] if column < len(names) else str(column + 1)
+                    raise DataFormatError(
+                        f"{path}:{start}", f"field '{name}': a quoted value runs on to line {end} "
+                        "(an unterminated quote?); expected one row per line"
+                    )
+                if len(row) != want:
+                    raise DataFormatError(f"{path}:{start}", f"expected {want} fields, found {len(row)}")
+                rows.append(row)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        physical = text.split("\n")
+        at = reader.line_num
+        field = _field_at(physical[start - 1] if start <= len(physical) else "", sep, names)
+        if "unexpected end of data" in str(exc):
+            raise DataFormatError(
+                f"{path}:{start}", f"{field}: a quote opened on this line is never closed (unterminated "
+                "quote); expected a closing quote at the end of the value"
+            ) from None
+        if at > start:
+            raise DataFormatError(
+                f"{path}:{start}", f"{field}: a quote opened on this line runs on to line {at} (unterminated "
+                "quote?); expected one row per line"
+            ) from None
+        raise DataFormatError(
+            f"{path}:{at}", f"{field}: not valid CSV ({exc}); a quoted value must end at its closing quote "
+            "(write a quote inside a value as \"\")"
+        ) from None
+    return rows, lines
+
+
+def _unquoted_table(path: Path, text: str, sep: str, names: Sequence[str], first: int) -> pd.DataFrame | None:
+    """The fast path of `read_table` for text without quoting (most logs, and large ones): every
+    line is one row, so the field count of each line is checked by counting separators (vectorised),
+    then pandas' C parser reads it compactly."""
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    if not len(data):
+        return None
+    breaks = np.flatnonzero(data == 10)
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [len(data)]))
+    seps = np.flatnonzero(data == ord(sep))
+    counts = np.searchsorted(seps, ends) - np.searchsorted(seps, starts)
+    length = ends - starts - (data[np.maximum(ends - 1, 0)] == 13)  # without a \r before the \n
+    numbers = np.arange(1, len(starts) + 1)
+    bad = (counts != len(names) - 1) & (length > 0) & (numbers >= first)
+    if bool(bad.any()):
+        at = int(np.argmax(bad))
+        raise DataFormatError(f"{path}:{numbers[at]}", f"expected {len(names)} fields, found {counts[at] + 1}")
+    rows = numbers[(length > 0) & (numbers >= first)]
+    del data, breaks, starts, ends, seps, counts, length, bad, numbers
+    frame = pd.read_csv(
+        io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False,
+        skip_blank_lines=True, header=None if first == 1 else 0, names=list(names),
+        engine="c", quoting=csv.QUOTE_NONE,
+    )
+    if len(frame) != len(rows):  # cannot happen with the counts checked; never guess the lines
+        return None
+    frame["_line"] = rows
+    return frame
 
 
 def read_table(
@@ -199,19 +529,16 @@ def read_table(
                         f"{path}:1", f"fields are separated by {label}s; expected {len(names)} "
                         f"{_DELIMITERS[sep]}-separated fields ({', '.join(names[:4])}, ...) (wrong delimiter?)"
                     )
-    try:
-        frame = pd.read_csv(
-            io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False,
-            skip_blank_lines=False, header=None if header is not None else 0, names=names,
-            engine="c", quoting=csv.QUOTE_NONE if header is not None else csv.QUOTE_MINIMAL,
-        )
-    except pd.errors.ParserError as exc:
-        match = _PANDAS_LINE.search(str(exc))
-        if match:
-            want, line, got = match.groups()
-            raise DataFormatError(f"{path}:{line}", f"expected {want} fields, found {got}") from None
-        raise DataFormatError(str(path), f"not a valid delimited file ({exc})") from None
-    frame["_line"] = range(1 if header is not None else 2, len(frame) + (1 if header is not None else 2))
+    quoting = csv.QUOTE_NONE if header is not None else csv.QUOTE_MINIMAL
+    first = 1 if header is not None else 2
+    frame = None
+    if (quoting == csv.QUOTE_NONE or '"' not in text) and text.count("\r") == text.count("\r\n"):
+        frame = _unquoted_table(path, text, sep, names, first)
+    if frame is None:
+        rows, lines = parse_rows(path, text, sep, names, quoting=quoting, first=first)
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        frame = pd.DataFrame({n: pd.Series(values, dtype=str) for n, values in zip(names, columns, strict=True)})
+        frame["_line"] = lines
     blank = frame[required].eq("").all(axis=1) if required else pd.Series(False, index=frame.index)
     frame = frame[~blank].reset_index(drop=True)
     if frame.empty:
@@ -248,7 +575,10 @@ def numeric(path: Path, frame: pd.DataFrame, column: str, allow_dates: bool = Fa
         bad = values.isna()
     what = "a number (unix time) or an ISO-8601 date" if allow_dates else "a number"
     fail_at(path, frame, bad, column, what)
-    return values.astype("float64")
+    values = values.astype("float64")
+    fail_at(path, frame, ~np.isfinite(values), column, what.replace("a number", "a finite number"))
+    return values
+
 
 
 def id_lists(path: Path, frame: pd.DataFrame, column: str, min_len: int = 1) -> list[list[str]]:
@@ -302,3 +632,95 @@ def find_file(directory: Path, *names: str) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
+
+
+# ------------------------------------------------------------------ ids and titles
+def check_unique_ids(where: Path | str, ids: Sequence[str], lines: Sequence[Any], raw: Sequence[str] | None = None,
+                     column: str = "item") -> None:
+    """Refuse an item listed twice, or two spellings of one number ("01" and "1"): the protocol
+    orders and matches integer ids by value, so they would silently become one item."""
+    raw = ids if raw is None else raw
+    seen: dict[str, tuple[str, Any]] = {}
+    for key, spelled, line in zip(ids, raw, lines, strict=True):
+        canon = str(int(key)) if key.strip().lstrip("-").isdigit() else key
+        if canon in seen:
+            first, first_line = seen[canon]
+            at = f"{where}:{line}" if line is not None else str(where)
+            if spelled == first:
+                raise DataFormatError(at, f"field '{column}': id {spelled!r} is listed twice (first on line "
+                                      f"{first_line}); expected unique ids")
+            raise DataFormatError(at, f"field '{column}': id {spelled!r} is the same number as id {first!r} "
+                                  f"(line {first_line}); expected one spelling per item, unique ids")
+        seen[canon] = (spelled, line)
+
+
+def check_spelling(path: Path, frame: pd.DataFrame, column: str, catalogue: pd.Series, catalogue_path: Path) -> None:
+    """An interaction's item id missing from the catalogue only because of its spelling ("01" for
+    "1") would be dropped as untitled without a word: refuse it."""
+    known = set(catalogue)
+    ids = frame[column].str.strip()
+    unknown = ids[~ids.isin(known)]
+    if unknown.empty:
+        return
+    canon = {str(int(k)): k for k in known if k.isdigit()}
+    for index, key in unknown.items():
+        if key.isdigit() and str(int(key)) in canon:
+            raise DataFormatError(
+                f"{path}:{frame.at[index, '_line']}", f"field '{column}': id {key!r} is not in "
+                f"{catalogue_path.name}, which lists {canon[str(int(key))]!r}; expected the same spelling"
+            )
+
+
+def check_json_ids(path: Path, text: str, keys: Sequence[str], items: Sequence[str], column: str) -> None:
+    """`check_unique_ids` for the keys of a JSON object (`items`: the keys as normalised ids); the
+    lines are looked up only for the pair that collides."""
+    if len(set(items)) == len(items):
+        return
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item in first:
+            pair = [first[item], index]
+            check_unique_ids(path, [items[i] for i in pair], [json_line(text, "key", keys[i]) for i in pair],
+                             [keys[i] for i in pair], column=column)
+        first[item] = index
+
+
+def _invisible(char: str) -> bool:
+    """Control characters (except tab and line breaks, which the protocol turns into spaces) and
+    format characters: zero-width spaces/joiners, bidi marks and overrides, soft hyphens, BOMs."""
+    return unicodedata.category(char) in ("Cc", "Cf") and char not in "\t\n\r"
+
+
+_CANDIDATES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f"
+                         r"\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff"
+                         r"\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+                         r"\U0001d173-\U0001d17a\U000e0001-\U000e007f]")
+
+
+def strip_invisible(source: SourceData) -> SourceData:
+    """Remove invisible characters (`_invisible`) from titles, counted in a note: they make two
+    titles look the same while differing (or reorder what is shown), and the model cannot see them."""
+    titles = source.catalogue["title"]
+    counts: dict[str, int] = {}
+    changed = 0
+    cleaned = []
+    for title in titles:
+        if isinstance(title, str) and _CANDIDATES.search(title):
+            kept = "".join(c for c in title if not _invisible(c))
+            for c in title:
+                if _invisible(c):
+                    counts[c] = counts.get(c, 0) + 1
+            changed += kept != title
+            title = kept
+        cleaned.append(title)
+    if changed:
+        source.catalogue = source.catalogue.assign(title=cleaned)
+        kinds = ", ".join(
+            f"U+{ord(c):04X} {unicodedata.name(c, 'control')} x{n}"
+            for c, n in sorted(counts.items(), key=lambda kv: -kv[1])[:5]
+        )
+        source.notes.append(
+            f"titles: removed {sum(counts.values())} invisible control/format character(s) from {changed} "
+            f"title(s) ({kinds}{', ...' if len(counts) > 5 else ''})"
+        )
+    return source

@@ -12,18 +12,21 @@ latest windows off for validation) and `test.csv` is the test split.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from softrec.data.readers.base import (
     SourceData,
+    check_json_ids,
     check_known,
+    check_unique_ids,
     domain_for,
     fail_at,
     find_file,
     id_lists,
+    json_line,
+    load_json,
     read_table,
     read_text,
     require_values,
@@ -35,8 +38,9 @@ EXTRA_FIELDS = ("brand", "categories")
 
 
 def read_items_txt(path: Path) -> pd.DataFrame:
-    rows = []
-    for number, line in enumerate(read_text(path).splitlines(), 1):
+    rows, raw, lines = [], [], []
+    for number, line in enumerate(read_text(path).split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -46,23 +50,34 @@ def read_items_txt(path: Path) -> pd.DataFrame:
                 f"found {len(fields)} field(s)"
             )
         rows.append((str(int(fields[2])), fields[1]))
+        raw.append(fields[2].strip())
+        lines.append(number)
+    check_unique_ids(path, [r[0] for r in rows], lines, raw, column="item_id")
     return pd.DataFrame(rows, columns=["item", "title"])
 
 
 def read_item_json(path: Path) -> pd.DataFrame:
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg})") from None
+    text = read_text(path)
+    data = load_json(text, path, expected='{"<item_id>": {"title": ...}}')
     if not isinstance(data, dict):
         raise DataFormatError(str(path), "expected a JSON object {\"<item_id>\": {\"title\": ...}}")
+
+    def where(key: str) -> str:
+        line = json_line(text, "key", key)
+        return f"{path}:{line}" if line is not None else f"{path}: key {key!r}"
+
     rows = []
     for key, meta in data.items():
         if not isinstance(meta, dict) or not key.strip().isdigit():
-            raise DataFormatError(f"{path}: key {key!r}", "expected an integer id mapped to an object")
-        row = {"item": str(int(key)), "title": str(meta.get("title") or "")}
+            raise DataFormatError(where(key), f"key {key!r}: expected an integer id mapped to an object")
+        title = meta.get("title")
+        if title is not None and not isinstance(title, str):
+            raise DataFormatError(where(key), f"key {key!r}: field 'title': expected a string, got {title!r:.80}")
+        row = {"item": str(int(key)), "title": title or ""}
         row.update({f: str(meta.get(f) or "") for f in EXTRA_FIELDS})
         rows.append(row)
+    items = [r["item"] for r in rows]
+    check_json_ids(path, text, list(data), items, "item_id")
     return pd.DataFrame(rows, columns=["item", "title", *EXTRA_FIELDS])
 
 
@@ -81,13 +96,23 @@ def read_rows(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return windows, table
 
 
-def inline_titles(tables: list[pd.DataFrame]) -> pd.DataFrame:
-    """Titles from the CSVs themselves (targets only: history titles are lists of strings)."""
-    frames = [t[["item_id", "item_title"]] for t in tables if "item_title" in t.columns]
-    if not frames:
-        return pd.DataFrame(columns=["item", "title"])
-    both = pd.concat(frames).drop_duplicates("item_id")
-    return pd.DataFrame({"item": both["item_id"].str.strip().map(lambda s: str(int(s))), "title": both["item_title"]})
+def inline_titles(tables: list[tuple[Path, pd.DataFrame]]) -> pd.DataFrame:
+    """Titles from the CSVs themselves (targets only: history titles are lists of strings). One id
+    with two different titles (also "01" and "1") is refused: which one is right?"""
+    titles: dict[str, tuple[str, str]] = {}
+    for path, table in tables:
+        if "item_title" not in table.columns:
+            continue
+        for raw, title, line in zip(table["item_id"], table["item_title"], table["_line"], strict=True):
+            item = str(int(raw.strip()))
+            if item not in titles:
+                titles[item] = (title, f"{path.name}:{line}")
+            elif titles[item][0] != title:
+                raise DataFormatError(
+                    f"{path}:{line}", f"field 'item_title': item {raw.strip()} is titled {title!r} here but "
+                    f"{titles[item][0]!r} at {titles[item][1]}; expected one title per item"
+                )
+    return pd.DataFrame({"item": list(titles), "title": [t for t, _ in titles.values()]}, columns=["item", "title"])
 
 
 def read(path: Path, name: str) -> SourceData:
@@ -100,7 +125,7 @@ def read(path: Path, name: str) -> SourceData:
         if file is None:
             raise UserError(f"{path / filename}: file not found; the D3 format needs {', '.join(layout.values())}")
         windows[split], table = read_rows(file)
-        tables.append(table)
+        tables.append((file, table))
         files[split] = file
 
     items_txt, item_json = find_file(path, "items.txt"), find_file(path, "item.json")

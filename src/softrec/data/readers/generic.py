@@ -19,6 +19,8 @@ import pandas as pd
 
 from softrec.data.readers.base import (
     SourceData,
+    check_spelling,
+    check_unique_ids,
     domain_for,
     fail_at,
     header_fields,
@@ -26,7 +28,7 @@ from softrec.data.readers.base import (
     read_table,
     require_values,
 )
-from softrec.errors import DataFormatError, UserError
+from softrec.errors import UserError
 
 ALIASES = {
     "user_id": "user", "item_id": "item", "time": "timestamp", "name": "title",
@@ -47,7 +49,7 @@ def _columns(path: Path) -> set[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-            first = fh.readline().rstrip("\r\n")
+            first = fh.readline(1 << 16).rstrip("\r\n")  # bounded: a header, not a whole file
     except (OSError, EOFError):
         return set()
     return {_canonical(n) for n in header_fields(first, sep(path))}
@@ -55,7 +57,7 @@ def _columns(path: Path) -> set[str]:
 
 def find_pair(path: Path) -> tuple[Path, Path] | None:
     """(interactions file, items file): the conventional names, else the CSVs whose headers fit."""
-    if (path / INTERACTIONS).is_file() and (path / ITEMS).is_file():
+    if (path / INTERACTIONS).exists() and (path / ITEMS).exists():  # a FIFO is refused when read
         return path / INTERACTIONS, path / ITEMS
     candidates = sorted(p for p in path.iterdir() if p.is_file() and (".csv" in p.name or ".tsv" in p.name))
     logs = [p for p in candidates if {"user", "item", "timestamp"} <= _columns(p)]
@@ -82,10 +84,8 @@ def read(path: Path, name: str) -> SourceData:
     require_values(items_path, items, ["item"])
     fail_at(items_path, items, items["title"].str.strip().eq(""), "title", "a non-empty title")
     ids = items["item"].str.strip()
-    dup = ids.duplicated()
-    if bool(dup.any()):
-        row = items[dup].iloc[0]
-        raise DataFormatError(f"{items_path}:{row['_line']}", f"field 'item': id {row['item']!r} is listed twice; expected unique ids")
+    check_unique_ids(items_path, list(ids), list(items["_line"]))
+    check_spelling(log_path, log, "item", ids, items_path)
     extras = [c for c in items.columns if c not in ("item", "title", "_line")]
     catalogue = pd.concat([pd.DataFrame({"item": ids, "title": items["title"]}), items[extras]], axis=1)
     return SourceData(

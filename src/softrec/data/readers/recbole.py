@@ -13,6 +13,8 @@ import pandas as pd
 
 from softrec.data.readers.base import (
     SourceData,
+    check_spelling,
+    check_unique_ids,
     domain_for,
     numeric,
     read_table,
@@ -42,7 +44,7 @@ def inter_file(path: Path) -> Path:
 def read(path: Path, name: str) -> SourceData:
     inter_path = inter_file(path)
     item_path = inter_path.with_suffix(".item")
-    if not item_path.is_file():
+    if not item_path.exists():  # not is_file(): a FIFO or device is refused by name when read
         raise UserError(f"{item_path}: file not found; RecBole item titles are read from NAME.item")
     inter = read_table(inter_path, ["user_id", "item_id", "timestamp"], sep="\t", rename=_field)
     require_values(inter_path, inter, ["user_id", "item_id"])
@@ -62,6 +64,8 @@ def read(path: Path, name: str) -> SourceData:
     require_values(item_path, items, ["item_id"])
     extras = [c for c in items.columns if c not in ("item_id", title_field, "_line")]
     catalogue = pd.DataFrame({"item": items["item_id"].str.strip(), "title": items[title_field]})
+    check_unique_ids(item_path, list(catalogue["item"]), list(items["_line"]), column="item_id")
+    check_spelling(inter_path, inter, "item_id", catalogue["item"], item_path)
     for column in extras:
         catalogue[column] = items[column].str.strip()
     return SourceData(

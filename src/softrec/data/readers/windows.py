@@ -9,17 +9,19 @@ Every id in a window must be in the JSON (the windows were built from it).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from softrec.data.readers.base import (
     SourceData,
+    check_json_ids,
     check_known,
     domain_for,
     find_file,
     id_lists,
+    json_line,
+    load_json,
     numeric,
     read_table,
     read_text,
@@ -34,22 +36,23 @@ SPLIT_FILES = {"train": "train.csv", "valid": "valid.csv", "test": "test.csv"}
 def read_id_titles(path: Path) -> pd.DataFrame:
     """`{"<int id>": "<title>"}` -> catalogue rows (item, title) in file order."""
     text = read_text(path)
-    try:
-        mapping = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(
-            f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg}); expected {{\"<id>\": \"<title>\", ...}}"
-        ) from None
+    mapping = load_json(text, path, expected='{"<id>": "<title>", ...}')
     if not isinstance(mapping, dict):
         raise DataFormatError(str(path), "expected a JSON object {\"<id>\": \"<title>\", ...}")
+
+    def where(key: str) -> str:
+        line = json_line(text, "key", key)
+        return f"{path}:{line}" if line is not None else f"{path}: key {key!r}"
+
     items, titles = [], []
     for key, title in mapping.items():
         if not key.strip().lstrip("-").isdigit():
-            raise DataFormatError(f"{path}: key {key!r}", "expected an integer item id")
+            raise DataFormatError(where(key), f"key {key!r}: expected an integer item id")
         if not isinstance(title, str):
-            raise DataFormatError(f"{path}: key {key!r}", f"expected a title string, got {title!r}")
+            raise DataFormatError(where(key), f"key {key!r}: expected a title string, got {title!r:.80}")
         items.append(str(int(key)))
         titles.append(title)
+    check_json_ids(path, text, list(mapping), items, "id")
     return pd.DataFrame({"item": items, "title": titles})
 
 
