@@ -70,6 +70,8 @@ class Suite:
     shots: int
     llm_sets: tuple[str, ...] = ()
     classic_sets: tuple[str, ...] = ()
+    alphas: tuple[float, ...] = ()  # SOFT's alpha sweep: one run each, the row "soft" is chosen on validation
+    methods: tuple[str, ...] = ()  # the suite's default rows (empty: every method)
 
     def scale(self) -> str:
         train = self.train_size or "all 4096"
@@ -78,7 +80,30 @@ class Suite:
         return (f"suite `{self.name}`: {self.model} with LoRA; LLM training on {train} samples for at most "
                 f"{self.epochs} epochs (effective batch {self.effective_batch}), validation on {valid}, "
                 f"test on {test} samples per dataset; ICL few-shot with {self.shots} demonstrations; classic "
-                f"models on the whole training pool; extra settings: {', '.join(self.llm_sets + self.classic_sets) or 'none'}")
+                f"models on the whole training pool; extra settings: {', '.join(self.llm_sets + self.classic_sets) or 'none'}"
+                + (f"; SOFT alpha swept over {', '.join(f'{a:g}' for a in self.alphas)}, chosen on validation"
+                   if self.alphas else ""))
+
+    def rows(self) -> list[str]:
+        """The suite's methods, the alpha sweep's runs in place of a single SOFT run."""
+        chosen = list(self.methods or METHODS)
+        if self.alphas and "soft" in chosen:
+            at = chosen.index("soft")
+            chosen[at:at + 1] = [alpha_method(a) for a in self.alphas]
+        return chosen
+
+
+def alpha_method(alpha: float) -> str:
+    return f"soft-a{alpha:g}"
+
+
+def alpha_of(method: str) -> float | None:
+    return float(method.removeprefix("soft-a")) if method.startswith("soft-a") else None
+
+
+def label(method: str) -> str:
+    alpha = alpha_of(method)
+    return f"BIGRec-SOFT alpha={alpha:g}" if alpha is not None else LABELS[method]
 
 
 SUITES = {
@@ -88,6 +113,16 @@ SUITES = {
         llm_sets=("train.warmup_steps=2", "soft.probe_size=16", "soft.distill_max_new_tokens=32",
                   "eval.max_new_tokens=32"),
         classic_sets=("classic.epochs=50", "classic.patience=5"),
+    ),
+    # Issue #15's answer on CPU: a properly trained teacher, the alpha sweep, 1000 test samples on the two
+    # Amazon sets. Sized from measured speeds (benchmarks/results/generation-*): see docs/evidence.md.
+    "cpu-medium": Suite(
+        "cpu-medium", ("amazon-books", "amazon-industrial"), "gemma-3-270m",
+        train_size=1024, valid_size=256, test_limit=None, epochs=7, effective_batch=32, micro_batch=8, shots=3,
+        llm_sets=("train.warmup_steps=4", "train.patience=2"),
+        classic_sets=("classic.epochs=100", "classic.patience=10"),
+        alphas=(1.0, 10.0, 100.0),
+        methods=("sasrec", "gru4rec", "sft", "soft", "soft-sd-only"),
     ),
     "gpu": Suite(
         "gpu", ("ml-100k", "amazon-books", "amazon-industrial"), "gemma-3-270m",
@@ -197,9 +232,11 @@ class _DatasetPlan:
                 self.classic(method)
             elif method in ("icl-0", "icl-k"):
                 self.icl(method)
-            elif method in ("sft", "soft", "soft-sd-only"):
+            elif method in ("sft", "soft", "soft-sd-only") or alpha_of(method) is not None:
                 self.llm("sft", ["--method", "sft"])
-                if method != "sft":
+                if alpha_of(method) is not None:
+                    self.llm(method, ["--method", "soft", "--alpha", f"{alpha_of(method):g}"], teacher="sft")
+                elif method != "sft":
                     self.llm(method, ["--method", method], teacher="sft")
             else:  # llara-sft, llara-soft: SASRec's item embeddings, projected
                 self.classic("sasrec")
@@ -292,7 +329,7 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
             if not (folder / "predictions.jsonl").exists():
                 continue
             ranks[method] = load_predictions(folder / "predictions.jsonl")
-            rows[method] = {"label": LABELS[method], "run_dir": str(out / name / method),
+            rows[method] = {"label": label(method), "run_dir": str(out / name / method),
                             "seconds": round(seconds.get((name, method), 0.0), 1),
                             "summary": json.loads((folder / "metrics.json").read_text())}
         if not rows:
@@ -316,8 +353,40 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
                 rows[method]["vs_sft"] = {n: {"diff": float(diff[j]), **_interval((low[j], high[j])),
                                               "p": float(p[j])} for j, n in enumerate(names)}
                 rows[method]["vs_sft_baseline"] = baseline
+        for method in rows:
+            rows[method]["history"] = _history(out / name / method)
+        _choose_alpha(rows)
         results[name] = {"n": len(ids), "methods": rows, "gains": _gains(rows)}
     return results
+
+
+def _history(run: Path) -> list[dict[str, Any]] | None:
+    """Per epoch of an LLM run: validation HR@10 / NDCG@10 / validity, lambda and d_k (SOFT), best."""
+    path = run / "history.json"
+    if not path.exists():
+        return None
+    keep = ("epoch", "best", "lambda", "distance", "train_loss")
+    return [{**{k: e[k] for k in keep if k in e},
+             **{k: e["valid"][k] for k in ("HR@10", "NDCG@10", "validity") if k in e.get("valid", {})}}
+            for e in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def _validation_key(row: dict[str, Any]) -> tuple[float, float, float]:
+    """A run's best epoch on validation, ordered as epoch selection orders it (HR@10, NDCG@10, validity)."""
+    best = [e for e in row.get("history") or [] if e.get("best")] or [{}]
+    return tuple(float(best[-1].get(k, float("-inf"))) for k in ("HR@10", "NDCG@10", "validity"))
+
+
+def _choose_alpha(rows: dict[str, Any]) -> None:
+    """The reported SOFT row of an alpha sweep: the run best on validation (test metrics never looked at)."""
+    import copy
+
+    sweep = [m for m in rows if alpha_of(m) is not None]
+    if not sweep or "soft" in rows:
+        return
+    chosen = max(sweep, key=lambda m: (_validation_key(rows[m]), -sweep.index(m)))
+    rows["soft"] = {**copy.deepcopy(rows[chosen]), "label": f"BIGRec-SOFT (alpha={alpha_of(chosen):g}, chosen on validation)",
+                    "chosen_from": {m: _validation_key(rows[m]) for m in sweep}, "chosen": chosen}
 
 
 def _gains(rows: dict[str, Any]) -> dict[str, dict[str, float | None]]:
@@ -391,6 +460,7 @@ def markdown(payload: dict[str, Any]) -> str:
                          f"{_diff_cell(vs.get('NDCG@10'))} | {row['seconds']:.0f} |")
         lines.append("")
     lines += _gain_lines(results, payload["average_gains"])
+    lines += _history_lines(results)
     out = payload["out"]
     lines += ["## Commands", "", "```sh", f"# {payload['command']}", f"OUT={shlex.quote(out)}"]
     lines += [s["command"].replace(out, "$OUT") for s in payload["steps"]]
@@ -424,6 +494,31 @@ def _gain_lines(results: dict[str, Any], averages: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _history_lines(results: dict[str, Any]) -> list[str]:
+    """Every LLM run's validation curve (the teacher's included) and, for SOFT, lambda and d_k per epoch."""
+    lines = []
+    for name, dataset in results.items():
+        runs = {m: r for m, r in dataset["methods"].items() if r.get("history") and m != "soft"}
+        if not runs:
+            continue
+        lines += [f"## Validation curves: {name}", "",
+                  "Per epoch: validation HR@10 / validity, and for SOFT runs lambda and d_k; * marks the kept epoch.", "",
+                  "| run | " + " | ".join(f"epoch {i}" for i in range(1, 1 + max(len(r["history"]) for r in runs.values()))) + " |",
+                  "|---|" + "---|" * max(len(r["history"]) for r in runs.values())]
+        for row in runs.values():
+            cells = []
+            for e in row["history"]:
+                cell = f"{e.get('HR@10', float('nan')):.4f} / {e.get('validity', float('nan')):.2f}"
+                if "lambda" in e:
+                    cell += f", λ {e['lambda']:.2f}" + (f", d {e['distance']:.1f}" if e.get("distance") is not None else "")
+                cells.append(cell + (" *" if e.get("best") else ""))
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        if "soft" in dataset["methods"] and "chosen" in dataset["methods"]["soft"]:
+            lines += ["", f"SOFT row: {dataset['methods']['soft']['chosen']} (best validation HR@10, then NDCG@10, validity)."]
+        lines.append("")
+    return lines
+
+
 def plot(results: dict[str, Any], path: Path) -> Path | None:
     """Grouped bars of HR@10 and NDCG@10 per dataset and method, with their bootstrap intervals."""
     import io
@@ -438,7 +533,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     if not results:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), squeeze=False)
-    methods = [m for m in METHODS if any(m in d["methods"] for d in results.values())]
+    methods = list(dict.fromkeys(m for d in results.values() for m in d["methods"]))
     width = 0.8 / max(len(methods), 1)
     for ax, metric in zip(axes[0], ("HR@10", "NDCG@10"), strict=True):
         for i, method in enumerate(methods):
@@ -451,7 +546,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
                     ys.append(m["value"])
                     errs[0].append(m["value"] - m["low"])
                     errs[1].append(m["high"] - m["value"])
-            ax.bar(xs, ys, width, yerr=errs, capsize=2, label=LABELS[method])
+            ax.bar(xs, ys, width, yerr=errs, capsize=2, label=label(method))
         ax.set_xticks(range(len(results)), [f"{n}\n(n={d['n']})" for n, d in results.items()])
         ax.set_ylabel(f"test {metric}")
         ax.set_title(f"{metric} with 95% bootstrap intervals")
@@ -461,6 +556,21 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _save_predictions(out: Path, save: Path, results: dict[str, Any]) -> None:
+    """Every row's per-sample predictions, gzipped, so the table can be recomputed without softrec."""
+    import gzip
+
+    folder = save / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, dataset in results.items():
+        for method in dataset["methods"]:
+            source = eval_folder(out, name, dataset["methods"][method].get("chosen", method)) / "predictions.jsonl"
+            if source.exists():
+                # mtime 0: the same predictions give the same bytes, so a rebuilt table diffs clean
+                with gzip.GzipFile(folder / f"{name}-{method}.jsonl.gz", "wb", mtime=0) as fh:
+                    fh.write(source.read_bytes())
 
 
 # ---- CLI -------------------------------------------------------------------------------------------
@@ -504,7 +614,9 @@ def run(args: argparse.Namespace) -> int:
         suite = dataclasses.replace(suite, model=args.model)
     # any NAME or DIR `softrec data prepare --dataset` resolves is a dataset; no fixed list to check against
     datasets = [d.strip() for d in (args.datasets or "").split(",") if d.strip()] or list(suite.datasets)
-    methods = _choice_list(args.methods, METHODS, "--methods") if args.methods else list(METHODS)
+    methods = _choice_list(args.methods, METHODS, "--methods") if args.methods else list(suite.methods or METHODS)
+    if suite.alphas and "soft" in methods:
+        methods[methods.index("soft"):methods.index("soft") + 1] = [alpha_method(a) for a in suite.alphas]
     out = args.out.resolve()
     steps = plan(suite, out, datasets, methods, shlex.split(args.launcher))
     if args.dry_run:
@@ -534,5 +646,6 @@ def run(args: argparse.Namespace) -> int:
         for name in ("results.json", "results.md", "results.png"):
             if (out / name).exists():
                 shutil.copyfile(out / name, args.save / name)
+        _save_predictions(out, args.save, results)
     print(f"results: {out / 'results.md'}")
     return 0
