@@ -20,7 +20,7 @@ def fake_device(monkeypatch):
     monkeypatch.delenv("SOFTREC_NO_PREFLIGHT", raising=False)
     monkeypatch.setattr(preflight, "device_name", lambda: "cpu")
     monkeypatch.setattr(preflight, "available_memory", lambda device: 16 * GiB)
-    monkeypatch.setattr(preflight, "_cpu_matmul_flops", lambda: 100e9)
+    monkeypatch.setattr(preflight, "_cpu_matmul_flops", lambda bf16=False: 100e9)
 
 
 def test_model_shape_without_weights(tmp_path):

@@ -178,30 +178,31 @@ def available_memory(device: str) -> int:
     return 0
 
 
-def device_flops(device: str, *, generate: bool = False) -> float:
-    """Effective FLOP/s: the GPU table, or a short timed float32 matmul on this CPU."""
+def device_flops(device: str, *, generate: bool = False, bf16: bool = False) -> float:
+    """Effective FLOP/s: the GPU table, or a short timed matmul on this CPU in the dtype the work runs
+    in (bf16 where the CPU computes it natively and the setting asks for it), times an efficiency."""
     if device != "cpu":
         rate = next((flops for name, flops in GPU_FLOPS.items() if name in device), 50e12)
         return rate * (GPU_GENERATE_EFFICIENCY if generate else 1.0)
-    return _cpu_matmul_flops() * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)
+    return _cpu_matmul_flops(bf16) * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)
 
 
-_CPU_FLOPS: float | None = None
+_CPU_FLOPS: dict[bool, float] = {}
 
 
-def _cpu_matmul_flops(n: int = 1024, seconds: float = 0.1) -> float:
-    global _CPU_FLOPS
-    if _CPU_FLOPS is None:
+def _cpu_matmul_flops(bf16: bool = False, n: int = 1024, seconds: float = 0.1) -> float:
+    if bf16 not in _CPU_FLOPS:
         import torch
 
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b  # warm-up
         count, start = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
             a @ b
             count += 1
-        _CPU_FLOPS = 2 * n**3 * count / elapsed
-    return _CPU_FLOPS
+        _CPU_FLOPS[bf16] = 2 * n**3 * count / elapsed
+    return _CPU_FLOPS[bf16]
 
 
 # ---------------------------------------------------------------- estimates
@@ -242,8 +243,15 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
     n = n_samples if n_samples is not None else len(dataset.split("train"))
     if train.train_samples:
         n = min(n, train.train_samples)
-    flops_per_token = (6 if not lora.enabled else 4) * shape.params
-    seconds = train.epochs * n * seq * flops_per_token / (device_flops(device) * world)
+    head = shape.vocab * shape.hidden
+    body = shape.params - head  # the (tied) embedding is a lookup; the head runs at labelled positions only
+    flops_per_token = (6 if not lora.enabled else 4) * body + 6 * head * labelled / seq
+    if config.train.method.startswith("soft"):
+        flops_per_token *= 1.15  # the packed second response (measured SOFT step / SFT step: 1.09-1.16)
+    from softrec.hardware import use_bf16
+
+    bf16 = use_bf16(train.bf16, "cpu" if device == "cpu" else "cuda")
+    seconds = train.epochs * n * seq * flops_per_token / (device_flops(device, bf16=bf16) * world)
     notes = [f"{n} samples x {train.epochs} epochs, ~{seq} tokens each, micro-batch {train.micro_batch}"]
     if train.validate_every_epoch:  # beam-search validation after every epoch
         n_valid = min(len(dataset.split("valid")), train.valid_samples or 1 << 62)
@@ -272,11 +280,19 @@ def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str
         "catalogue": len(dataset.titles) * shape.hidden * 4,
         "runtime": int(0.5 * GiB) if device == "cpu" else int(1.0 * GiB),
     }
-    # prompt once per sample, then each new token for every beam (and the catalogue embedded once)
+    # the engine: each prompt prefilled once through the decoder layers (the LM head at its last token),
+    # then every beam's new tokens through the layers and the full LM head; the catalogue embedded once
     new = min(max_new_tokens, TYPICAL_NEW_TOKENS)
-    tokens = n_samples * (seq - max_new_tokens + num_beams * new) + len(dataset.titles) * 16
+    head = shape.vocab * shape.hidden
+    body = shape.params - head  # the embedding matrix is the (tied) head; a lookup costs nothing
+    prompt = seq - max_new_tokens
+    flops = 2 * n_samples * (prompt * body + head + num_beams * new * (body + head))
+    flops += 2 * len(dataset.titles) * 16 * body
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    seconds = tokens * 2 * shape.params / (device_flops(device, generate=True) * world)
+    from softrec.hardware import use_bf16
+
+    native = config.eval.dtype == "bfloat16" or (config.eval.dtype == "auto" and use_bf16("auto", device if device == "cpu" else "cuda"))
+    seconds = flops / (device_flops(device, generate=True, bf16=native) * world)
     notes = [f"{n_samples} prompts, {num_beams} beams, {max_new_tokens} new tokens, batch {batch_size}"]
     return Estimate(stage, model, device, memory, seconds, available_memory(device), notes)
 
