@@ -18,7 +18,10 @@ from safetensors.torch import load_file
 from softrec.cli import main
 from softrec.runs import read_jsonl
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "SOFTREC_NO_PREFLIGHT": "1"}
+def _env() -> dict[str, str]:
+    """The environment at call time: a test's monkeypatched SOFTREC_CACHE must reach the child too (a
+    module-level copy sent it to the user's cache, whose stale embeddings made it disagree)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "SOFTREC_NO_PREFLIGHT": "1"}
 
 # Runs `softrec` with every optimizer step / generation chunk slowed down, so the test can kill it
 # at a chosen point instead of racing a 1-second training. Nothing else changes.
@@ -53,7 +56,7 @@ STEPS = 12  # 24 samples / micro-batch 4, 2 epochs, one optimizer step per micro
 def _start(tmp_path: Path, args: list[str]) -> subprocess.Popen:
     driver = tmp_path / "slow_driver.py"
     driver.write_text(SLOW_DRIVER)
-    return subprocess.Popen([sys.executable, str(driver), *args], env=ENV,
+    return subprocess.Popen([sys.executable, str(driver), *args], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
