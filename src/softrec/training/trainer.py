@@ -364,6 +364,16 @@ def _epoch_fraction(state: TrainerState) -> float:
     return abs(epoch - round(epoch))
 
 
+class UmaskCallback(TrainerCallback):
+    """Checkpoint files get the modes the umask allows (safetensors writes them 0600)."""
+
+    def on_save(self, args, state: TrainerState, control: TrainerControl, **kwargs):
+        if state.is_world_process_zero:
+            from softrec.runs import apply_umask
+
+            apply_umask(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
 class JsonlLogCallback(TrainerCallback):
     """Every Trainer log line (loss, lr, tokens/s, lambda, ...) appended to logs/metrics.jsonl."""
 
@@ -557,7 +567,8 @@ def build_trainer(
         metric=train_cfg.selection_metric,
         checkpoint_every=train_cfg.checkpoint_every,
     )
-    all_callbacks: list[TrainerCallback] = [*(callbacks or []), epoch_cb, JsonlLogCallback(out / "logs" / "metrics.jsonl")]
+    all_callbacks: list[TrainerCallback] = [*(callbacks or []), epoch_cb, JsonlLogCallback(out / "logs" / "metrics.jsonl"),
+                                            UmaskCallback()]
     if args.process_index == 0:
         from torch.utils.tensorboard import SummaryWriter
 
