@@ -356,8 +356,14 @@ def train_classic(
 
 
 def _restore(checkpoint: Path, key: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if saved.get("key") != key:
+    # weights_only: tensors, numbers, strings and containers only. A checkpoint is a file in a
+    # directory anyone may hand us; a full unpickle would run whatever code it names.
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a refused pickle, a truncated zip, a bad header
+        why = "holds objects other than tensors and numbers" if "weights_only" in str(exc) else "unreadable"
+        raise UserError(f"{checkpoint}: {why}; not loaded. Rerun without --resume (or another --out)") from None
+    if not isinstance(saved, dict) or saved.get("key") != key:
         raise UserError(
             f"{checkpoint}: made with other settings or data; rerun without --resume (or another --out)"
         )
