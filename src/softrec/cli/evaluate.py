@@ -52,10 +52,11 @@ def _say(rank: int, text: str) -> None:
 
 # ---------------------------------------------------------------- shared loading
 def _run_info(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.exists():
+    from softrec.runs import RunDir
+
+    if not (run_dir / "run.json").is_file():
         raise UserError(f"{run_dir}: not a softrec run directory (no run.json)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return RunDir(run_dir).info()
 
 
 def _run_config(args: argparse.Namespace, run_dir: Path | None, flags: dict[str, Any]) -> Config:
@@ -71,7 +72,16 @@ def _dataset(path: str | None, info: dict[str, Any]) -> Any:
     path = path or info.get("dataset")
     if not path:
         raise UserError("--data: no prepared dataset given and run.json names none")
-    return PreparedDataset.load(path)
+    dataset = PreparedDataset.load(path)
+    trained_on = info.get("dataset_key")
+    if trained_on and info.get("method") != "icl" and dataset.checksum != trained_on:
+        # same directory re-prepared (another k-core, seed, sizes) or another dataset: the run's
+        # item ids and titles mean something else there, so its metrics would be silently wrong
+        raise UserError(
+            f"{dataset.path}: dataset key {dataset.checksum} differs from the run's ({trained_on}); "
+            "the data changed since training. Evaluate with the data the run was trained on, or retrain"
+        )
+    return dataset
 
 
 def _load_llm(run_dir: Path, info: dict[str, Any]) -> tuple[Any, Any, Any | None]:
@@ -98,6 +108,10 @@ def _prompt_fn(info: dict[str, Any], dataset: Any, template: str, tokenizer: Any
 def _weights_fingerprint(run_dir: Path, info: dict[str, Any]) -> str:
     from softrec.runs import path_sha256
 
+    if info.get("method") not in (*CLASSIC, "icl"):
+        from softrec.models.registry import check_run_weights
+
+        check_run_weights(run_dir, info)  # before any work: deleted or foreign weights are refused
     for name in ("adapter", "model"):
         if (run_dir / name).is_dir():
             return path_sha256(run_dir / name)
