@@ -15,6 +15,9 @@ from softrec.runs import atomic_dir, dumps_json
 HEADLINE = ["HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "validity"]
 
 
+REPORT_FILES = ("report.md", "metrics.json", "curriculum.png", "training.png")
+
+
 def _read_json(path: Path, default: Any = None) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
 
@@ -119,7 +122,8 @@ def build_report(
                 result = _bootstrap(Path(runs[baseline]), Path(path), split, grounding)
                 if result is not None:
                     comparisons[f"{name} vs {baseline}"] = result
-    with atomic_dir(out / "report") as tmp:
+    # only a report directory softrec wrote is replaced; files added to it make this a UserError
+    with atomic_dir(out / "report", "report", legacy=REPORT_FILES) as tmp:
         plots = _plots(summaries, tmp)
         payload = {"split": split, "grounding": grounding, "methods": summaries, "comparisons": comparisons}
         (tmp / "metrics.json").write_text(dumps_json(payload), encoding="utf-8")
