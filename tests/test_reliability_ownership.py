@@ -1,0 +1,254 @@
+"""Run integrity, ownership and security (issue #17): a command never writes over or deletes files
+it did not create, never runs code from a run directory, refuses artefacts made from other inputs,
+and leaves files readable as the umask allows. Each test is one case of the issue's probe."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+from softrec.cli import main
+from softrec.errors import UserError
+from softrec.runs import MARKER, RunDir, atomic_dir, atomic_write_json, claim_dir
+
+EVAL = ["--split", "test", "--grounding", "l2", "--num-beams", "2", "--max-new-tokens", "6", "--quiet"]
+TRAIN = ["--model", "tiny", "--epochs", "1", "--micro-batch", "8", "--effective-batch", "8",
+         "--set", "train.validate_every_epoch=false", "--set", "train.bf16=off"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch, tmp_path):
+    monkeypatch.setenv("SOFTREC_NO_PREFLIGHT", "1")
+    monkeypatch.setenv("SOFTREC_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.fixture()
+def trained(tiny_dataset, tmp_path, umask_022):
+    """A finished one-epoch SFT run of the tiny model made by `softrec train`."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dataset.path), "--out", str(out), *TRAIN]) == 0
+    return out
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("softrec: error: "), err  # one line, no traceback
+    return err[0]
+
+
+# ---------------------------------------------------------------- ownership of --out
+def test_train_refuses_a_foreign_out_and_leaves_it_untouched(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "logs").mkdir(parents=True)
+    (out / "notes.txt").write_text("keep me")
+    (out / "logs" / "old.log").write_text("mine too")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(["train", "--data", str(tiny_dataset.path), "--out", str(out), *TRAIN]) == 2
+    assert "softrec did not create it" in _error_line(capsys)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # no .lock, no marker
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_train_refuses_out_equal_to_its_data(tiny_dataset, capsys):
+    data = tiny_dataset.path
+    assert main(["train", "--data", str(data), "--out", str(data), *TRAIN]) == 2
+    assert "dataset directory, not a run directory" in _error_line(capsys)
+    assert not (data / "run.json").exists()
+
+
+def test_out_below_a_file_is_one_line(tiny_dataset, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["train", "--data", str(tiny_dataset.path), "--out", str(tmp_path / "file" / "run"), *TRAIN]) == 2
+    _error_line(capsys)
+
+
+def test_icl_evaluate_refuses_a_foreign_out(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("config.yaml", "metrics.json", "results.csv"):
+        (out / name).write_text("user's own\n")
+    assert main(["evaluate", "--method", "icl", "--model", "tiny", "--data", str(tiny_dataset.path),
+                 "--out", str(out), *EVAL]) == 2
+    assert "softrec did not create it" in _error_line(capsys)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "results.csv"]
+    for name in ("config.yaml", "metrics.json", "results.csv"):
+        assert (out / name).read_text() == "user's own\n"
+
+
+def test_prepare_keeps_files_the_user_added_and_unrelated_siblings(tmp_path, capsys):
+    from softrec.config import DataConfig
+    from softrec.data.protocol import prepare_dataset
+
+    config = DataConfig(dataset="demo", train_size=16, valid_size=4, test_size=4)
+    out = tmp_path / "P"
+    prepare_dataset(config, out)
+    (tmp_path / ".P.old").mkdir()
+    (tmp_path / ".P.old" / "keep").write_text("x")
+    (out / "my-notes.md").write_text("mine")
+    with pytest.raises(UserError, match="holds files softrec did not write"):
+        prepare_dataset(config, out, force=True)
+    assert (out / "my-notes.md").read_text() == "mine"
+    (out / "my-notes.md").unlink()
+    prepare_dataset(config, out, force=True)
+    assert (tmp_path / ".P.old" / "keep").read_text() == "x"
+    assert json.loads((out / MARKER).read_text())["kind"] == "dataset"
+
+
+def test_report_refuses_to_delete_user_files(tmp_path):
+    from softrec.report import build_report
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "draft.md").write_text("mine")
+    with pytest.raises(UserError, match="holds files softrec did not write"):
+        build_report(tmp_path, {})
+    assert (tmp_path / "report" / "draft.md").read_text() == "mine"
+
+
+def test_claim_dir_accepts_new_empty_and_own(tmp_path):
+    claim_dir(tmp_path / "new", "run")
+    claim_dir(tmp_path / "new", "run")
+    with pytest.raises(UserError, match="softrec run directory, not a dataset directory"):
+        claim_dir(tmp_path / "new", "dataset")
+    (tmp_path / "empty").mkdir()
+    claim_dir(tmp_path / "empty", "run")
+    assert json.loads((tmp_path / "empty" / MARKER).read_text()) == {"kind": "run"}
+
+
+# ---------------------------------------------------------------- weights
+def test_evaluate_and_recommend_refuse_a_run_whose_adapter_was_deleted(trained, capsys):
+    import shutil
+
+    shutil.rmtree(trained / "adapter")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 2
+    assert "no trained weights" in _error_line(capsys)
+    assert main(["recommend", "--run", str(trained), "--history", "Dune"]) == 2
+    assert "no trained weights" in _error_line(capsys)
+    assert not (trained / "metrics.json").exists()
+
+
+def test_deleting_the_manifest_does_not_switch_checks_off(trained, capsys):
+    (trained / "manifest.json").unlink()
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 2
+    assert "manifest.json: missing" in _error_line(capsys)
+
+
+class _WritesAFile:
+    """Unpickling this calls open(path, "w"): a file appears if the pickle is ever run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_malicious_classic_checkpoint_is_refused_without_running_it(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--method", "sasrec", "--data", str(tiny_dataset.path), "--out", str(out),
+            "--set", "classic.epochs=1", "--set", "classic.hidden=16", "--set", "classic.max_len=4"]
+    assert main(args) == 0
+    pwned = tmp_path / "pwned"
+    key = torch.load(out / "checkpoints" / "classic_last.pt", weights_only=True)["key"]
+    torch.save({"key": key, "payload": _WritesAFile(pwned)}, out / "checkpoints" / "classic_last.pt")
+    (out / "manifest.json").unlink()  # so the finished run is not simply reused
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    assert "classic_last.pt: holds objects other than tensors" in _error_line(capsys)
+    assert not pwned.exists()
+
+
+def test_truncated_classic_checkpoint_is_one_line(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--method", "sasrec", "--data", str(tiny_dataset.path), "--out", str(out),
+            "--set", "classic.epochs=1", "--set", "classic.hidden=16", "--set", "classic.max_len=4"]
+    assert main(args) == 0
+    ckpt = out / "checkpoints" / "classic_last.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    (out / "manifest.json").unlink()
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    assert "classic_last.pt: unreadable" in _error_line(capsys)
+
+
+# ---------------------------------------------------------------- permissions and links
+def _modes(root):
+    return {p: stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if not p.is_symlink()}
+
+
+def test_run_files_are_readable_by_group_and_others(trained):
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 0
+    modes = _modes(trained)
+    for name in ("run.json", "manifest.json", "config.yaml", "metrics.json", "predictions.jsonl",
+                 "adapter", "adapter/adapter_model.safetensors", MARKER):
+        assert trained / name in modes, name
+    unreadable = {str(p): oct(m) for p, m in modes.items() if m & 0o044 != 0o044}
+    assert not unreadable
+    dirs = {str(p): oct(m) for p, m in modes.items() if p.is_dir() and m & 0o055 != 0o055}
+    assert not dirs
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "a.json", {})
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
+
+
+def test_symlink_out_of_the_run_directory_is_refused(trained, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (trained / "eval").mkdir(exist_ok=True)
+    (trained / "eval" / "test-l2").symlink_to(elsewhere)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 2
+    assert "symbolic link out of the run directory" in _error_line(capsys)
+    assert not any(elsewhere.iterdir())
+
+
+def test_leftover_temporary_files_are_removed_under_the_lock(tmp_path):
+    run = tmp_path / "run"
+    with RunDir(run):
+        pass
+    (run / "eval").mkdir()
+    leftover = run / "eval" / ".metrics.json.abcd1234.tmp"
+    leftover.write_text("half")
+    user = run / ".my.tmp"
+    user.write_text("not ours")
+    with RunDir(run):
+        pass
+    assert not leftover.exists() and user.exists()
+
+
+# ---------------------------------------------------------------- inputs' keys
+def test_evaluate_refuses_data_re_prepared_since_training(trained, tiny_dataset, capsys):
+    from conftest import make_tiny_dataset
+
+    make_tiny_dataset(tiny_dataset.path, seed=1)  # same directory, other content
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 2
+    assert "differs from the run's" in _error_line(capsys)
+
+
+def test_invalid_run_json_is_one_line(trained, capsys):
+    (trained / "run.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 2
+    assert "run.json: not valid JSON" in _error_line(capsys)
