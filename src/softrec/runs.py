@@ -418,17 +418,24 @@ class RunDir:
             return {"artefacts": {}}
 
     def record(self, name: str, key: str, **info: Any) -> None:
-        """Register artefact `name` (a path relative to the run dir) as built from `key`."""
+        """Register artefact `name` (a path relative to the run dir) as built from `key`. Pass
+        `inputs={...}` with the keys of what it was computed from (weights, dataset, decoding)."""
+        self.record_many({name: info}, key)
+
+    def record_many(self, entries: dict[str, dict[str, Any]], key: str) -> None:
+        """Register several artefacts built from one `key` in one manifest write, so a kill never
+        leaves some of them recorded from one computation and the rest from another."""
         manifest = self.manifest()
-        target = self.path / name
-        if not target.resolve().is_relative_to(self.path.resolve()):
-            raise UserError(f"{target}: leads out of the run directory {self.path}; not recorded")
-        manifest["artefacts"][name] = {
-            "key": key,
-            "sha256": path_sha256(target),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            **info,
-        }
+        for name, info in entries.items():
+            target = self.path / name
+            if not target.resolve().is_relative_to(self.path.resolve()):
+                raise UserError(f"{target}: leads out of the run directory {self.path}; not recorded")
+            manifest["artefacts"][name] = {
+                "key": key,
+                "sha256": path_sha256(target),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                **info,
+            }
         atomic_write_json(self.path / MANIFEST, manifest)
 
     def valid(self, name: str, key: str | None = None) -> bool:
@@ -451,6 +458,34 @@ class RunDir:
             return
         if path_sha256(target) != entry.get("sha256"):
             raise UserError(f"{target}: corrupted (checksum differs from {self.path / MANIFEST}); {rebuild}")
+
+    # weights ------------------------------------------------------------
+    WEIGHTS = ("adapter", "model", "classic.safetensors")
+
+    def weights_sha(self) -> str | None:
+        """Checksum of the run's trained weights as they are now (adapter/, model/ or the classic
+        recommender's file); None when it has none. Artefacts computed from the weights record it
+        under inputs.weights, and readers compare the two."""
+        for name in self.WEIGHTS:
+            if (self.path / name).exists():
+                return path_sha256(self.path / name)
+        return None
+
+    def record_inputs(self, name: str) -> dict[str, Any]:
+        entry = self.manifest()["artefacts"].get(name) or {}
+        return entry.get("inputs") or {}
+
+    def check_inputs(self, name: str, rebuild: str, *, weights: str | None = None) -> None:
+        """UserError when artefact `name` was computed from weights other than the run's current
+        ones (the run was retrained since): a stale result is never used. `weights` overrides the
+        current checksum (when the caller has it already)."""
+        recorded = self.record_inputs(name).get("weights")
+        if recorded is None:
+            return
+        current = weights if weights is not None else self.weights_sha()
+        if recorded != current:
+            raise UserError(f"{self.path / name}: computed from other weights than the run's current ones "
+                            f"(retrained since?); {rebuild}")
 
     def invalidate(self, name: str) -> None:
         manifest = self.manifest()
