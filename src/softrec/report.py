@@ -19,13 +19,28 @@ REPORT_FILES = ("report.md", "metrics.json", "curriculum.png", "training.png")
 
 
 def _read_json(path: Path, default: Any = None) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
+    from softrec.runs import read_json_object
+
+    if not path.exists():
+        return default
+    if isinstance(default, list):  # history.json: a list
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            from softrec.errors import UserError
+
+            raise UserError(f"{path}: not valid JSON; rerun the stage that writes it") from None
+    return read_json_object(path, "rerun the stage that writes it")
 
 
 def run_summary(run_dir: Path, split: str, grounding: str) -> dict[str, Any]:
     """Test metrics, per-epoch history and (SOFT) alpha, distances and lambdas of one run."""
+    from softrec.evaluation.compare import check_evaluation
+
     info = _read_json(run_dir / "run.json", {})
     eval_dir = run_dir / "eval" / f"{split}-{grounding}"
+    if (eval_dir / "metrics.json").exists():  # a stale or tampered result never reaches a report
+        check_evaluation(run_dir, f"eval/{split}-{grounding}/metrics.json")
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
         "method": info.get("method"),
