@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from softrec.cli import main
+from softrec.config import load_config
 from softrec.errors import UserError
 from softrec.runs import MARKER, RunDir, atomic_dir, atomic_write_json, claim_dir
 
@@ -252,3 +253,58 @@ def test_invalid_run_json_is_one_line(trained, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--run", str(trained), *EVAL]) == 2
     assert "run.json: not valid JSON" in _error_line(capsys)
+
+
+def _retrain(tiny_dataset, run, seed: str = "7") -> None:
+    assert main(["train", "--data", str(tiny_dataset.path), "--out", str(run), *TRAIN, "--seed", seed,
+                 "--set", "train.learning_rate=0.01"]) == 0
+
+
+def test_compare_refuses_predictions_of_the_weights_before_retraining(trained, tiny_dataset, capsys):
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 0
+    assert main(["compare", str(trained), str(trained), "--resamples", "10"]) == 0
+    _retrain(tiny_dataset, trained)
+    capsys.readouterr()
+    assert main(["compare", str(trained), str(trained), "--resamples", "10"]) == 2
+    assert "computed from other weights" in _error_line(capsys)
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 0  # recomputed, not reused
+    assert "up to date" not in capsys.readouterr().out
+    assert main(["compare", str(trained), str(trained), "--resamples", "10"]) == 0
+
+
+def test_distilled_targets_of_the_previous_adapter_are_refused(trained, tiny_dataset, capsys):
+    from softrec.training import distill as stage
+
+    config = load_config(None, ["soft.distill_max_new_tokens=4", "soft.distill_beams=2", "eval.batch_size=8"])
+    stage.distill(trained, tiny_dataset, config, progress=False)
+    assert len(stage.load_distilled(trained)) == 24
+    _retrain(tiny_dataset, trained)
+    with pytest.raises(UserError, match="computed from other weights"):
+        stage.load_distilled(trained)
+    capsys.readouterr()
+    assert main(["train", "--method", "soft", "--distilled", str(trained), "--data", str(tiny_dataset.path),
+                 "--out", str(trained.parent / "soft"), *TRAIN]) == 2
+    assert "distilled.jsonl: computed from other weights" in _error_line(capsys)
+
+
+def test_kill_between_the_two_latest_copies_leaves_a_pair_compare_refuses(trained, monkeypatch, capsys):
+    import softrec.runs as runs
+
+    assert main(["evaluate", "--run", str(trained), *EVAL, "--limit", "4"]) == 0
+    real, calls = runs.atomic_write_bytes, []
+
+    def killed_on_the_second_copy(path, data):
+        if path.name == "predictions.jsonl" and path.parent == trained:
+            raise KeyboardInterrupt("killed")
+        calls.append(path)
+        return real(path, data)
+
+    monkeypatch.setattr(runs, "atomic_write_bytes", killed_on_the_second_copy)
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 130
+    monkeypatch.setattr(runs, "atomic_write_bytes", real)
+    assert trained / "metrics.json" in calls  # metrics.json is from the second evaluation already
+    capsys.readouterr()
+    assert main(["compare", str(trained), str(trained), "--resamples", "10"]) == 2
+    assert "metrics.json: corrupted" in _error_line(capsys)
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 0  # the rerun publishes the pair again
+    assert main(["compare", str(trained), str(trained), "--resamples", "10"]) == 0
