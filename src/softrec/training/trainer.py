@@ -615,10 +615,26 @@ def train_llm(
     """
     lock = RunDir(out) if is_main_process() else contextlib.nullcontext()
     with lock:
-        return _train_llm(
-            config, dataset, Path(out), resume=resume, distilled=distilled, callbacks=callbacks,
-            validator=validator, model_and_tokenizer=model_and_tokenizer, progress=progress, info=info,
-        )
+        try:
+            return _train_llm(
+                config, dataset, Path(out), resume=resume, distilled=distilled, callbacks=callbacks,
+                validator=validator, model_and_tokenizer=model_and_tokenizer, progress=progress, info=info,
+            )
+        except BaseException as exc:
+            _mark_stopped(Path(out), exc)
+            raise
+
+
+def _mark_stopped(out: Path, exc: BaseException) -> None:
+    """run.json never stays at "training" after the process stopped on an error: "interrupted"
+    (Ctrl-C; --resume continues it) or "failed" with the error. A SIGKILL leaves "training"."""
+    if not is_main_process():
+        return
+    with contextlib.suppress(Exception):
+        run = RunDir(out)
+        if run.info().get("status") == "training":
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            run.update_info(status=status, error=f"{type(exc).__name__}: {exc}"[:500])
 
 
 def _train_llm(
