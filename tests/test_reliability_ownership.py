@@ -308,3 +308,42 @@ def test_kill_between_the_two_latest_copies_leaves_a_pair_compare_refuses(traine
     assert "metrics.json: corrupted" in _error_line(capsys)
     assert main(["evaluate", "--run", str(trained), *EVAL]) == 0  # the rerun publishes the pair again
     assert main(["compare", str(trained), str(trained), "--resamples", "10"]) == 0
+
+
+# ---------------------------------------------------------------- SOFT with empty generations
+def test_soft_training_survives_empty_generations(trained, tiny_dataset, monkeypatch, capsys):
+    import softrec.inference.generate as generate
+    from softrec.training import distill as stage
+
+    config = load_config(None, ["soft.distill_max_new_tokens=4", "soft.distill_beams=2", "eval.batch_size=8"])
+    stage.distill(trained, tiny_dataset, config, progress=False)
+    # the model emits only EOS: every probe generation is the empty string
+    monkeypatch.setattr(generate, "generate_beams", lambda model, tok, prompts, **k: [[""] for _ in prompts])
+    out = trained.parent / "soft"
+    assert main(["train", "--method", "soft", "--distilled", str(trained), "--data", str(tiny_dataset.path),
+                 "--out", str(out), *TRAIN, "--set", "soft.probe_size=4"]) == 0
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_embedding_empty_texts():
+    from softrec.inference.grounding import embed_texts
+    from softrec.models.registry import load_backbone
+
+    model, tokenizer = load_backbone("tiny")
+    both = embed_texts(model, tokenizer, ["", "Dune"])
+    assert both.shape[0] == 2 and torch.isfinite(both).all()
+    torch.testing.assert_close(embed_texts(model, tokenizer, [""]), both[:1])
+
+
+def test_a_failed_training_does_not_stay_at_training(tiny_dataset, tmp_path, monkeypatch):
+    import softrec.training.trainer as trainer
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(trainer, "build_trainer", broken)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["train", "--data", str(tiny_dataset.path), "--out", str(out), *TRAIN])
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and "boom" in info["error"]
