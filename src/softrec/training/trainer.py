@@ -364,14 +364,23 @@ def _epoch_fraction(state: TrainerState) -> float:
     return abs(epoch - round(epoch))
 
 
-class UmaskCallback(TrainerCallback):
-    """Checkpoint files get the modes the umask allows (safetensors writes them 0600)."""
+SEAL = "softrec-seal.json"
+
+
+class CheckpointSealCallback(TrainerCallback):
+    """After each checkpoint is written: the modes the umask allows (safetensors writes 0600), and
+    a seal with every file's checksum, so a truncated or damaged checkpoint is recognised on
+    resume and the previous one used instead (`last_complete_checkpoint`)."""
 
     def on_save(self, args, state: TrainerState, control: TrainerControl, **kwargs):
         if state.is_world_process_zero:
-            from softrec.runs import apply_umask
+            from softrec.runs import apply_umask, atomic_write_json, file_sha256
 
-            apply_umask(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                apply_umask(folder)
+                files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != SEAL}
+                atomic_write_json(folder / SEAL, files)
 
 
 class JsonlLogCallback(TrainerCallback):
@@ -405,7 +414,9 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
 
 # ---------------------------------------------------------------- checkpoints and weights
 def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint whose trainer_state.json (written last) is present and readable."""
+    """The newest checkpoint whose trainer_state.json (written last) is present and readable and,
+    where checkpoints are sealed (CheckpointSealCallback), whose files match their seal. A damaged
+    newest checkpoint falls back to the one before it."""
     if not folder.is_dir():
         return None
     candidates = []
@@ -413,13 +424,27 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
         suffix = path.name.rsplit("-", 1)[-1]
         if suffix.isdigit():
             candidates.append((int(suffix), path))
+    sealed = any((path / SEAL).is_file() for _, path in candidates)
     for _, path in sorted(candidates, reverse=True):
         try:
             json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if sealed and not _seal_intact(path):
+            log.warning("%s: damaged or unsealed checkpoint; trying the one before it", path)
             continue
         return path
     return None
+
+
+def _seal_intact(path: Path) -> bool:
+    from softrec.runs import file_sha256
+
+    try:
+        seal = json.loads((path / SEAL).read_text(encoding="utf-8"))
+        return all(file_sha256(path / name) == digest for name, digest in seal.items())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
 
 
 def _weights_saver(out: Path, lora: bool) -> Callable[[Any, Any], None]:
@@ -568,7 +593,7 @@ def build_trainer(
         checkpoint_every=train_cfg.checkpoint_every,
     )
     all_callbacks: list[TrainerCallback] = [*(callbacks or []), epoch_cb, JsonlLogCallback(out / "logs" / "metrics.jsonl"),
-                                            UmaskCallback()]
+                                            CheckpointSealCallback()]
     if args.process_index == 0:
         from torch.utils.tensorboard import SummaryWriter
 
