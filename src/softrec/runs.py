@@ -76,6 +76,19 @@ def os_error(where: str | Path, exc: OSError) -> UserError:
     return UserError(f"{where}: cannot write ({reason}); free space, fix permissions or choose another --out")
 
 
+def probe_writable(folder: str | Path) -> None:
+    """UserError now, not after hours of work, when `folder` cannot take a new file (read-only,
+    no permission, a file in the way). Creates `folder` if needed; leaves nothing behind."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise os_error(folder, exc) from None
+
+
 # ---------------------------------------------------------------- atomic writes
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)

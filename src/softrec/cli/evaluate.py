@@ -253,6 +253,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 print(f"up to date (use --force to recompute): {run_dir / folder}")
                 print(_format_metrics(metrics))
             return 0
+        if rank == 0:  # a read-only run directory fails here, not after the evaluation
+            from softrec.runs import probe_writable
+
+            probe_writable(run_dir / "eval")
         if info.get("method") not in CLASSIC:
             from softrec.preflight import preflight_generation
 
