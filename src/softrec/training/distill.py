@@ -106,6 +106,9 @@ def distill(run_dir: str | Path, dataset: PreparedDataset, config: Config, *, pr
     from softrec.models.registry import load_run_model
 
     run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():  # checked before the lock, which would create run_dir
+        raise UserError(f"{run_dir}: not a softrec run directory (no run.json); train an SFT run first")
+    distill_key(run_dir, dataset, config)  # no weights: refused before anything is written
     with RunDir(run_dir) as run:
         key = distill_key(run_dir, dataset, config)
         if run.valid(DISTILLED, key):
