@@ -347,3 +347,82 @@ def test_a_failed_training_does_not_stay_at_training(tiny_dataset, tmp_path, mon
         main(["train", "--data", str(tiny_dataset.path), "--out", str(out), *TRAIN])
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "failed" and "boom" in info["error"]
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tiny_dataset, tmp_path):
+    from softrec.training.trainer import SEAL, last_complete_checkpoint
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_dataset.path), "--out", str(out), "--model", "tiny", "--epochs", "2",
+            "--micro-batch", "8", "--effective-batch", "8", "--set", "train.validate_every_epoch=false",
+            "--set", "train.bf16=off", "--set", "train.checkpoint_every=1"]
+    assert main(args) == 0
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(checkpoints) == 2 and all((c / SEAL).is_file() for c in checkpoints)
+    newest, previous = checkpoints[-1], checkpoints[-2]
+    assert last_complete_checkpoint(out / "checkpoints") == newest
+    weights = newest / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: 100])
+    assert last_complete_checkpoint(out / "checkpoints") == previous
+    (out / "manifest.json").unlink()  # as if the run had been killed before it finished
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+# ---------------------------------------------------------------- OS failures: one line, exit 2
+def _fail_with(code):
+    def fail(*a, **k):
+        raise OSError(code, os.strerror(code))
+    return fail
+
+
+def test_read_only_run_directory_fails_before_the_evaluation(trained, monkeypatch, capsys):
+    import errno
+
+    import softrec.evaluation.evaluate as evaluation
+    import softrec.runs as runs
+
+    called = []
+    monkeypatch.setattr(evaluation, "evaluate_model", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(runs.tempfile, "mkstemp", _fail_with(errno.EROFS))
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(trained), *EVAL]) == 2
+    assert "read-only file system" in _error_line(capsys)
+    assert not called
+
+
+def test_disk_full_during_training_is_one_line(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import errno
+
+    monkeypatch.setattr(os, "fsync", _fail_with(errno.ENOSPC))
+    assert main(["train", "--data", str(tiny_dataset.path), "--out", str(tmp_path / "run"), *TRAIN]) == 2
+    assert "no space left on the device" in _error_line(capsys)
+
+
+def test_disk_full_during_prepare_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    from pathlib import Path
+
+    real = Path.write_text
+
+    def full(self, *a, **k):
+        if self.name.endswith(".jsonl"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    out = tmp_path / "P"
+    assert main(["data", "prepare", "--dataset", "demo", "--out", str(out), "--train-size", "16",
+                 "--valid-size", "4", "--test-size", "4"]) == 2
+    assert "no space left on the device" in _error_line(capsys)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [".P.lock"]
+
+
+def test_refused_commands_leave_no_debris(tiny_dataset, tmp_path, capsys):
+    missing = tmp_path / "missing"
+    assert main(["distill", "--run", str(missing), "--data", str(tiny_dataset.path), "--no-preflight"]) == 2
+    assert "not a softrec run directory" in _error_line(capsys)
+    assert main(["evaluate", "--run", str(missing), *EVAL]) == 2
+    _error_line(capsys)
+    assert not missing.exists()
