@@ -768,7 +768,9 @@ def _clear_previous_attempt(out: Path) -> None:
     """A fresh (non-resumed) training must not mix with an older attempt's checkpoints and logs."""
     import shutil
 
-    for name in (CHECKPOINTS, "logs"):
+    # and the resumable chunks of evaluations/distillations of the previous weights, which no key
+    # made from the new weights can ever match (a killed run left them behind)
+    for name in (CHECKPOINTS, "logs", "distilled.parts", *(str(p.relative_to(out)) for p in out.glob("eval/*.parts"))):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("history.json",):
         (out / name).unlink(missing_ok=True)
