@@ -426,3 +426,34 @@ def test_refused_commands_leave_no_debris(tiny_dataset, tmp_path, capsys):
     assert main(["evaluate", "--run", str(missing), *EVAL]) == 2
     _error_line(capsys)
     assert not missing.exists()
+
+
+def test_run_and_report_commands_refuse_foreign_directories(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    assert main(["run", "--out", str(out), "--model", "tiny", "--no-preflight"]) == 2
+    assert "softrec did not create it" in _error_line(capsys)
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    (out / "sft").mkdir()
+    (out / "sft" / "run.json").write_text("{}")
+    (out / "report").mkdir()
+    (out / "report" / "notes.md").write_text("mine")
+    assert main(["report", str(out)]) == 2
+    assert "holds files softrec did not write (notes.md)" in _error_line(capsys)
+    assert (out / "report" / "notes.md").read_text() == "mine"
+
+
+def test_invalid_dataset_json_is_one_line(tiny_dataset, tmp_path, capsys):
+    (tiny_dataset.path / "dataset.json").write_text("[1, 2")
+    assert main(["train", "--data", str(tiny_dataset.path), "--out", str(tmp_path / "run"), *TRAIN]) == 2
+    assert "dataset.json: not valid JSON" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_retraining_removes_chunks_of_the_previous_weights(trained, tiny_dataset):
+    stale = trained / "eval" / "test-l2.parts" / "0123456789abcdef"
+    stale.mkdir(parents=True)
+    (stale / "000000000.jsonl").write_text("{}\n")
+    _retrain(tiny_dataset, trained)
+    assert not (trained / "eval" / "test-l2.parts").exists()
