@@ -416,7 +416,7 @@ def test_disk_full_during_prepare_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["data", "prepare", "--dataset", "demo", "--out", str(out), "--train-size", "16",
                  "--valid-size", "4", "--test-size", "4"]) == 2
     assert "no space left on the device" in _error_line(capsys)
-    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [".P.lock"]
+    assert not out.exists() and not any(tmp_path.iterdir())  # no temporary copy, no lock file
 
 
 def test_refused_commands_leave_no_debris(tiny_dataset, tmp_path, capsys):
@@ -457,3 +457,16 @@ def test_retraining_removes_chunks_of_the_previous_weights(trained, tiny_dataset
     (stale / "000000000.jsonl").write_text("{}\n")
     _retrain(tiny_dataset, trained)
     assert not (trained / "eval" / "test-l2.parts").exists()
+
+
+def test_a_second_prepare_of_the_same_directory_is_refused(tmp_path):
+    from softrec.config import DataConfig
+    from softrec.data.protocol import prepare_dataset
+    from softrec.runs import dir_lock
+
+    config = DataConfig(dataset="demo", train_size=16, valid_size=4, test_size=4)
+    with dir_lock(tmp_path / ".P.lock", "held by the first prepare"):
+        with pytest.raises(UserError, match="another softrec process is preparing this dataset"):
+            prepare_dataset(config, tmp_path / "P")
+    prepare_dataset(config, tmp_path / "P")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]

@@ -299,11 +299,16 @@ def acquire_lock(lock_path: Path, busy: str) -> Any:
 
 
 @contextlib.contextmanager
-def dir_lock(lock_path: Path, busy: str) -> Iterator[None]:
+def dir_lock(lock_path: Path, busy: str, *, remove: bool = False) -> Iterator[None]:
+    """`acquire_lock` for a block. `remove`: delete the lock file afterwards (a lock kept beside a
+    directory, in the user's folder, is not left there as debris)."""
     lock = acquire_lock(lock_path, busy)
     try:
         yield
     finally:
+        if remove:  # unlink while still holding it: a process that opened it meanwhile fails to lock
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
         lock.release()
 
 

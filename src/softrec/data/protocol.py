@@ -496,7 +496,8 @@ def prepare_dataset(
     # a lock beside the directory (inside it would be replaced with it): two prepares of one --out
     # would otherwise race to replace it; leftovers of a killed prepare go once the lock is held
     with dir_lock(out.parent / f".{out.name}.lock",
-                  f"{out}: another softrec process is preparing this dataset; wait for it to finish"):
+                  f"{out}: another softrec process is preparing this dataset; wait for it to finish",
+                  remove=True):
         clean_leftovers(out.parent, out.name)
         say(f"reading {located.describe()} ({located.format})")
         source = located.read()
