@@ -394,7 +394,11 @@ def load_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     weights, hparams_path = run_dir / WEIGHTS, run_dir / HPARAMS
     if not weights.exists() or not hparams_path.exists():
         raise UserError(f"{run_dir}: not a trained SASRec/GRU4Rec run (no {WEIGHTS} or {HPARAMS})")
-    hparams = json.loads(hparams_path.read_text(encoding="utf-8"))
+    for name in (WEIGHTS, HPARAMS):  # recorded files whose bytes changed are never loaded
+        RunDir(run_dir).check(name, f"retrain the run (softrec train ... --out {run_dir})")
+    from softrec.runs import read_json_object
+
+    hparams = read_json_object(hparams_path, f"retrain the run (softrec train ... --out {run_dir})")
     settings = ClassicConfig.model_validate(hparams["settings"])
     model = build_model(hparams["method"], hparams["n_items"], settings)
     model.load_state_dict(load_safetensors(weights.read_bytes()))
