@@ -470,3 +470,16 @@ def test_a_second_prepare_of_the_same_directory_is_refused(tmp_path):
             prepare_dataset(config, tmp_path / "P")
     prepare_dataset(config, tmp_path / "P")
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
+def test_prepare_removes_what_a_killed_prepare_left_but_not_look_alikes(tmp_path):
+    from softrec.config import DataConfig
+    from softrec.data.protocol import prepare_dataset
+
+    config = DataConfig(dataset="demo", train_size=16, valid_size=4, test_size=4)
+    for name in (".P.ab12cd34.tmp", ".P.ef56gh78.old"):  # what mkdtemp-named copies look like
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.jsonl").write_text("half\n")
+    (tmp_path / ".P.old").mkdir()  # the user's, not of that form
+    prepare_dataset(config, tmp_path / "P")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".P.old", "P"]
