@@ -66,9 +66,12 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
     """The whole recipe; returns OUT/report. `preflight` estimates memory/time first (refusing what
     cannot fit)."""
     from softrec.report import build_report
+    from softrec.runs import claim_dir
     from softrec.training.distill import distill
 
     out = Path(out)
+    # OUT is this command's: refused (untouched) when it holds anything else than its stages
+    claim_dir(out, "pipeline", legacy=("data/dataset.json", "sft/run.json", "report/report.md"))
     dataset = prepare(config, out)
     if preflight:
         _preflight(config, dataset)

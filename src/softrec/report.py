@@ -15,14 +15,32 @@ from softrec.runs import atomic_dir, dumps_json
 HEADLINE = ["HR@1", "HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "validity"]
 
 
+REPORT_FILES = ("report.md", "metrics.json", "curriculum.png", "training.png")
+
+
 def _read_json(path: Path, default: Any = None) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
+    from softrec.runs import read_json_object
+
+    if not path.exists():
+        return default
+    if isinstance(default, list):  # history.json: a list
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            from softrec.errors import UserError
+
+            raise UserError(f"{path}: not valid JSON; rerun the stage that writes it") from None
+    return read_json_object(path, "rerun the stage that writes it")
 
 
 def run_summary(run_dir: Path, split: str, grounding: str) -> dict[str, Any]:
     """Test metrics, per-epoch history and (SOFT) alpha, distances and lambdas of one run."""
+    from softrec.evaluation.compare import check_evaluation
+
     info = _read_json(run_dir / "run.json", {})
     eval_dir = run_dir / "eval" / f"{split}-{grounding}"
+    if (eval_dir / "metrics.json").exists():  # a stale or tampered result never reaches a report
+        check_evaluation(run_dir, f"eval/{split}-{grounding}/metrics.json")
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
         "method": info.get("method"),
@@ -119,7 +137,8 @@ def build_report(
                 result = _bootstrap(Path(runs[baseline]), Path(path), split, grounding)
                 if result is not None:
                     comparisons[f"{name} vs {baseline}"] = result
-    with atomic_dir(out / "report") as tmp:
+    # only a report directory softrec wrote is replaced; files added to it make this a UserError
+    with atomic_dir(out / "report", "report", legacy=REPORT_FILES) as tmp:
         plots = _plots(summaries, tmp)
         payload = {"split": split, "grounding": grounding, "methods": summaries, "comparisons": comparisons}
         (tmp / "metrics.json").write_text(dumps_json(payload), encoding="utf-8")

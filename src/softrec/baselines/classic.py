@@ -356,8 +356,14 @@ def train_classic(
 
 
 def _restore(checkpoint: Path, key: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if saved.get("key") != key:
+    # weights_only: tensors, numbers, strings and containers only. A checkpoint is a file in a
+    # directory anyone may hand us; a full unpickle would run whatever code it names.
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a refused pickle, a truncated zip, a bad header
+        why = "holds objects other than tensors and numbers" if "weights_only" in str(exc) else "unreadable"
+        raise UserError(f"{checkpoint}: {why}; not loaded. Rerun without --resume (or another --out)") from None
+    if not isinstance(saved, dict) or saved.get("key") != key:
         raise UserError(
             f"{checkpoint}: made with other settings or data; rerun without --resume (or another --out)"
         )
@@ -388,7 +394,11 @@ def load_model(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     weights, hparams_path = run_dir / WEIGHTS, run_dir / HPARAMS
     if not weights.exists() or not hparams_path.exists():
         raise UserError(f"{run_dir}: not a trained SASRec/GRU4Rec run (no {WEIGHTS} or {HPARAMS})")
-    hparams = json.loads(hparams_path.read_text(encoding="utf-8"))
+    for name in (WEIGHTS, HPARAMS):  # recorded files whose bytes changed are never loaded
+        RunDir(run_dir).check(name, f"retrain the run (softrec train ... --out {run_dir})")
+    from softrec.runs import read_json_object
+
+    hparams = read_json_object(hparams_path, f"retrain the run (softrec train ... --out {run_dir})")
     settings = ClassicConfig.model_validate(hparams["settings"])
     model = build_model(hparams["method"], hparams["n_items"], settings)
     model.load_state_dict(load_safetensors(weights.read_bytes()))

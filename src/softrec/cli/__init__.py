@@ -7,6 +7,7 @@ Each module in COMMAND_MODULES has `register(subparsers)`, which adds its sub-co
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -24,6 +25,9 @@ COMMAND_MODULES: list[str] = [
     "softrec.cli.report",
     "softrec.cli.train",
 ]
+
+
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"softrec: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        # disk full, read-only or forbidden output, a file where a directory should be: the
+        # user's to fix, so one line and status 2 (stages check what they can before long work)
+        if err.errno not in USER_ERRNOS:
+            raise
+        from softrec.runs import os_error
+
+        print(f"softrec: error: {os_error(err.filename or 'output', err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("softrec: interrupted", file=sys.stderr)
         return 130

@@ -52,10 +52,11 @@ def _say(rank: int, text: str) -> None:
 
 # ---------------------------------------------------------------- shared loading
 def _run_info(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
-    if not path.exists():
+    from softrec.runs import RunDir
+
+    if not (run_dir / "run.json").is_file():
         raise UserError(f"{run_dir}: not a softrec run directory (no run.json)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return RunDir(run_dir).info()
 
 
 def _run_config(args: argparse.Namespace, run_dir: Path | None, flags: dict[str, Any]) -> Config:
@@ -71,7 +72,16 @@ def _dataset(path: str | None, info: dict[str, Any]) -> Any:
     path = path or info.get("dataset")
     if not path:
         raise UserError("--data: no prepared dataset given and run.json names none")
-    return PreparedDataset.load(path)
+    dataset = PreparedDataset.load(path)
+    trained_on = info.get("dataset_key")
+    if trained_on and info.get("method") != "icl" and dataset.checksum != trained_on:
+        # same directory re-prepared (another k-core, seed, sizes) or another dataset: the run's
+        # item ids and titles mean something else there, so its metrics would be silently wrong
+        raise UserError(
+            f"{dataset.path}: dataset key {dataset.checksum} differs from the run's ({trained_on}); "
+            "the data changed since training. Evaluate with the data the run was trained on, or retrain"
+        )
+    return dataset
 
 
 def _load_llm(run_dir: Path, info: dict[str, Any]) -> tuple[Any, Any, Any | None]:
@@ -98,8 +108,12 @@ def _prompt_fn(info: dict[str, Any], dataset: Any, template: str, tokenizer: Any
 def _weights_fingerprint(run_dir: Path, info: dict[str, Any]) -> str:
     from softrec.runs import path_sha256
 
-    for name in ("adapter", "model"):
-        if (run_dir / name).is_dir():
+    if info.get("method") not in (*CLASSIC, "icl"):
+        from softrec.models.registry import check_run_weights
+
+        check_run_weights(run_dir, info)  # before any work: deleted or foreign weights are refused
+    for name in ("adapter", "model", "classic.safetensors"):  # classic: retraining changes results too
+        if (run_dir / name).exists():
             return path_sha256(run_dir / name)
     return str(info.get("base_model"))
 
@@ -171,7 +185,8 @@ def _eval_flags(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: dict[str, Any]) -> Path:
+def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: dict[str, Any],
+                   inputs: dict[str, Any]) -> Path:
     from softrec.runs import RunDir, atomic_write_json, write_jsonl
 
     with RunDir(run_dir) as run:
@@ -179,18 +194,23 @@ def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: di
         payload = {**result.metrics, "eval": settings}
         atomic_write_json(run.path / folder / "metrics.json", payload)
         write_jsonl(run.path / folder / "predictions.jsonl", result.predictions)
-        for file in ("metrics.json", "predictions.jsonl"):
-            run.record(str(folder / file), key)
+        run.record_many({str(folder / f): {"inputs": inputs} for f in LATEST}, key)
         _publish_latest(run, folder, key)
     return run_dir / folder
 
 
+LATEST = ("metrics.json", "predictions.jsonl")
+
+
 def _publish_latest(run: Any, folder: Path, key: str) -> None:
+    """Copy eval/<name>/ to the run's top level; both copies are recorded in one manifest write
+    (after both are written), so a kill between them leaves a pair `compare` refuses."""
     from softrec.runs import atomic_write_bytes
 
-    for file in ("metrics.json", "predictions.jsonl"):
+    for file in LATEST:
         atomic_write_bytes(run.path / file, (run.path / folder / file).read_bytes())
-        run.record(file, key, source=str(folder / file))
+    inputs = run.record_inputs(str(folder / "predictions.jsonl"))
+    run.record_many({f: {"source": str(folder / f), "inputs": inputs} for f in LATEST}, key)
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:
@@ -216,7 +236,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         settings = {**config.eval.model_dump(mode="json"), "split": args.split, "limit": args.limit,
                     "dataset": str(dataset.path), "dataset_key": dataset.checksum,
                     "method": info.get("method"), "base_model": info.get("base_model")}
-        key = content_key(settings, _weights_fingerprint(run_dir, info), info.get("shots"))
+        weights = _weights_fingerprint(run_dir, info)
+        key = content_key(settings, weights, info.get("shots"))
+        has_weights = any((run_dir / n).exists() for n in RunDir.WEIGHTS)  # icl: the untuned base
+        inputs = {"weights": weights if has_weights else None, "dataset": dataset.checksum,
+                  "decoding": content_key(settings)}
         folder = Path("eval") / name
         reuse = not args.force and all(
             RunDir(run_dir).valid(str(folder / f), key) for f in ("metrics.json", "predictions.jsonl")
@@ -229,6 +253,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 print(f"up to date (use --force to recompute): {run_dir / folder}")
                 print(_format_metrics(metrics))
             return 0
+        if rank == 0:  # a read-only run directory fails here, not after the evaluation
+            from softrec.runs import probe_writable
+
+            probe_writable(run_dir / "eval")
         if info.get("method") not in CLASSIC:
             from softrec.preflight import preflight_generation
 
@@ -237,7 +265,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         parts = run_dir / "eval" / f"{name}.parts"
         result = _rank(run_dir, info, dataset, samples, config, progress=not args.quiet, parts=parts / key)
         if rank == 0:
-            where = _write_results(run_dir, name, key, result, settings)
+            where = _write_results(run_dir, name, key, result, settings, inputs)
             import shutil
 
             shutil.rmtree(parts, ignore_errors=True)  # after the result is written, never before

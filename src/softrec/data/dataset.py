@@ -26,6 +26,8 @@ from softrec.errors import UserError
 from softrec.runs import read_jsonl
 
 SPLITS = ("train", "valid", "test")
+# every file write_prepared writes: re-preparing replaces exactly these, never a file the user added
+FILES = ("dataset.json", "catalogue.jsonl", *(f"{s}.jsonl" for s in (*SPLITS, "train_full")), "stats.json")
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,10 @@ class PreparedDataset:
                 f"{self.path}: not a prepared dataset (no dataset.json); "
                 "create one with `softrec data prepare --dataset NAME --out DIR`"
             )
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+        from softrec.runs import read_json_object
+
+        self.meta: dict[str, Any] = read_json_object(
+            meta_path, "rebuild the dataset with `softrec data prepare ... --force`")
         self._splits: dict[str, list[Sample]] = {}
 
     @classmethod
@@ -206,7 +211,7 @@ def write_prepared(
         "files": {n: hashlib.sha256(text.encode("utf-8")).hexdigest() for n, text in sorted(files.items())},
     }
     files["dataset.json"] = dumps_json(meta)
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, "dataset", legacy=FILES) as tmp:
         for filename, text in files.items():
             (tmp / filename).write_text(text, encoding="utf-8")
     return PreparedDataset(path)

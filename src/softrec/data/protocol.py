@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import random
 import re
 from collections import Counter
@@ -419,11 +420,23 @@ def reusable(out: Path, settings: dict[str, Any], sources: dict[str, str]) -> Pr
 
 
 def check_out(out: Path) -> None:
-    """Refuse to replace a directory that holds something other than a prepared dataset."""
+    """Refuse, before any work, to replace a directory that holds something other than a prepared
+    dataset softrec wrote (a run, files the user added), or one that cannot be written."""
+    from softrec.data.dataset import FILES
+    from softrec.runs import check_replaceable, os_error
+
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory; choose another --out")
     if out.is_dir() and any(out.iterdir()) and not (out / "dataset.json").is_file():
         raise UserError(f"{out}: exists, is not empty and is not a prepared dataset; choose another --out")
+    check_replaceable(out, "dataset", legacy=FILES)
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{out}: {parent} is a file, not a directory; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise os_error(out, PermissionError(13, "permission denied"))
 
 
 def build(source: SourceData, config: DataConfig, out: Path, settings: dict[str, Any]) -> PreparedDataset:
@@ -478,8 +491,16 @@ def prepare_dataset(
         say(f"reused {out} (same inputs and settings)")
         return existing
     check_out(out)
-    say(f"reading {located.describe()} ({located.format})")
-    source = located.read()
-    source.sources = sources
-    say("filtering, windowing and splitting")
-    return build(source, data_config, out, settings)
+    from softrec.runs import clean_leftovers, dir_lock
+
+    # a lock beside the directory (inside it would be replaced with it): two prepares of one --out
+    # would otherwise race to replace it; leftovers of a killed prepare go once the lock is held
+    with dir_lock(out.parent / f".{out.name}.lock",
+                  f"{out}: another softrec process is preparing this dataset; wait for it to finish",
+                  remove=True):
+        clean_leftovers(out.parent, out.name)
+        say(f"reading {located.describe()} ({located.format})")
+        source = located.read()
+        source.sources = sources
+        say("filtering, windowing and splitting")
+        return build(source, data_config, out, settings)

@@ -19,6 +19,8 @@ from softrec.errors import UserError
 from softrec.evaluation.metrics import DEFAULT_KS, sample_metrics
 from softrec.runs import MANIFEST, RunDir, read_jsonl
 
+LATEST = ("metrics.json", "predictions.jsonl")
+
 
 @dataclass
 class MetricDiff:
@@ -46,12 +48,37 @@ def predictions_path(path: str | Path) -> Path:
 
 
 def _check_against_manifest(path: Path) -> None:
-    """A predictions file inside a run directory must still match the checksum its evaluation recorded."""
+    """A predictions file inside a run directory must still be what its evaluation recorded: same
+    checksum, computed from the run's current weights, and (the top-level latest copy) from the same
+    evaluation as the metrics.json beside it. A run that records its artefacts (run.json) with its
+    manifest deleted is refused, not trusted."""
     for run_dir in path.resolve().parents:
-        if (run_dir / MANIFEST).exists():
-            name = str(path.resolve().relative_to(run_dir))
-            RunDir(run_dir).check(name, f"rerun `softrec evaluate --run {run_dir} --force`")
+        if (run_dir / MANIFEST).exists() or (run_dir / "run.json").exists():
+            check_evaluation(run_dir, str(path.resolve().relative_to(run_dir)))
             return
+
+
+def check_evaluation(run_dir: Path, name: str) -> None:
+    """UserError unless evaluation artefact `name` (predictions.jsonl or metrics.json, at the top
+    level or under eval/) of `run_dir` is intact and current (see `_check_against_manifest`)."""
+    run = RunDir(run_dir)
+    rebuild = f"rerun `softrec evaluate --run {run_dir} --force`"
+    path = Path(name)
+    if path.name not in LATEST:  # some other file kept in the run: only its recorded checksum
+        run.check(name, rebuild)
+        return
+    run.require(name, rebuild)
+    run.check_inputs(name, rebuild)
+    entries = run.manifest()["artefacts"]
+    other = str(path.with_name(next(f for f in LATEST if f != path.name)))
+    if other not in entries:
+        return
+    run.check(other, rebuild)  # the pair on disk is what the manifest says, not half of a publish
+    mine, theirs = entries[name], entries[other]
+    if mine.get("key") != theirs.get("key") or (
+            Path(mine.get("source", name)).parent != Path(theirs.get("source", other)).parent):
+        raise UserError(f"{run_dir / name} and {run_dir / other} come from different evaluations "
+                        f"(interrupted while publishing?); {rebuild}")
 
 
 def load_predictions(path: str | Path) -> dict[str, int | None]:

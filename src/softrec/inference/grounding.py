@@ -66,6 +66,11 @@ def embed_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size:
     """
     if not texts:
         raise ValueError("no texts to embed")
+    # An empty generation (the model emitted only EOS) tokenizes to nothing, and a batch of those
+    # has no position to read: embed it as the EOS token, a fixed point all empty outputs share.
+    empty = tokenizer.eos_token or tokenizer.pad_token or " "
+    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
+    texts = [text if n else empty for text, n in zip(texts, lengths, strict=True)]
     order = _length_order(tokenizer, texts)
     out: torch.Tensor | None = None
     with frozen_base(model):

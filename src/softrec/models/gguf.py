@@ -11,7 +11,6 @@ a file lock, so two processes never convert at once nor see half a checkpoint.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import importlib.util
 import logging
@@ -102,18 +101,21 @@ def checkpoint_dir(name: str) -> Path:
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    """Blocking exclusive lock: a second process waits for the first conversion, then reuses it."""
+    """Blocking exclusive lock: a second process waits for the first conversion, then reuses it.
+    filelock, not fcntl: the same code locks on Windows."""
+    from filelock import FileLock, Timeout
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("waiting for another process converting %s", path.stem)
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("waiting for another process converting %s", path.stem)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -20,7 +20,6 @@ epoch's projector is also written as `llara.safetensors` beside the adapter (or 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -196,7 +195,9 @@ def sasrec_items(config: Any, dataset: Any, out: str | Path) -> tuple[torch.Tens
     info_path = run / "run.json"
     if not info_path.exists():
         raise UserError(f"model.llara_sasrec_run {run}: not a run directory (no run.json)")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    from softrec.runs import read_json_object
+
+    info = read_json_object(info_path, "retrain the SASRec run")
     if info.get("method") != "sasrec":
         raise UserError(f"model.llara_sasrec_run {run}: method is {info.get('method')!r}, expected 'sasrec'")
     if info.get("dataset_key") != dataset.checksum:

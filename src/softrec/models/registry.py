@@ -7,7 +7,6 @@ A trained run directory is loaded with `load_run_model`, which puts its adapter 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +102,33 @@ def load_backbone(name: str) -> ModelAndTokenizer:
     return model.to(default_device()).eval(), prepare_tokenizer(tokenizer)
 
 
+def run_weights_name(run_dir: Path) -> str:
+    return "model" if (run_dir / "model").is_dir() else "adapter"
+
+
+def check_run_weights(run_dir: str | Path, info: dict[str, Any]) -> None:
+    """UserError unless the run's trained weights can be used: a run `softrec train` made (run.json
+    has its `train_key`) must hold adapter/ or model/, recorded in manifest.json under that key and
+    intact; a deleted adapter must never turn the run into the untuned base model."""
+    from softrec.runs import RunDir
+
+    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    rebuild = f"retrain the run (softrec train ... --out {run_dir})"
+    if info.get("train_key") is None:  # made by hand or an older softrec: check what is recorded
+        for name in ("model", "adapter"):  # recorded weights whose bytes changed are never loaded
+            run.check(name, rebuild)
+        return
+    name = run_weights_name(run_dir)
+    if not (run_dir / name).is_dir():
+        raise UserError(f"{run_dir}: no trained weights (adapter/ or model/); the training did not "
+                        f"finish or they were deleted; {rebuild}")
+    run.require(name, rebuild)
+    if run.manifest()["artefacts"][name].get("key") != info["train_key"]:
+        raise UserError(f"{run_dir / name}: made by another training than run.json's ({info['train_key']}); "
+                        f"{rebuild}")
+
+
 def load_run_model(run_dir: str | Path) -> ModelAndTokenizer:
     """Base model named in RUN_DIR/run.json with RUN_DIR/adapter (peft) applied, if present.
 
@@ -112,15 +138,15 @@ def load_run_model(run_dir: str | Path) -> ModelAndTokenizer:
     info_path = run_dir / "run.json"
     if not info_path.exists():
         raise UserError(f"{run_dir}: not a softrec run directory (no run.json)")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    from softrec.runs import RunDir
+
+    info = RunDir(run_dir).info()
     base_name = info.get("base_model")
     if not base_name:
         raise UserError(f"{info_path}: field 'base_model' missing")
     from softrec.models import llara
-    from softrec.runs import RunDir
 
-    for name in ("model", "adapter"):  # recorded weights whose bytes changed are never loaded
-        RunDir(run_dir).check(name, f"retrain the run (softrec train ... --out {run_dir})")
+    check_run_weights(run_dir, info)
     if (run_dir / "model").is_dir():
         model, tokenizer = load_hf(str(run_dir / "model"))
         model, tokenizer = model.to(default_device()).eval(), prepare_tokenizer(tokenizer)

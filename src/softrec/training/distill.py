@@ -54,7 +54,9 @@ def load_distilled(run_dir: str | Path) -> dict[str, str]:
     path = Path(run_dir) / DISTILLED
     if not path.exists():
         raise UserError(f"{path}: no self-distilled targets; run `softrec distill --run {run_dir} --data DIR` first")
-    RunDir(run_dir).check(DISTILLED, f"rebuild it with `softrec distill --run {run_dir} --data DIR`")
+    rebuild = f"rebuild it with `softrec distill --run {run_dir} --data DIR`"
+    RunDir(run_dir).check(DISTILLED, rebuild)
+    RunDir(run_dir).check_inputs(DISTILLED, rebuild)  # made by the run's current weights, not earlier ones
     return {row["sample_id"]: row["target_text"] for row in read_jsonl(path)}
 
 
@@ -105,6 +107,9 @@ def distill(run_dir: str | Path, dataset: PreparedDataset, config: Config, *, pr
     from softrec.models.registry import load_run_model
 
     run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():  # checked before the lock, which would create run_dir
+        raise UserError(f"{run_dir}: not a softrec run directory (no run.json); train an SFT run first")
+    distill_key(run_dir, dataset, config)  # no weights: refused before anything is written
     with RunDir(run_dir) as run:
         key = distill_key(run_dir, dataset, config)
         if run.valid(DISTILLED, key):
@@ -127,7 +132,8 @@ def distill(run_dir: str | Path, dataset: PreparedDataset, config: Config, *, pr
         bar.close()
         write_jsonl(run_dir / DISTILLED, rows)
         exact = sum(r["exact_title"] for r in rows) / max(len(rows), 1)
-        run.record(DISTILLED, key, n=len(rows), exact_title_share=exact,
+        run.record(DISTILLED, key, inputs={"weights": run.weights_sha(), "dataset": dataset.checksum},
+                   n=len(rows), exact_title_share=exact,
                    mode=config.soft.distill_mode, beams=config.soft.distill_beams,
                    max_new_tokens=config.soft.distill_max_new_tokens, dataset_key=dataset.checksum)
         shutil.rmtree(run_dir / PARTS, ignore_errors=True)

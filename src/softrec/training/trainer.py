@@ -364,6 +364,25 @@ def _epoch_fraction(state: TrainerState) -> float:
     return abs(epoch - round(epoch))
 
 
+SEAL = "softrec-seal.json"
+
+
+class CheckpointSealCallback(TrainerCallback):
+    """After each checkpoint is written: the modes the umask allows (safetensors writes 0600), and
+    a seal with every file's checksum, so a truncated or damaged checkpoint is recognised on
+    resume and the previous one used instead (`last_complete_checkpoint`)."""
+
+    def on_save(self, args, state: TrainerState, control: TrainerControl, **kwargs):
+        if state.is_world_process_zero:
+            from softrec.runs import apply_umask, atomic_write_json, file_sha256
+
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                apply_umask(folder)
+                files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != SEAL}
+                atomic_write_json(folder / SEAL, files)
+
+
 class JsonlLogCallback(TrainerCallback):
     """Every Trainer log line (loss, lr, tokens/s, lambda, ...) appended to logs/metrics.jsonl."""
 
@@ -395,7 +414,9 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
 
 # ---------------------------------------------------------------- checkpoints and weights
 def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint whose trainer_state.json (written last) is present and readable."""
+    """The newest checkpoint whose trainer_state.json (written last) is present and readable and,
+    where checkpoints are sealed (CheckpointSealCallback), whose files match their seal. A damaged
+    newest checkpoint falls back to the one before it."""
     if not folder.is_dir():
         return None
     candidates = []
@@ -403,13 +424,27 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
         suffix = path.name.rsplit("-", 1)[-1]
         if suffix.isdigit():
             candidates.append((int(suffix), path))
+    sealed = any((path / SEAL).is_file() for _, path in candidates)
     for _, path in sorted(candidates, reverse=True):
         try:
             json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if sealed and not _seal_intact(path):
+            log.warning("%s: damaged or unsealed checkpoint; trying the one before it", path)
             continue
         return path
     return None
+
+
+def _seal_intact(path: Path) -> bool:
+    from softrec.runs import file_sha256
+
+    try:
+        seal = json.loads((path / SEAL).read_text(encoding="utf-8"))
+        return all(file_sha256(path / name) == digest for name, digest in seal.items())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
 
 
 def _weights_saver(out: Path, lora: bool) -> Callable[[Any, Any], None]:
@@ -557,7 +592,8 @@ def build_trainer(
         metric=train_cfg.selection_metric,
         checkpoint_every=train_cfg.checkpoint_every,
     )
-    all_callbacks: list[TrainerCallback] = [*(callbacks or []), epoch_cb, JsonlLogCallback(out / "logs" / "metrics.jsonl")]
+    all_callbacks: list[TrainerCallback] = [*(callbacks or []), epoch_cb, JsonlLogCallback(out / "logs" / "metrics.jsonl"),
+                                            CheckpointSealCallback()]
     if args.process_index == 0:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -604,10 +640,26 @@ def train_llm(
     """
     lock = RunDir(out) if is_main_process() else contextlib.nullcontext()
     with lock:
-        return _train_llm(
-            config, dataset, Path(out), resume=resume, distilled=distilled, callbacks=callbacks,
-            validator=validator, model_and_tokenizer=model_and_tokenizer, progress=progress, info=info,
-        )
+        try:
+            return _train_llm(
+                config, dataset, Path(out), resume=resume, distilled=distilled, callbacks=callbacks,
+                validator=validator, model_and_tokenizer=model_and_tokenizer, progress=progress, info=info,
+            )
+        except BaseException as exc:
+            _mark_stopped(Path(out), exc)
+            raise
+
+
+def _mark_stopped(out: Path, exc: BaseException) -> None:
+    """run.json never stays at "training" after the process stopped on an error: "interrupted"
+    (Ctrl-C; --resume continues it) or "failed" with the error. A SIGKILL leaves "training"."""
+    if not is_main_process():
+        return
+    with contextlib.suppress(Exception):
+        run = RunDir(out)
+        if run.info().get("status") == "training":
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            run.update_info(status=status, error=f"{type(exc).__name__}: {exc}"[:500])
 
 
 def _train_llm(
@@ -716,7 +768,9 @@ def _clear_previous_attempt(out: Path) -> None:
     """A fresh (non-resumed) training must not mix with an older attempt's checkpoints and logs."""
     import shutil
 
-    for name in (CHECKPOINTS, "logs"):
+    # and the resumable chunks of evaluations/distillations of the previous weights, which no key
+    # made from the new weights can ever match (a killed run left them behind)
+    for name in (CHECKPOINTS, "logs", "distilled.parts", *(str(p.relative_to(out)) for p in out.glob("eval/*.parts"))):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("history.json",):
         (out / name).unlink(missing_ok=True)
