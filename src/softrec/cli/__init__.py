@@ -18,8 +18,10 @@ from softrec.errors import UserError
 COMMAND_MODULES: list[str] = [
     "softrec.cli.bench",
     "softrec.cli.data",
+    "softrec.cli.config_cmd",
     "softrec.cli.distill",
     "softrec.cli.evaluate",
+    "softrec.cli.export",
     "softrec.cli.run",
     "softrec.cli.report",
     "softrec.cli.train",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
-
 import importlib
 
 from softrec.cli.common import LazyParser

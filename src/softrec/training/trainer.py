@@ -422,6 +422,10 @@ def _weights_saver(out: Path, lora: bool) -> Callable[[Any, Any], None]:
             from softrec.models.llara import save_projector
 
             save_projector(model, tmp)  # LLaRA backbone: its item projector beside the weights
+            if lora:  # base identity, tokenizer, prompt template, model card: loadable without softrec
+                from softrec.models.export import describe_adapter
+
+                describe_adapter(tmp, out, tokenizer)
 
     return save
 
