@@ -231,6 +231,23 @@ class Config(_Section):
         return Config.model_validate(tree)
 
 
+def as_prepared(config: Config, dataset: Any) -> Config:
+    """`config` with its data section replaced by what `dataset` (a PreparedDataset) was actually
+    prepared with, for a run's config.yaml: a run trained on a prepared directory records that
+    directory and its settings, not the data defaults it never used. Split sizes the dataset does not
+    record are its actual sample counts."""
+    recorded = dict(dataset.meta.get("settings") or {})
+    data = {k: v for k, v in recorded.items() if k in DataConfig.model_fields}
+    data["dataset"] = str(Path(dataset.path).resolve())
+    if not recorded:
+        for split in ("train", "valid", "test"):
+            data[f"{split}_size"] = len(dataset.split(split)) or None
+    try:
+        return config.with_(data=data)
+    except ValidationError:  # an older or hand-written dataset.json: keep the path at least
+        return config.with_(data={"dataset": data["dataset"]})
+
+
 def _parse_scalar(text: str) -> Any:
     """`--set a.b=VALUE`: VALUE is read as YAML, so 1e-4, true, [q_proj, v_proj] all work."""
     try:

@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         "eval.grounding": args.grounding,
         "train.seed": args.seed,
     })
+    from softrec.models.registry import check_name
+
+    check_name(config.model.name)
     report = run_pipeline(config, args.out, sweep_alpha=args.sweep_alpha, preflight=not args.no_preflight)
     print(f"report: {report / 'report.md'}")
     return 0

@@ -56,7 +56,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# LLM-only flags: refused for sasrec/gru4rec rather than silently ignored (their settings: classic.*)
+_LLM_ONLY_FLAGS = {
+    "model": "--model", "backbone": "--backbone", "sasrec_run": "--sasrec-run", "train_size": "--train-size",
+    "valid_size": "--valid-size", "micro_batch": "--micro-batch", "effective_batch": "--effective-batch",
+    "full": "--full", "distilled": "--distilled", "alpha": "--alpha", "no_preflight": "--no-preflight",
+}
+
+
+def _classic_flags(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """--epochs and --seed mean the same for a classic method (classic.epochs, classic.seed); the
+    LLM-only flags are refused with the setting to use instead."""
+    given = [flag for dest, flag in _LLM_ONLY_FLAGS.items() if getattr(args, dest, None) not in (None, False)]
+    if given:
+        raise UserError(f"{', '.join(given)}: not used by --method {method} (a classic recommender); "
+                        "its settings are classic.* (`softrec config show`), e.g. --set classic.batch_size=128")
+    return {"train.method": method, "classic.epochs": args.epochs, "classic.seed": args.seed}
+
+
 def run(args: argparse.Namespace) -> int:
+    method = args.method
+    if method is None:  # the method may come from --config/--set: resolve it first
+        method = config_from_args(args).train.method
+    if method in CLASSIC_METHODS:
+        from softrec.baselines import train_classic
+
+        config = config_from_args(args, _classic_flags(args, method))
+        print(f"{method}: {train_classic(config, _dataset(args.data), args.out, resume=args.resume)}")
+        return 0
     config = config_from_args(args, {
         "train.method": args.method,
         "model.name": args.model,
@@ -71,13 +98,10 @@ def run(args: argparse.Namespace) -> int:
         "train.lora.enabled": False if args.full else None,
         "soft.alpha": args.alpha,
     })
-    dataset = _dataset(args.data)
-    method = config.train.method
-    if method in CLASSIC_METHODS:
-        from softrec.baselines import train_classic
+    from softrec.models.registry import check_name
 
-        print(f"{method}: {train_classic(config, dataset, args.out, resume=args.resume)}")
-        return 0
+    check_name(config.model.name)
+    dataset = _dataset(args.data)
     distilled, callbacks = _soft_inputs(config, dataset, args)
     from softrec.preflight import preflight_train
     from softrec.training.trainer import train_llm

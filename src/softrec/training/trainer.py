@@ -40,7 +40,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from softrec.config import Config, TrainConfig
+from softrec.config import Config, TrainConfig, as_prepared
 from softrec.data.dataset import PreparedDataset, Sample
 from softrec.runs import RunDir, atomic_dir, atomic_write_json, content_key
 from softrec.training.batches import Collator, EncodedDataset, LengthGroupedSampler, encode_samples
@@ -425,7 +425,10 @@ def _weights_saver(out: Path, lora: bool) -> Callable[[Any, Any], None]:
             if lora:  # base identity, tokenizer, prompt template, model card: loadable without softrec
                 from softrec.models.export import describe_adapter
 
-                describe_adapter(tmp, out, tokenizer)
+                try:
+                    describe_adapter(tmp, out, tokenizer)
+                except Exception as exc:  # documentation only: never lose the trained weights over it
+                    log.warning("%s: could not write the adapter's model card (%s: %s)", out, type(exc).__name__, exc)
 
     return save
 
@@ -646,7 +649,7 @@ def _train_llm(
         inputs = {"dataset": dataset.checksum}
         if distilled is not None:
             inputs["distilled"] = content_key(sorted(distilled.items()))
-        run.save_config(config, inputs=inputs)
+        run.save_config(as_prepared(config, dataset), inputs=inputs)  # the data actually used
 
     if resume and weights_name in run.manifest()["artefacts"] and not run.valid(weights_name):
         # the best epoch's weights were altered after they were recorded; the checkpoints cannot
