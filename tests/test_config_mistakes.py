@@ -116,3 +116,47 @@ def test_run_config_records_the_prepared_data(tiny_dataset, tmp_path):
     data = yaml.safe_load((out / "config.yaml").read_text())["data"]
     assert (data["train_size"], data["valid_size"], data["test_size"]) == (24, 8, 8)
     assert data["dataset"] == str(tiny_dataset.path.resolve())
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from softrec.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_every_flag_has_help():
+    import argparse
+
+    from softrec.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    if hasattr(sub, "_ensure"):
+                        continue  # lazily built (bench suites): their modules own their help
+                    yield from walk(sub, f"{path} {name}")
+            elif action.option_strings and action.help is None:
+                yield f"{path} {action.option_strings[0]}"
+
+    missing = list(walk(build_parser(), "softrec"))
+    assert not missing, missing
+
+
+def test_quick_limited_evaluation_keeps_the_full_one(tmp_path, tiny_dataset, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"base_model": "tiny", "method": "sft", "dataset": str(tiny_dataset.path),
+                                              "template": "alpaca"}))
+    (run / "config.yaml").write_text(load_config(None, ["eval.num_beams=2", "eval.max_new_tokens=6"]).to_yaml())
+    fast = ["--quiet"]
+    assert main(["evaluate", "--run-dir", str(run), *fast]) == 0
+    assert main(["evaluate", "--run", str(run), "--limit", "3", *fast]) == 0
+    assert main(["-q", "evaluate", "--run-dir", str(run), "--limit", "3", "--num-beams", "1", *fast]) == 0
+    full = json.loads((run / "eval" / "test-l2" / "metrics.json").read_text())
+    assert full["n"] == 8  # what `softrec report` reads, untouched by the quick reruns
+    assert json.loads((run / "eval" / "test-l2-limit3" / "metrics.json").read_text())["n"] == 3
+    assert json.loads((run / "eval" / "test-l2-limit3-beams1" / "metrics.json").read_text())["eval"]["num_beams"] == 1

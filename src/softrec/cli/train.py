@@ -41,8 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="llara: SASRec run on the same data (default: train one into OUT/sasrec)")
     parser.add_argument("--epochs", type=int, help="maximum epochs (reference 7)")
     parser.add_argument("--seed", type=int, help="training seed (reference 42)")
-    parser.add_argument("--train-size", type=int, metavar="N", help="train on a seeded subset of N samples")
-    parser.add_argument("--valid-size", type=int, metavar="N", help="validate on a seeded subset of N samples")
+    parser.add_argument("--train-samples", type=int, metavar="N",
+                        help="train on a seeded subset of N prepared train samples (train.train_samples; default all)")
+    parser.add_argument("--valid-samples", type=int, metavar="N",
+                        help="validate on a seeded subset of N prepared valid samples (train.valid_samples; default all)")
+    # --train-size/--valid-size mean one thing everywhere: windows sampled when a dataset is prepared
+    parser.add_argument("--train-size", "--valid-size", dest="prepare_size", metavar="N", help=argparse.SUPPRESS)
     parser.add_argument("--micro-batch", type=int, metavar="N", help="samples per forward pass")
     parser.add_argument("--effective-batch", type=int, metavar="N", help="samples per optimizer step (reference 256)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
@@ -58,8 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # LLM-only flags: refused for sasrec/gru4rec rather than silently ignored (their settings: classic.*)
 _LLM_ONLY_FLAGS = {
-    "model": "--model", "backbone": "--backbone", "sasrec_run": "--sasrec-run", "train_size": "--train-size",
-    "valid_size": "--valid-size", "micro_batch": "--micro-batch", "effective_batch": "--effective-batch",
+    "model": "--model", "backbone": "--backbone", "sasrec_run": "--sasrec-run", "train_samples": "--train-samples",
+    "valid_samples": "--valid-samples", "micro_batch": "--micro-batch", "effective_batch": "--effective-batch",
     "full": "--full", "distilled": "--distilled", "alpha": "--alpha", "no_preflight": "--no-preflight",
 }
 
@@ -75,6 +79,10 @@ def _classic_flags(args: argparse.Namespace, method: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.prepare_size is not None:
+        raise UserError("--train-size/--valid-size set how many windows `softrec data prepare` (or `softrec run`) "
+                        "samples; to train or validate on a subset of the prepared samples use "
+                        "--train-samples N / --valid-samples N")
     method = args.method
     if method is None:  # the method may come from --config/--set: resolve it first
         method = config_from_args(args).train.method
@@ -91,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
         "model.llara_sasrec_run": str(args.sasrec_run.resolve()) if args.sasrec_run else None,
         "train.epochs": args.epochs,
         "train.seed": args.seed,
-        "train.train_samples": args.train_size,
-        "train.valid_samples": args.valid_size,
+        "train.train_samples": args.train_samples,
+        "train.valid_samples": args.valid_samples,
         "train.micro_batch": args.micro_batch,
         "train.effective_batch": args.effective_batch,
         "train.lora.enabled": False if args.full else None,
