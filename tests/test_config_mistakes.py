@@ -160,3 +160,16 @@ def test_quick_limited_evaluation_keeps_the_full_one(tmp_path, tiny_dataset, cap
     assert full["n"] == 8  # what `softrec report` reads, untouched by the quick reruns
     assert json.loads((run / "eval" / "test-l2-limit3" / "metrics.json").read_text())["n"] == 3
     assert json.loads((run / "eval" / "test-l2-limit3-beams1" / "metrics.json").read_text())["eval"]["num_beams"] == 1
+
+
+def test_report_to_defaults_to_tensorboard_and_refuses_a_missing_tracker(tiny_dataset, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    assert load_config().train.report_to == ["tensorboard"]
+    assert load_config(None, ["train.report_to=none"]).train.report_to == []
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dataset.path), "--model", "tiny", "--out", str(out),
+                 "--set", "train.report_to=[tensorboard, wandb]"]) == 2
+    assert "pip install wandb" in _one_line_error(capsys) and not out.exists()

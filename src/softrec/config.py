@@ -126,6 +126,18 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(
         1, ge=0, description="optimizer steps between mid-epoch checkpoints for --resume (0 = epoch ends only)"
     )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment trackers fed with the training logs: tensorboard (RUN_DIR/logs), wandb, mlflow "
+        "(each needs its package installed); [] = none, RUN_DIR/logs/metrics.jsonl is always written",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None or value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
 
     @field_validator("selection_metric")
     @classmethod
@@ -246,6 +258,17 @@ def as_prepared(config: Config, dataset: Any) -> Config:
         return config.with_(data=data)
     except ValidationError:  # an older or hand-written dataset.json: keep the path at least
         return config.with_(data={"dataset": data["dataset"]})
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """UserError for a train.report_to tracker whose package is missing (checked when training starts,
+    not in the schema: a run's config.yaml must stay loadable where the tracker is not installed)."""
+    import importlib.util
+
+    for tracker in report_to:
+        if importlib.util.find_spec(tracker) is None:
+            raise UserError(f"train.report_to: {tracker} is not installed (pip install {tracker}), "
+                            "or drop it (--set train.report_to=[tensorboard])")
 
 
 def _parse_scalar(text: str) -> Any:

@@ -106,9 +106,11 @@ def run(args: argparse.Namespace) -> int:
         "train.lora.enabled": False if args.full else None,
         "soft.alpha": args.alpha,
     })
+    from softrec.config import check_trackers
     from softrec.models.registry import check_name
 
     check_name(config.model.name)
+    check_trackers(config.train.report_to)
     dataset = _dataset(args.data)
     distilled, callbacks = _soft_inputs(config, dataset, args)
     from softrec.preflight import preflight_train

@@ -465,6 +465,7 @@ def training_key(config: Config, dataset: PreparedDataset, distilled: dict[str, 
     the prepared data and the self-distilled targets."""
     settings = config.model_dump(mode="json")
     settings.pop("data", None)
+    settings["train"].pop("report_to", None)  # where logs go never changes the weights
     return content_key(settings, dataset.checksum, content_key(sorted((distilled or {}).items())))
 
 
@@ -506,7 +507,6 @@ def build_trainer(
 ) -> tuple[SoftTrainer, EpochEndCallback]:
     """The SoftTrainer `train_llm` runs (model with LoRA, data, callbacks), ready for `.train()`."""
     from transformers import set_seed
-    from transformers.integrations import TensorBoardCallback
 
     train_cfg = config.train
     set_seed(train_cfg.seed)
@@ -566,9 +566,7 @@ def build_trainer(
     )
     all_callbacks: list[TrainerCallback] = [*(callbacks or []), epoch_cb, JsonlLogCallback(out / "logs" / "metrics.jsonl")]
     if args.process_index == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        all_callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "logs"))))
+        all_callbacks += _tracker_callbacks(train_cfg.report_to, out)
     trainer = SoftTrainer(
         model=model,
         args=args,
@@ -588,6 +586,32 @@ def build_trainer(
         elif not hasattr(callback, "trainer"):
             callback.trainer = trainer
     return trainer, epoch_cb
+
+
+def _tracker_callbacks(report_to: list[str], out: Path) -> list[TrainerCallback]:
+    """train.report_to -> transformers' callbacks: TensorBoard into RUN_DIR/logs, W&B and MLflow as
+    they configure themselves (WANDB_PROJECT, MLFLOW_TRACKING_URI, ...), the run named after RUN_DIR."""
+    from softrec.config import check_trackers
+
+    check_trackers(report_to)
+    callbacks: list[TrainerCallback] = []
+    if "tensorboard" in report_to:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "logs"))))
+    if "wandb" in report_to:
+        from transformers.integrations import WandbCallback
+
+        os.environ.setdefault("WANDB_NAME", out.name)
+        os.environ.setdefault("WANDB_DIR", str(out / "logs"))
+        callbacks.append(WandbCallback())
+    if "mlflow" in report_to:
+        from transformers.integrations import MLFlowCallback
+
+        os.environ.setdefault("MLFLOW_RUN_NAME", out.name)
+        callbacks.append(MLFlowCallback())
+    return callbacks
 
 
 def train_llm(
