@@ -101,7 +101,7 @@ def test_epochs_and_seed_mean_the_same_for_classic_methods(tiny_dataset, tmp_pat
     assert len(history) == 2
 
 
-@pytest.mark.parametrize("flag", [["--micro-batch", "4"], ["--train-size", "8"], ["--full"], ["--model", "tiny"]])
+@pytest.mark.parametrize("flag", [["--micro-batch", "4"], ["--train-samples", "8"], ["--full"], ["--model", "tiny"]])
 def test_llm_only_flags_are_refused_for_classic_methods(flag, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "gru"
     assert main(["train", "--method", "gru4rec", "--data", str(tiny_dataset.path), "--out", str(out), *flag]) == 2
@@ -173,3 +173,9 @@ def test_report_to_defaults_to_tensorboard_and_refuses_a_missing_tracker(tiny_da
     assert main(["train", "--data", str(tiny_dataset.path), "--model", "tiny", "--out", str(out),
                  "--set", "train.report_to=[tensorboard, wandb]"]) == 2
     assert "pip install wandb" in _one_line_error(capsys) and not out.exists()
+
+
+def test_train_size_means_prepare_time_sampling_only(tiny_dataset, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny_dataset.path), "--model", "tiny", "--out", str(tmp_path / "r"),
+                 "--train-size", "8"]) == 2
+    assert "--train-samples" in _one_line_error(capsys)

@@ -67,3 +67,17 @@ def test_adapter_is_self_describing(tiny_run):
 def test_export_refuses_a_classic_or_missing_run(tmp_path, capsys):
     assert main(["export", "--run-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "run.json" in capsys.readouterr().err
+
+
+def test_llara_export_carries_its_projector_and_says_how_to_use_it(tiny_dataset, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path / "llara"
+    assert main(["train", "--method", "sft", "--backbone", "llara", "--data", str(tiny_dataset.path), "--model", "tiny",
+                 "--out", str(run), "--epochs", "1", *FAST, "--set", "classic.epochs=1"]) == 0
+    out = tmp_path / "exported"
+    assert main(["export", "--run-dir", str(run), "--out", str(out)]) == 0
+    assert (out / "llara.safetensors").exists() and "attach_saved" in (out / "README.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out)
+    assert not any("llara" in name or "lora" in name for name, _ in model.named_parameters())
