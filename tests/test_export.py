@@ -81,3 +81,12 @@ def test_llara_export_carries_its_projector_and_says_how_to_use_it(tiny_dataset,
     model = AutoModelForCausalLM.from_pretrained(out)
     AutoTokenizer.from_pretrained(out)
     assert not any("llara" in name or "lora" in name for name, _ in model.named_parameters())
+
+
+def test_push_to_hub_without_the_hub_is_one_line_and_keeps_the_export(tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "exported"
+    assert main(["export", "--run-dir", str(tiny_run), "--out", str(out), "--push-to-hub", "me/tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "HF_HUB_OFFLINE" in err
+    assert (out / "config.json").exists()

@@ -182,7 +182,9 @@ def _start_icl_run(args: argparse.Namespace, rank: int) -> Path:
             run.update_info(base_model=args.model, method="icl", shots=args.shots, seed=args.seed,
                             dataset=str(Path(args.data).resolve()), dataset_key=dataset.checksum,
                             template=config.model.template)
-            run.save_config(config, inputs={"dataset": dataset.checksum})
+            from softrec.config import as_prepared
+
+            run.save_config(as_prepared(config, dataset), inputs={"dataset": dataset.checksum})
     _barrier()
     return run_dir
 

@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="validate on a seeded subset of N prepared valid samples (train.valid_samples; default all)")
     # --train-size/--valid-size mean one thing everywhere: windows sampled when a dataset is prepared
     parser.add_argument("--train-size", "--valid-size", dest="prepare_size", metavar="N", help=argparse.SUPPRESS)
+    parser.add_argument("--num-beams", type=int, metavar="N", help="beams when decoding the validation split (eval.num_beams, 4)")
     parser.add_argument("--micro-batch", type=int, metavar="N", help="samples per forward pass")
     parser.add_argument("--effective-batch", type=int, metavar="N", help="samples per optimizer step (reference 256)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 _LLM_ONLY_FLAGS = {
     "model": "--model", "backbone": "--backbone", "sasrec_run": "--sasrec-run", "train_samples": "--train-samples",
     "valid_samples": "--valid-samples", "micro_batch": "--micro-batch", "effective_batch": "--effective-batch",
-    "full": "--full", "distilled": "--distilled", "alpha": "--alpha", "no_preflight": "--no-preflight",
+    "full": "--full", "distilled": "--distilled", "num_beams": "--num-beams", "alpha": "--alpha", "no_preflight": "--no-preflight",
 }
 
 
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         "train.train_samples": args.train_samples,
         "train.valid_samples": args.valid_samples,
         "train.micro_batch": args.micro_batch,
+        "eval.num_beams": args.num_beams,
         "train.effective_batch": args.effective_batch,
         "train.lora.enabled": False if args.full else None,
         "soft.alpha": args.alpha,

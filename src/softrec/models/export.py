@@ -278,6 +278,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, push_to_hub: str | None 
     lm = llara.causal_lm(model)
     if projector is not None and hasattr(lm, llara.PROJECTOR):
         delattr(lm, llara.PROJECTOR)  # the projector is saved on its own below, not in the LM weights
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a sub-second write of one shard needs no bar
     command = "softrec export " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["export"] else None
     with atomic_dir(out) as tmp:
         lm.generation_config = generation
