@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,10 +17,9 @@ from softrec.errors import UserError
 from softrec.suggest import did_you_mean
 
 # transformers' schedulers that need nothing beyond warmup_steps (get_scheduler's other kwargs unset)
-LR_SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine", "cosine_with_restarts",
-                 "polynomial", "inverse_sqrt")
 LrScheduler = Literal["constant_with_warmup", "constant", "linear", "cosine", "cosine_with_restarts",
                       "polynomial", "inverse_sqrt"]
+LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
 _METRIC = re.compile(r"^(HR|NDCG)@([0-9]+)$")
 
 
@@ -65,7 +64,7 @@ class DataConfig(_Section):
         from softrec.data.readers import READERS
 
         if value not in READERS:
-            raise ValueError(f"unknown reader; expected one of {', '.join(READERS)}{did_you_mean(value, READERS)}")
+            raise ValueError(f"unknown format {value!r}: expected one of {', '.join(READERS)}{did_you_mean(value, READERS)}")
         return value
 
     @model_validator(mode="after")

@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    import shlex
+
+    args.command_line = shlex.join(["softrec", *(sys.argv[1:] if argv is None else argv)])  # for model cards
     _set_verbosity(-1 if args.log_quiet else args.log_verbose)
     if args.log_quiet and hasattr(args, "quiet"):
         args.quiet = True  # the sub-command's own progress switch (evaluate --quiet)

@@ -120,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
 
     preflight_train(config, dataset, skip=args.no_preflight)
 
-    info = {"distilled_from": str(args.distilled.resolve())} if distilled is not None else None
+    info = {"command": getattr(args, "command_line", None)}
+    if distilled is not None:
+        info["distilled_from"] = str(args.distilled.resolve())
     result = train_llm(config, dataset, args.out, resume=args.resume, distilled=distilled,
                        callbacks=callbacks, info=info)
     best = "" if result.best_metric is None else f" ({config.train.selection_metric} {result.best_metric:.4f})"

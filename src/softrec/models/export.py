@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +137,7 @@ def model_card(run_dir: Path, *, kind: str, command: str | None = None) -> str:
     front.append("---")
     lines = [*front, "", f"# {info.get('method', 'softrec').upper()} sequential recommender on {dataset_name}", ""]
     lines += [
-        f"A generative sequential recommender trained with [softrec](https://github.com/) "
+        f"A generative sequential recommender trained with softrec "
         f"(method `{info.get('method')}`, backbone `{info.get('backbone', 'bigrec')}`): given the titles a user "
         "interacted with, it generates the title of the next item.", "",
         "## Base model", "",
@@ -157,7 +156,7 @@ def model_card(run_dir: Path, *, kind: str, command: str | None = None) -> str:
         lines += [
             f"- {d.split} split {list(d.ratios)}, {d.k_core}-core, history of up to {d.history_len} items, seed {d.seed}",
             f"- training: {t.method}, {tuning}, "
-            f"lr {t.learning_rate}, {t.epochs} epochs max (best epoch {info.get('best_epoch')} by validation "
+            f"lr {t.learning_rate}, at most {t.epochs} epoch(s) (best epoch {info.get('best_epoch')} by validation "
             f"{info.get('metric') or t.selection_metric}), effective batch {t.effective_batch}",
             f"- evaluation: full ranking of the catalogue, {config.eval.num_beams} beams, {config.eval.grounding} grounding",
         ]
@@ -169,7 +168,8 @@ def model_card(run_dir: Path, *, kind: str, command: str | None = None) -> str:
     else:
         lines.append("Not evaluated yet (`softrec evaluate --run-dir RUN`).")
     lines += ["", "## How it was made", "", "```"]
-    lines.append(command or info.get("command") or f"softrec train --method {info.get('method')} --model {base['name']} ...")
+    lines.append(info.get("command") or f"softrec train --method {info.get('method')} --model {base['name']} ...")
+    lines += [command] if command else []
     lines += ["```", "", "## How to load and prompt it", "", "```python"]
     if kind == "adapter":
         lines += [
@@ -281,7 +281,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, push_to_hub: str | None 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a sub-second write of one shard needs no bar
-    command = "softrec export " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["export"] else None
+    command = f"softrec export --run-dir {shlex.quote(str(run_dir))} --out {shlex.quote(str(out))}"
     with atomic_dir(out) as tmp:
         lm.generation_config = generation
         lm.save_pretrained(tmp, safe_serialization=True)
