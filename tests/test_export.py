@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -53,6 +56,23 @@ def test_export_loads_with_plain_transformers_and_gives_softrec_top_beam(tiny_ru
     theirs = tokenizer.decode(sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert model.generation_config.num_beams == 4
     assert ours.strip() and theirs.strip() == ours.strip()
+
+    # and in a process that never imports softrec
+    script = (
+        "import sys, json\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "d, prompt = sys.argv[1], sys.argv[2]\n"
+        "m, t = AutoModelForCausalLM.from_pretrained(d), AutoTokenizer.from_pretrained(d)\n"
+        "x = t(prompt, return_tensors='pt')\n"
+        "y = m.generate(**x, max_new_tokens=12)\n"
+        "print(json.dumps([t.decode(y[0, x['input_ids'].shape[1]:], skip_special_tokens=True),"
+        " any(k.startswith('softrec') for k in sys.modules)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script, str(out), prompt], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, check=True)
+    text, imported_softrec = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not imported_softrec and text.strip() == ours.strip()
 
 
 def test_adapter_is_self_describing(tiny_run):
