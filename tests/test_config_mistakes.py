@@ -115,7 +115,7 @@ def test_run_config_records_the_prepared_data(tiny_dataset, tmp_path):
                  "--set", "train.validate_every_epoch=false", "--set", "train.bf16=off"]) == 0
     data = yaml.safe_load((out / "config.yaml").read_text())["data"]
     assert (data["train_size"], data["valid_size"], data["test_size"]) == (24, 8, 8)
-    assert data["dataset"] == str(tiny_dataset.path.resolve())
+    assert data["dataset"] == "tiny-books"  # the source's name; run.json holds the prepared directory
 
 
 def test_help_is_fast_and_does_not_import_torch():
@@ -179,3 +179,14 @@ def test_train_size_means_prepare_time_sampling_only(tiny_dataset, tmp_path, cap
     assert main(["train", "--data", str(tiny_dataset.path), "--model", "tiny", "--out", str(tmp_path / "r"),
                  "--train-size", "8"]) == 2
     assert "--train-samples" in _one_line_error(capsys)
+
+
+def test_config_records_the_settings_a_dataset_was_prepared_with(tmp_path, capsys):
+    from softrec.config import as_prepared
+    from softrec.data.dataset import PreparedDataset
+
+    out = tmp_path / "demo"
+    assert main(["data", "prepare", "--dataset", "demo", "--out", str(out), "--train-size", "16",
+                 "--valid-size", "8", "--test-size", "8", "--history-len", "5"]) == 0
+    data = as_prepared(load_config(), PreparedDataset.load(out)).data
+    assert (data.dataset, data.train_size, data.valid_size, data.test_size, data.history_len) == ("demo", 16, 8, 8, 5)

@@ -244,12 +244,12 @@ class Config(_Section):
 
 def as_prepared(config: Config, dataset: Any) -> Config:
     """`config` with its data section replaced by what `dataset` (a PreparedDataset) was actually
-    prepared with, for a run's config.yaml: a run trained on a prepared directory records that
-    directory and its settings, not the data defaults it never used. Split sizes the dataset does not
-    record are its actual sample counts."""
+    prepared with, for a run's config.yaml: a run trained on a prepared directory records the source's
+    name and the preparation settings, not the data defaults it never used (the prepared directory
+    itself is run.json's `dataset`). Split sizes the dataset does not record are its sample counts."""
     recorded = dict(dataset.meta.get("settings") or {})
     data = {k: v for k, v in recorded.items() if k in DataConfig.model_fields}
-    data["dataset"] = str(Path(dataset.path).resolve())
+    data["dataset"] = str(dataset.meta.get("name") or Path(dataset.path).name)
     if not recorded:
         for split in ("train", "valid", "test"):
             data[f"{split}_size"] = len(dataset.split(split)) or None
