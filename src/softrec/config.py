@@ -370,7 +370,7 @@ def load_config(
     for key, value in (values or {}).items():
         if value is not None:
             _set_path(tree, key, value)
-            sources[key] = f"option for {key}"
+            sources[key] = "command-line option"
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
