@@ -110,3 +110,17 @@ def test_push_to_hub_without_the_hub_is_one_line_and_keeps_the_export(tiny_run, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "HF_HUB_OFFLINE" in err
     assert (out / "config.json").exists()
+
+
+def test_full_fine_tuning_run_is_a_plain_model_dir_and_exports(tiny_dataset, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path / "full"
+    assert main(["train", "--method", "sft", "--full", "--data", str(tiny_dataset.path), "--model", "tiny",
+                 "--out", str(run), "--epochs", "1", *FAST]) == 0
+    assert "AutoModelForCausalLM" in (run / "model" / "README.md").read_text()
+    assert (run / "model" / "prompt_template.json").exists()
+    out = tmp_path / "exported"
+    assert main(["export", "--run-dir", str(run), "--out", str(out)]) == 0
+    AutoModelForCausalLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out)

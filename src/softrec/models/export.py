@@ -224,7 +224,8 @@ def describe_adapter(folder: str | Path, run_dir: str | Path, tokenizer: Any) ->
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     _write_prompt(folder, run_dir, facts, tokenizer)
-    (folder / "README.md").write_text(model_card(run_dir, kind="adapter"), encoding="utf-8")
+    kind = "adapter" if adapter_config.exists() else "merged"  # full fine-tuning saves a whole model
+    (folder / "README.md").write_text(model_card(run_dir, kind=kind), encoding="utf-8")
 
 
 def _write_prompt(folder: Path, run_dir: Path, facts: dict[str, Any], tokenizer: Any) -> None:

@@ -422,13 +422,12 @@ def _weights_saver(out: Path, lora: bool) -> Callable[[Any, Any], None]:
             from softrec.models.llara import save_projector
 
             save_projector(model, tmp)  # LLaRA backbone: its item projector beside the weights
-            if lora:  # base identity, tokenizer, prompt template, model card: loadable without softrec
-                from softrec.models.export import describe_adapter
+            from softrec.models.export import describe_adapter
 
-                try:
-                    describe_adapter(tmp, out, tokenizer)
-                except Exception as exc:  # documentation only: never lose the trained weights over it
-                    log.warning("%s: could not write the adapter's model card (%s: %s)", out, type(exc).__name__, exc)
+            try:  # base identity, tokenizer, prompt template, model card: loadable without softrec
+                describe_adapter(tmp, out, tokenizer)
+            except Exception as exc:  # documentation only: never lose the trained weights over it
+                log.warning("%s: could not write the model card (%s: %s)", out, type(exc).__name__, exc)
 
     return save
 
