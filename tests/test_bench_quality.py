@@ -36,7 +36,7 @@ def test_dependencies_come_first(tmp_path):
     soft_train = steps[6].argv
     assert soft_train[soft_train.index("--distilled") + 1] == str(tmp_path / "ml-100k" / "llara-sft")
     assert soft_train[soft_train.index("--sasrec-run") + 1] == str(tmp_path / "ml-100k" / "sasrec")
-    assert soft_train[soft_train.index("--train-size") + 1] == "128"
+    assert soft_train[soft_train.index("--train-samples") + 1] == "128"
 
 
 def test_launcher_prefixes_llm_training_and_evaluation_only(tmp_path):
@@ -44,7 +44,7 @@ def test_launcher_prefixes_llm_training_and_evaluation_only(tmp_path):
     for step in steps:
         launched = step.command.startswith("torchrun --nproc_per_node 2 -m softrec ")
         assert launched == (step.kind in ("train-llm", "evaluate-llm")), step.command
-    assert not any("--limit" in s.argv or "--train-size" in s.argv for s in steps), "gpu = the reference sizes"
+    assert not any("--limit" in s.argv or "--train-samples" in s.argv for s in steps), "gpu = the reference sizes"
 
 
 def test_unknown_method_is_a_one_line_error(tmp_path, capsys):

@@ -162,7 +162,7 @@ def test_llara_sft_cli_trains_sasrec_then_the_llm_and_evaluates(tiny_dataset, tm
 
     out = tmp_path / "llara"
     code = main(["train", "--method", "sft", "--backbone", "llara", "--data", str(tiny_dataset.path),
-                 "--model", "tiny", "--out", str(out), "--epochs", "2", "--valid-size", "4", *FAST])
+                 "--model", "tiny", "--out", str(out), "--epochs", "2", "--valid-samples", "4", *FAST])
     assert code == 0, capsys.readouterr().err
     info = json.loads((out / "run.json").read_text())
     assert info["backbone"] == "llara" and info["status"] == "finished"

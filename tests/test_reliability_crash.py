@@ -47,7 +47,7 @@ from softrec.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
-TRAIN = ["--model", "tiny", "--epochs", "2", "--micro-batch", "4", "--effective-batch", "4", "--valid-size", "4",
+TRAIN = ["--model", "tiny", "--epochs", "2", "--micro-batch", "4", "--effective-batch", "4", "--valid-samples", "4",
          "--set", "train.bf16=off", "--set", "train.warmup_steps=0", "--set", "train.learning_rate=5e-3",
          "--set", "eval.num_beams=2", "--set", "eval.max_new_tokens=6", "--set", "train.checkpoint_every=1"]
 STEPS = 12  # 24 samples / micro-batch 4, 2 epochs, one optimizer step per micro-batch

@@ -118,7 +118,7 @@ def test_corrupted_distilled_targets_are_refused_and_rebuilt(trained, tiny_datas
 def test_corrupted_metrics_and_predictions_are_recomputed(trained, capsys):
     _, out = trained
     assert main(["evaluate", "--run", str(out), *EVAL]) == 0
-    folder = out / "eval" / "test-l2"
+    folder = out / "eval" / "test-l2-beams2-maxtok6"  # quick decoding settings: beside the full evaluation
     metrics, predictions = (folder / "metrics.json").read_bytes(), (folder / "predictions.jsonl").read_bytes()
     capsys.readouterr()
     (folder / "metrics.json").write_text(json.dumps({"HR@10": 1.0}))  # a tampered result

@@ -6,13 +6,31 @@ buried in a stage. A run directory stores the resolved config (see `runs.py`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from softrec.errors import UserError
+from softrec.suggest import did_you_mean
+
+# transformers' schedulers that need nothing beyond warmup_steps (get_scheduler's other kwargs unset)
+LrScheduler = Literal["constant_with_warmup", "constant", "linear", "cosine", "cosine_with_restarts",
+                      "polynomial", "inverse_sqrt"]
+LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
+_METRIC = re.compile(r"^(HR|NDCG)@([0-9]+)$")
+
+
+def _check_metric(value: str, allowed: str) -> str:
+    """HR@K / NDCG@K (exact case: the key the evaluation writes); a near miss gets a suggestion."""
+    if _METRIC.match(value) or (allowed == "validity" and value == "validity"):
+        return value
+    guess = value.upper().replace("VALIDITY", "validity")
+    hint = f"; did you mean {guess!r}?" if _METRIC.match(guess) or guess == allowed else ""
+    either = " or validity (K in eval.ks)" if allowed else ""
+    raise ValueError(f"expected HR@K or NDCG@K{either}{hint}")
 
 
 class _Section(BaseModel):
@@ -38,6 +56,17 @@ class DataConfig(_Section):
         None, description="prompt words (item, items, verb), e.g. [book, books, read]; None = from the dataset"
     )
 
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        if value is None or value == "demo":
+            return value
+        from softrec.data.readers import READERS
+
+        if value not in READERS:
+            raise ValueError(f"unknown format {value!r}: expected one of {', '.join(READERS)}{did_you_mean(value, READERS)}")
+        return value
+
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> DataConfig:
         if abs(sum(self.ratios) - 1.0) > 1e-6 or min(self.ratios) < 0:
@@ -62,7 +91,7 @@ class LoraSettings(_Section):
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
 
 
 class TrainConfig(_Section):
@@ -72,7 +101,7 @@ class TrainConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     learning_rate: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(20, ge=0)
-    lr_scheduler: str = "constant_with_warmup"
+    lr_scheduler: LrScheduler = Field("constant_with_warmup", description="transformers learning-rate schedule")
     weight_decay: float = Field(0.0, ge=0)
     effective_batch: int = Field(256, ge=1, description="samples per optimizer step")
     micro_batch: int = Field(8, ge=1, description="samples per forward pass")
@@ -84,7 +113,9 @@ class TrainConfig(_Section):
     group_by_length: bool = True
     validate_every_epoch: bool = True
     save_total_limit: int = Field(2, ge=1)
-    selection_metric: str = Field("HR@10", description="validation metric that picks the best epoch")
+    selection_metric: str = Field(
+        "HR@10", description="validation metric that picks the best epoch: HR@K, NDCG@K (K in eval.ks) or validity"
+    )
     train_samples: int | None = Field(
         None, ge=1, description="train on a seeded subset of this many prepared train samples (None = all)"
     )
@@ -94,6 +125,23 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(
         1, ge=0, description="optimizer steps between mid-epoch checkpoints for --resume (0 = epoch ends only)"
     )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment trackers fed with the training logs: tensorboard (RUN_DIR/logs), wandb, mlflow "
+        "(each needs its package installed); [] = none, RUN_DIR/logs/metrics.jsonl is always written",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None or value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("selection_metric")
+    @classmethod
+    def _metric_name(cls, value: str) -> str:
+        return _check_metric(value, "validity")
 
     @field_validator("bf16", mode="before")
     @classmethod
@@ -128,7 +176,9 @@ class EvalConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="decoding dtype; auto = bf16 where the hardware computes it natively (AMX or "
         "AVX512-BF16 CPUs, GPUs), else float32")
-    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20, 50])
+    ks: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 5, 10, 20, 50], min_length=1, description="cut-offs K of HR@K and NDCG@K"
+    )
     exclude_history: bool = False
     top_n: int = Field(50, ge=1, description="ranked items kept per sample in predictions")
 
@@ -152,8 +202,13 @@ class ClassicConfig(_Section):
     train_positions: Literal["all", "last"] = Field(
         "all", description="all = every position of the users' sequences (rebuilt from the windows) predicts "
         "its successor (SASRec paper); last = each window predicts only its target (RecBole; slower)")
-    valid_metric: str = Field("NDCG@10", pattern=r"^(HR|NDCG)@[0-9]+$", description="early-stopping metric")
+    valid_metric: str = Field("NDCG@10", description="early-stopping metric: HR@K or NDCG@K")
     seed: int = 42
+
+    @field_validator("valid_metric")
+    @classmethod
+    def _metric_name(cls, value: str) -> str:
+        return _check_metric(value, "")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ClassicConfig:
@@ -170,6 +225,15 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     classic: ClassicConfig = Field(default_factory=ClassicConfig)
 
+    @model_validator(mode="after")
+    def _selection_metric_is_computed(self) -> Config:
+        match = _METRIC.match(self.train.selection_metric)
+        if match and int(match.group(2)) not in self.eval.ks:
+            raise ValueError(
+                f"train.selection_metric {self.train.selection_metric} needs {match.group(2)} in eval.ks {self.eval.ks}"
+            )
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -180,6 +244,34 @@ class Config(_Section):
         for section, values in sections.items():
             tree[section].update(values)
         return Config.model_validate(tree)
+
+
+def as_prepared(config: Config, dataset: Any) -> Config:
+    """`config` with its data section replaced by what `dataset` (a PreparedDataset) was actually
+    prepared with, for a run's config.yaml: a run trained on a prepared directory records the source's
+    name and the preparation settings, not the data defaults it never used (the prepared directory
+    itself is run.json's `dataset`). Split sizes the dataset does not record are its sample counts."""
+    recorded = dict(dataset.meta.get("settings") or {})
+    data = {k: v for k, v in recorded.items() if k in DataConfig.model_fields}
+    data["dataset"] = str(dataset.meta.get("name") or Path(dataset.path).name)
+    if not recorded:
+        for split in ("train", "valid", "test"):
+            data[f"{split}_size"] = len(dataset.split(split)) or None
+    try:
+        return config.with_(data=data)
+    except ValidationError:  # an older or hand-written dataset.json: keep the path at least
+        return config.with_(data={"dataset": data["dataset"]})
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """UserError for a train.report_to tracker whose package is missing (checked when training starts,
+    not in the schema: a run's config.yaml must stay loadable where the tracker is not installed)."""
+    import importlib.util
+
+    for tracker in report_to:
+        if importlib.util.find_spec(tracker) is None:
+            raise UserError(f"train.report_to: {tracker} is not installed (pip install {tracker}), "
+                            "or drop it (--set train.report_to=[tensorboard])")
 
 
 def _parse_scalar(text: str) -> Any:
@@ -200,10 +292,52 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _section_fields(loc: tuple) -> list[str]:
+    """The field names allowed where `loc` (a pydantic error location) points."""
+    model: Any = Config
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _format_validation_error(err: ValidationError, source: str | dict[str, str]) -> str:
+    """One line for the first error: where it came from, the field, what is wrong, a suggestion."""
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(root)"
-    return f"{source}: field '{field}': {first['msg']} (got {first.get('input')!r})"
+    loc = tuple(first["loc"])
+    field = ".".join(str(p) for p in loc) or "(root)"
+    if isinstance(source, dict):  # dotted key -> the layer that set it
+        source = next((source[k] for k in (field, *(".".join(map(str, loc[:i])) for i in range(len(loc) - 1, 0, -1)))
+                       if k in source), source.get("", "settings"))
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        allowed = _section_fields(loc)
+        hint = did_you_mean(str(loc[-1]), allowed) if allowed else ""
+        where = ".".join(str(p) for p in loc[:-1]) or "the top level"
+        return f"{source}: unknown setting '{field}' (not a field of {where}){hint}"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(first.get("ctx", {}).get("expected", "")))
+        message += did_you_mean(str(value), choices) if isinstance(value, str) else ""
+    more = len(err.errors()) - 1
+    got = f" (got {value!r})" if loc else ""
+    return f"{source}: field '{field}': {message}{got}" + (f" [+{more} more]" if more else "")
+
+
+def setting_keys(model: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted settings key (`train.lora.r`, ...), for suggestions and `config show`."""
+    model = model or Config
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += setting_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
 
 
 def load_config(
@@ -214,10 +348,10 @@ def load_config(
     """Build a Config from defaults, an optional YAML file, `key.sub=value` strings and a dict of
     dotted keys (the dedicated CLI flags). Later layers win."""
     tree: dict[str, Any] = {}
-    source = "settings"
+    sources: dict[str, str] = {"": "settings"}  # dotted key -> which layer set it (for errors)
     if path is not None:
         path = Path(path)
-        source = str(path)
+        sources[""] = str(path)
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
@@ -231,11 +365,17 @@ def load_config(
         if "=" not in item:
             raise UserError(f"--set {item}: expected KEY=VALUE, e.g. train.learning_rate=2e-4")
         key, raw = item.split("=", 1)
-        _set_path(tree, key.strip(), _parse_scalar(raw))
+        key = key.strip()
+        if key not in setting_keys() and not any(k.startswith(key + ".") for k in setting_keys()):
+            raise UserError(f"--set {key}: unknown setting{did_you_mean(key, setting_keys())} "
+                            "(`softrec config show` lists them all)")
+        _set_path(tree, key, _parse_scalar(raw))
+        sources[key] = f"--set {key}"
     for key, value in (values or {}).items():
         if value is not None:
             _set_path(tree, key, value)
+            sources[key] = "command-line option"
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
-        raise UserError(_format_validation_error(err, source)) from None
+        raise UserError(_format_validation_error(err, sources)) from None

@@ -55,8 +55,8 @@ def evaluate(config: Config, dataset: PreparedDataset, run_dir: Path, split: str
 
     _log(f"evaluate {run_dir.name} on {split} ({config.eval.grounding} grounding)")
     status = cli_main([
-        "evaluate", "--run", str(run_dir), "--data", str(dataset.path), "--split", split,
-        "--grounding", config.eval.grounding, "--no-preflight",  # run_pipeline did it once up front
+        "evaluate", "--run-dir", str(run_dir), "--data", str(dataset.path), "--split", split,
+        "--grounding", config.eval.grounding, "--num-beams", str(config.eval.num_beams), "--no-preflight",  # run_pipeline did it once up front
     ])
     if status != 0:
         raise UserError(f"{run_dir}: evaluation failed (exit status {status})")

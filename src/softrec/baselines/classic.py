@@ -320,7 +320,9 @@ def train_classic(
         if run.valid(WEIGHTS, key) and run.valid(HISTORY, key):
             return _summary(run, method, reused=True)
         run.update_info(method=method, dataset=str(dataset.path), dataset_key=dataset.checksum, base_model=None)
-        run.save_config(config, inputs={"dataset": dataset.checksum})
+        from softrec.config import as_prepared
+
+        run.save_config(as_prepared(config, dataset), inputs={"dataset": dataset.checksum})
         # The model never reads more history than the training windows hold (train = test contexts).
         context = max(1, min(settings.max_len, max(len(s.history) for s in train)))
         atomic_write_json(run.path / HPARAMS, {"method": method, "n_items": n_items, "context": context,

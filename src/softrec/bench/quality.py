@@ -154,9 +154,12 @@ class Step:
         return shlex.join([*self.launcher, *(["softrec"] if not self.launcher else ["-m", "softrec"]), *self.argv])
 
 
-def eval_folder(out: Path, dataset: str, method: str) -> Path:
-    """Where a row's test evaluation lands: its metrics.json and predictions.jsonl."""
-    return out / dataset / method / "eval" / f"{SPLIT}-{GROUNDING}"
+def eval_folder(out: Path, dataset: str, method: str, limit: int | None = None) -> Path:
+    """Where a row's test evaluation lands: its metrics.json and predictions.jsonl (`limit`: the
+    suite's test_limit, part of the evaluation's name)."""
+    from softrec.cli.evaluate import evaluation_name
+
+    return out / dataset / method / "eval" / evaluation_name(SPLIT, GROUNDING, limit=limit)
 
 
 def _setting(sets: tuple[str, ...], key: str, default: Any) -> Any:
@@ -188,8 +191,8 @@ class _DatasetPlan:
         self.llm_eval = self.evaluation + _sets(suite.llm_sets)
         train = ["--data", str(self.data), "--model", suite.model, "--epochs", str(suite.epochs),
                  "--effective-batch", str(suite.effective_batch), "--micro-batch", str(suite.micro_batch)]
-        train += ["--train-size", str(suite.train_size)] if suite.train_size else []
-        train += ["--valid-size", str(suite.valid_size)] if suite.valid_size else []
+        train += ["--train-samples", str(suite.train_size)] if suite.train_size else []
+        train += ["--valid-samples", str(suite.valid_size)] if suite.valid_size else []
         self.llm_train = train + _sets(suite.llm_sets)
         self.llara = ["--backbone", "llara", "--sasrec-run", str(self.root / "sasrec")]
         self.out: list[Step] = []
@@ -198,7 +201,7 @@ class _DatasetPlan:
         self.out.append(Step(kind, self.name, owner, argv, output, self.launcher if launcher else []))
 
     def metrics(self, method: str) -> Path:
-        return eval_folder(self.bench_out, self.name, method) / "metrics.json"
+        return eval_folder(self.bench_out, self.name, method, self.suite.test_limit) / "metrics.json"
 
     def classic(self, method: str) -> None:
         run = self.root / method
@@ -216,7 +219,7 @@ class _DatasetPlan:
     def llm(self, method: str, train_args: list[str], teacher: str | None = None) -> None:
         run = self.root / method
         if teacher:
-            self.step("distill", method, ["distill", "--run", str(self.root / teacher), "--data", str(self.data),
+            self.step("distill", method, ["distill", "--run-dir", str(self.root / teacher), "--data", str(self.data),
                                           *_sets(self.suite.llm_sets)], self.root / teacher / "distilled.jsonl")
             train_args = [*train_args, "--distilled", str(self.root / teacher)]
         self.step("train-llm", method, ["train", *train_args, "--out", str(run), *self.llm_train],
@@ -325,7 +328,7 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
         rows: dict[str, Any] = {}
         ranks: dict[str, dict[str, int | None]] = {}
         for method in methods:
-            folder = eval_folder(out, name, method)
+            folder = eval_folder(out, name, method, suite.test_limit)
             if not (folder / "predictions.jsonl").exists():
                 continue
             ranks[method] = load_predictions(folder / "predictions.jsonl")

@@ -19,8 +19,10 @@ from softrec.errors import UserError
 COMMAND_MODULES: list[str] = [
     "softrec.cli.bench",
     "softrec.cli.data",
+    "softrec.cli.config_cmd",
     "softrec.cli.distill",
     "softrec.cli.evaluate",
+    "softrec.cli.export",
     "softrec.cli.run",
     "softrec.cli.report",
     "softrec.cli.train",
@@ -38,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="LLM-based sequential recommendation with SOFT (Self-Optimized Fine-Tuning).",
     )
     parser.add_argument("--version", action="version", version=f"softrec {__version__}")
+    parser.add_argument("-q", "--quiet", dest="log_quiet", action="store_true",
+                        help="only results and errors: no progress bars, no library logging")
+    parser.add_argument("-v", "--verbose", dest="log_verbose", action="count", default=0,
+                        help="more logging (-v: softrec info, -vv: libraries too, warnings unfiltered)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module_name in COMMAND_MODULES:
@@ -45,11 +51,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Warnings from libraries that say nothing actionable to a softrec user (deprecations inside
+# transformers/peft/torch that softrec's calls trigger); -vv shows them again.
+KNOWN_WARNINGS = (
+    r".*is_gradient_checkpointing.* is deprecated",
+    r".*`past_key_values` is deprecated",
+    r".*TypedStorage is deprecated",
+    r".*torch\.utils\._pytree\._register_pytree_node is deprecated",
+    r".*`resume_download` is deprecated",
+    r".*The attention mask and the pad token id were not set",
+    r".*Setting `pad_token_id` to `eos_token_id`",
+    r".*generation flags are not valid and may be ignored",
+)
+
+
+def _set_verbosity(level: int) -> None:
+    """-1 quiet, 0 default, 1 softrec info, 2 libraries' info and every warning. Libraries are
+    configured through environment variables and `logging`, so nothing heavy is imported here."""
+    import logging
+    import warnings
+
+    if level < 2:
+        for pattern in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", {-1: "error", 0: "error", 1: "warning"}.get(level, "info"))
+    if level < 0:
+        os.environ["TQDM_DISABLE"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    logging.basicConfig(format="softrec: %(message)s", level=logging.WARNING)
+    logging.getLogger("softrec").setLevel({-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(level, logging.DEBUG))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    import shlex
+
+    args.command_line = shlex.join(["softrec", *(sys.argv[1:] if argv is None else argv)])  # for model cards
+    _set_verbosity(-1 if args.log_quiet else args.log_verbose)
+    if args.log_quiet and hasattr(args, "quiet"):
+        args.quiet = True  # the sub-command's own progress switch (evaluate --quiet)
     try:
         result = args.func(args)
     except UserError as err:

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+
+from softrec.cli.common import LazyParser
+
+
+def _fill_from(module_name: str):
+    """The suite's options come from its module, imported only when the suite is used (speed imports
+    torch; `softrec --help` must not)."""
+    def fill(parser: argparse.ArgumentParser) -> None:
+        module = importlib.import_module(module_name)
+        parser.description = module.__doc__
+        module.add_arguments(parser)
+
+    return fill
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from softrec.bench import quality, speed
-
     parser = subparsers.add_parser("bench", help="benchmark suites: quality table, speed ratios")
-    suites = parser.add_subparsers(dest="bench", metavar="SUITE")
+    suites = parser.add_subparsers(dest="bench", metavar="SUITE", parser_class=LazyParser)
     suites.required = True
-    quality.add_arguments(suites.add_parser(
+    suites.add_parser(
         "quality", help="every method on the shared datasets; results.{json,md} + bar plot in --out",
-        description=quality.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    speed.add_arguments(suites.add_parser(
+        formatter_class=argparse.RawDescriptionHelpFormatter, populate=_fill_from("softrec.bench.quality"))
+    suites.add_parser(
         "speed", help="training/decoding/evaluation throughput and MFU, side by side; results in --out",
-        description=speed.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+        formatter_class=argparse.RawDescriptionHelpFormatter, populate=_fill_from("softrec.bench.speed"))

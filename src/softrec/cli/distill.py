@@ -1,4 +1,4 @@
-"""`softrec distill --run SFT_RUN_DIR --data PREPARED_DIR`: SOFT's self-distillation stage."""
+"""`softrec distill --run-dir SFT_RUN_DIR --data PREPARED_DIR`: SOFT's self-distillation stage."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generate self-distilled targets with a trained SFT run (SOFT stage 2)",
         description="Run the SFT model over every training input and store its top-beam generations.",
     )
-    parser.add_argument("--run", required=True, type=Path, help="the SFT run directory")
-    parser.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
-    parser.add_argument("--mode", choices=["raw", "grounded", "sample"], help="reference: raw")
-    parser.add_argument("--beams", type=int, help="beam width (reference 4)")
-    parser.add_argument("--max-new-tokens", type=int, help="reference 64")
+    parser.add_argument("--run-dir", "--run", dest="run", required=True, type=Path, metavar="RUN_DIR",
+                        help="the SFT run directory")
+    parser.add_argument("--data", required=True, type=Path, metavar="PREPARED_DIR", help="prepared dataset directory")
+    parser.add_argument("--mode", choices=["raw", "grounded", "sample"],
+                        help="raw = the top beam as generated (reference); grounded = its catalogue title; sample")
+    parser.add_argument("--num-beams", "--beams", dest="beams", type=int, metavar="N",
+                        help="beam width (soft.distill_beams, reference 4)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N", help="soft.distill_max_new_tokens (reference 64)")
     parser.add_argument("--no-preflight", action="store_true", help="skip the memory/time estimate and its refusal")
     add_config_options(parser)
     parser.set_defaults(func=run)

@@ -1,7 +1,8 @@
 """`softrec evaluate`, `softrec compare` and `softrec recommend`.
 
 `evaluate` works under `torchrun` (gloo on CPU): every rank evaluates its shard, rank 0 writes the
-files and prints. Results go to RUN_DIR/eval/<split>-<grounding>/ and the latest evaluation is
+files and prints. Results go to RUN_DIR/eval/<split>-<grounding>[-limitN][-beamsN...]/ (see
+`evaluation_name`: the suffixes name what differs from the full evaluation) and the latest evaluation is
 copied to RUN_DIR/metrics.json and RUN_DIR/predictions.jsonl. A rerun with the same settings, data
 and weights reuses the recorded result (manifest key) unless --force.
 """
@@ -48,6 +49,39 @@ def _process_group() -> Iterator[tuple[int, int]]:
 def _say(rank: int, text: str) -> None:
     if rank == 0:
         print(text, flush=True)
+
+
+# ---------------------------------------------------------------- naming
+def evaluation_name(split: str, grounding: str, *, limit: int | None = None, beams: int | None = None,
+                    max_new_tokens: int | None = None, length_penalty: float | None = None,
+                    exclude_history: bool = False) -> str:
+    """The folder under RUN_DIR/eval/ of one evaluation. The full evaluation with the run's own
+    decoding settings is `<split>-<grounding>` (what `softrec report` reads); anything else that changes
+    its numbers (a --limit, other beams, ...) is in the name, so a quick rerun never overwrites it."""
+    name = f"{split}-{grounding}"
+    name += f"-limit{limit}" if limit else ""
+    name += f"-beams{beams}" if beams is not None else ""
+    name += f"-maxtok{max_new_tokens}" if max_new_tokens is not None else ""
+    name += f"-lp{length_penalty:g}" if length_penalty is not None else ""
+    return name + ("-exclhist" if exclude_history else "")
+
+
+def _evaluation_name(args: argparse.Namespace, run_dir: Path, config: Config) -> str:
+    """evaluation_name with the decoding settings that differ from the run's saved config.yaml."""
+    from softrec.config import load_config
+
+    ev = config.eval
+    saved = ev  # a run without a readable config.yaml: nothing to differ from but the limit
+    if (run_dir / "config.yaml").exists():
+        with contextlib.suppress(UserError):
+            saved = load_config(run_dir / "config.yaml").eval
+
+    def changed(field: str) -> Any:
+        return getattr(ev, field) if getattr(ev, field) != getattr(saved, field) else None
+
+    return evaluation_name(args.split, ev.grounding, limit=args.limit, beams=changed("num_beams"),
+                           max_new_tokens=changed("max_new_tokens"), length_penalty=changed("length_penalty"),
+                           exclude_history=bool(changed("exclude_history")))
 
 
 # ---------------------------------------------------------------- shared loading
@@ -162,7 +196,9 @@ def _start_icl_run(args: argparse.Namespace, rank: int) -> Path:
             run.update_info(base_model=args.model, method="icl", shots=args.shots, seed=args.seed,
                             dataset=str(Path(args.data).resolve()), dataset_key=dataset.checksum,
                             template=config.model.template)
-            run.save_config(config, inputs={"dataset": dataset.checksum})
+            from softrec.config import as_prepared
+
+            run.save_config(as_prepared(config, dataset), inputs={"dataset": dataset.checksum})
     _barrier()
     return run_dir
 
@@ -227,12 +263,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         elif args.run:
             run_dir = Path(args.run)
         else:
-            raise UserError("--run RUN_DIR is required (or --method icl with --model/--data/--out)")
+            raise UserError("--run-dir RUN_DIR is required (or --method icl with --model/--data/--out)")
         info = _run_info(run_dir)
         config = _run_config(args, run_dir, _eval_flags(args))
         dataset = _dataset(args.data, info)
         samples = dataset.split(args.split)[: args.limit] if args.limit else dataset.split(args.split)
-        name = f"{args.split}-{config.eval.grounding}"
+        name = _evaluation_name(args, run_dir, config)
         settings = {**config.eval.model_dump(mode="json"), "split": args.split, "limit": args.limit,
                     "dataset": str(dataset.path), "dataset_key": dataset.checksum,
                     "method": info.get("method"), "base_model": info.get("base_model")}
@@ -352,12 +388,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser("evaluate", help="full-ranking metrics of a run (HR@K, NDCG@K, validity)",
                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # --run-dir: torchrun's own parser rejects `--run` as an ambiguous prefix of its --run-path
-    ev.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR",
-                    help="trained run directory (under torchrun spell it --run-dir)")
-    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev.add_argument("--run-dir", "--run", dest="run", metavar="RUN_DIR",
+                    help="trained run directory (--run is an alias; torchrun's parser needs --run-dir)")
+    ev.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split to rank (default test)")
     _decoding_options(ev)
-    ev.add_argument("--max-new-tokens", type=int)
-    ev.add_argument("--length-penalty", type=float)
+    ev.add_argument("--max-new-tokens", type=int, metavar="N", help="eval.max_new_tokens (reference 64)")
+    ev.add_argument("--length-penalty", type=float, metavar="X", help="beam-search length penalty (eval.length_penalty, 1.0)")
     ev.add_argument("--batch-size", type=int, help="prompts per generate call")
     ev.add_argument("--limit", type=int, metavar="N", help="only the first N samples of the split")
     ev.add_argument("--force", action="store_true", help="recompute even if a valid result exists")
@@ -372,18 +408,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=cmd_evaluate)
 
     cmp = subparsers.add_parser("compare", help="paired bootstrap of two evaluations' per-sample metrics")
-    cmp.add_argument("a", metavar="RUN_OR_PREDICTIONS_A")
-    cmp.add_argument("b", metavar="RUN_OR_PREDICTIONS_B")
-    cmp.add_argument("--resamples", type=int, default=10_000)
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--json", action="store_true")
+    cmp.add_argument("a", metavar="RUN_OR_PREDICTIONS_A", help="baseline: a run directory or a predictions.jsonl")
+    cmp.add_argument("b", metavar="RUN_OR_PREDICTIONS_B", help="the other evaluation, same split and samples")
+    cmp.add_argument("--resamples", type=int, default=10_000, metavar="N", help="bootstrap resamples (10000)")
+    cmp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    cmp.add_argument("--json", action="store_true", help="machine-readable output")
     cmp.set_defaults(func=cmd_compare)
 
     rec = subparsers.add_parser("recommend", help="rank catalogue items for a history of titles or ids")
-    rec.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR", required=True)
-    rec.add_argument("--history", nargs="+", required=True, metavar="TITLE_OR_ID")
+    rec.add_argument("--run-dir", "--run", dest="run", metavar="RUN_DIR", required=True,
+                     help="trained run directory (--run is an alias)")
+    rec.add_argument("--history", nargs="+", required=True, metavar="TITLE_OR_ID",
+                     help="the user's items, oldest first: catalogue titles or item ids")
     rec.add_argument("-k", type=int, default=10, help="items to show")
-    rec.add_argument("--json", action="store_true")
+    rec.add_argument("--json", action="store_true", help="machine-readable output")
     _decoding_options(rec)
     add_config_options(rec)
     rec.set_defaults(func=cmd_recommend)

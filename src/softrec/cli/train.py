@@ -41,8 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="llara: SASRec run on the same data (default: train one into OUT/sasrec)")
     parser.add_argument("--epochs", type=int, help="maximum epochs (reference 7)")
     parser.add_argument("--seed", type=int, help="training seed (reference 42)")
-    parser.add_argument("--train-size", type=int, metavar="N", help="train on a seeded subset of N samples")
-    parser.add_argument("--valid-size", type=int, metavar="N", help="validate on a seeded subset of N samples")
+    parser.add_argument("--train-samples", type=int, metavar="N",
+                        help="train on a seeded subset of N prepared train samples (train.train_samples; default all)")
+    parser.add_argument("--valid-samples", type=int, metavar="N",
+                        help="validate on a seeded subset of N prepared valid samples (train.valid_samples; default all)")
+    # --train-size/--valid-size mean one thing everywhere: windows sampled when a dataset is prepared
+    parser.add_argument("--train-size", "--valid-size", dest="prepare_size", metavar="N", help=argparse.SUPPRESS)
+    parser.add_argument("--num-beams", type=int, metavar="N", help="beams when decoding the validation split (eval.num_beams, 4)")
     parser.add_argument("--micro-batch", type=int, metavar="N", help="samples per forward pass")
     parser.add_argument("--effective-batch", type=int, metavar="N", help="samples per optimizer step (reference 256)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
@@ -56,7 +61,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# LLM-only flags: refused for sasrec/gru4rec rather than silently ignored (their settings: classic.*)
+_LLM_ONLY_FLAGS = {
+    "model": "--model", "backbone": "--backbone", "sasrec_run": "--sasrec-run", "train_samples": "--train-samples",
+    "valid_samples": "--valid-samples", "micro_batch": "--micro-batch", "effective_batch": "--effective-batch",
+    "full": "--full", "distilled": "--distilled", "num_beams": "--num-beams", "alpha": "--alpha", "no_preflight": "--no-preflight",
+}
+
+
+def _classic_flags(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """--epochs and --seed mean the same for a classic method (classic.epochs, classic.seed); the
+    LLM-only flags are refused with the setting to use instead."""
+    given = [flag for dest, flag in _LLM_ONLY_FLAGS.items() if getattr(args, dest, None) not in (None, False)]
+    if given:
+        raise UserError(f"{', '.join(given)}: not used by --method {method} (a classic recommender); "
+                        "its settings are classic.* (`softrec config show`), e.g. --set classic.batch_size=128")
+    return {"train.method": method, "classic.epochs": args.epochs, "classic.seed": args.seed}
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.prepare_size is not None:
+        raise UserError("--train-size/--valid-size set how many windows `softrec data prepare` (or `softrec run`) "
+                        "samples; to train or validate on a subset of the prepared samples use "
+                        "--train-samples N / --valid-samples N")
+    method = args.method
+    if method is None:  # the method may come from --config/--set: resolve it first
+        method = config_from_args(args).train.method
+    if method in CLASSIC_METHODS:
+        from softrec.baselines import train_classic
+
+        config = config_from_args(args, _classic_flags(args, method))
+        print(f"{method}: {train_classic(config, _dataset(args.data), args.out, resume=args.resume)}")
+        return 0
     config = config_from_args(args, {
         "train.method": args.method,
         "model.name": args.model,
@@ -64,27 +100,29 @@ def run(args: argparse.Namespace) -> int:
         "model.llara_sasrec_run": str(args.sasrec_run.resolve()) if args.sasrec_run else None,
         "train.epochs": args.epochs,
         "train.seed": args.seed,
-        "train.train_samples": args.train_size,
-        "train.valid_samples": args.valid_size,
+        "train.train_samples": args.train_samples,
+        "train.valid_samples": args.valid_samples,
         "train.micro_batch": args.micro_batch,
+        "eval.num_beams": args.num_beams,
         "train.effective_batch": args.effective_batch,
         "train.lora.enabled": False if args.full else None,
         "soft.alpha": args.alpha,
     })
-    dataset = _dataset(args.data)
-    method = config.train.method
-    if method in CLASSIC_METHODS:
-        from softrec.baselines import train_classic
+    from softrec.config import check_trackers
+    from softrec.models.registry import check_name
 
-        print(f"{method}: {train_classic(config, dataset, args.out, resume=args.resume)}")
-        return 0
+    check_name(config.model.name)
+    check_trackers(config.train.report_to)
+    dataset = _dataset(args.data)
     distilled, callbacks = _soft_inputs(config, dataset, args)
     from softrec.preflight import preflight_train
     from softrec.training.trainer import train_llm
 
     preflight_train(config, dataset, skip=args.no_preflight)
 
-    info = {"distilled_from": str(args.distilled.resolve())} if distilled is not None else None
+    info = {"command": getattr(args, "command_line", None)}
+    if distilled is not None:
+        info["distilled_from"] = str(args.distilled.resolve())
     result = train_llm(config, dataset, args.out, resume=args.resume, distilled=distilled,
                        callbacks=callbacks, info=info)
     best = "" if result.best_metric is None else f" ({config.train.selection_metric} {result.best_metric:.4f})"

@@ -95,8 +95,20 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def check_name(name: str) -> None:
+    """UserError, with a did-you-mean, for a name that is neither registered, a directory nor a Hub
+    id (`owner/name`): caught before any work starts instead of after a failed Hub lookup."""
+    if name in _LOADERS or "/" in name or Path(name).expanduser().exists():
+        return
+    from softrec.suggest import did_you_mean
+
+    raise UserError(f"model '{name}': not a registered name ({', '.join(available())}), not a local "
+                    f"checkpoint directory and not a Hub id (owner/name){did_you_mean(name, available())}")
+
+
 def load_backbone(name: str) -> ModelAndTokenizer:
     """The frozen, untuned base model and its tokenizer, in eval mode, on `default_device()`."""
+    check_name(name)
     loader = _LOADERS.get(name)
     model, tokenizer = loader() if loader else load_hf(name)
     return model.to(default_device()).eval(), prepare_tokenizer(tokenizer)

@@ -40,7 +40,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from softrec.config import Config, TrainConfig
+from softrec.config import Config, TrainConfig, as_prepared
 from softrec.data.dataset import PreparedDataset, Sample
 from softrec.runs import RunDir, atomic_dir, atomic_write_json, content_key
 from softrec.training.batches import Collator, EncodedDataset, LengthGroupedSampler, encode_samples
@@ -457,6 +457,12 @@ def _weights_saver(out: Path, lora: bool) -> Callable[[Any, Any], None]:
             from softrec.models.llara import save_projector
 
             save_projector(model, tmp)  # LLaRA backbone: its item projector beside the weights
+            from softrec.models.export import describe_adapter
+
+            try:  # base identity, tokenizer, prompt template, model card: loadable without softrec
+                describe_adapter(tmp, out, tokenizer)
+            except Exception as exc:  # documentation only: never lose the trained weights over it
+                log.warning("%s: could not write the model card (%s: %s)", out, type(exc).__name__, exc)
 
     return save
 
@@ -493,6 +499,7 @@ def training_key(config: Config, dataset: PreparedDataset, distilled: dict[str, 
     the prepared data and the self-distilled targets."""
     settings = config.model_dump(mode="json")
     settings.pop("data", None)
+    settings["train"].pop("report_to", None)  # where logs go never changes the weights
     return content_key(settings, dataset.checksum, content_key(sorted((distilled or {}).items())))
 
 
@@ -534,7 +541,6 @@ def build_trainer(
 ) -> tuple[SoftTrainer, EpochEndCallback]:
     """The SoftTrainer `train_llm` runs (model with LoRA, data, callbacks), ready for `.train()`."""
     from transformers import set_seed
-    from transformers.integrations import TensorBoardCallback
 
     train_cfg = config.train
     set_seed(train_cfg.seed)
@@ -595,9 +601,7 @@ def build_trainer(
     all_callbacks: list[TrainerCallback] = [*(callbacks or []), epoch_cb, JsonlLogCallback(out / "logs" / "metrics.jsonl"),
                                             CheckpointSealCallback()]
     if args.process_index == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        all_callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "logs"))))
+        all_callbacks += _tracker_callbacks(train_cfg.report_to, out)
     trainer = SoftTrainer(
         model=model,
         args=args,
@@ -617,6 +621,32 @@ def build_trainer(
         elif not hasattr(callback, "trainer"):
             callback.trainer = trainer
     return trainer, epoch_cb
+
+
+def _tracker_callbacks(report_to: list[str], out: Path) -> list[TrainerCallback]:
+    """train.report_to -> transformers' callbacks: TensorBoard into RUN_DIR/logs, W&B and MLflow as
+    they configure themselves (WANDB_PROJECT, MLFLOW_TRACKING_URI, ...), the run named after RUN_DIR."""
+    from softrec.config import check_trackers
+
+    check_trackers(report_to)
+    callbacks: list[TrainerCallback] = []
+    if "tensorboard" in report_to:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "logs"))))
+    if "wandb" in report_to:
+        from transformers.integrations import WandbCallback
+
+        os.environ.setdefault("WANDB_NAME", out.name)
+        os.environ.setdefault("WANDB_DIR", str(out / "logs"))
+        callbacks.append(WandbCallback())
+    if "mlflow" in report_to:
+        from transformers.integrations import MLFlowCallback
+
+        os.environ.setdefault("MLFLOW_RUN_NAME", out.name)
+        callbacks.append(MLFlowCallback())
+    return callbacks
 
 
 def train_llm(
@@ -694,7 +724,7 @@ def _train_llm(
         inputs = {"dataset": dataset.checksum}
         if distilled is not None:
             inputs["distilled"] = content_key(sorted(distilled.items()))
-        run.save_config(config, inputs=inputs)
+        run.save_config(as_prepared(config, dataset), inputs=inputs)  # the data actually used
 
     if resume and weights_name in run.manifest()["artefacts"] and not run.valid(weights_name):
         # the best epoch's weights were altered after they were recorded; the checkpoints cannot

@@ -127,9 +127,14 @@ def locate(dataset: str, fmt: str | None = None) -> Located:
             path = download.fetch(dataset)
         else:
             where = f"{root}/{dataset}" if root is not None else "$SOFTREC_DATA_DIR (not set)"
+            from softrec.suggest import did_you_mean
+
+            local = [p.name for p in root.iterdir() if p.is_dir()] if root is not None and root.is_dir() else []
+            known = ["demo", *download.SOURCES, *local]
             raise UserError(
                 f"dataset '{dataset}': not a directory, not found at {where}, and not a "
                 f"downloadable name ({', '.join(download.names())}); pass a DIR or set SOFTREC_DATA_DIR"
+                f"{did_you_mean(dataset, known)}"
             )
     name = path.stem if path.is_file() else path.resolve().name
     if download.is_known(dataset):
