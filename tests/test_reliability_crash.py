@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from softrec.cli import main
 from softrec.runs import read_jsonl
 
+
 def _env() -> dict[str, str]:
     """The environment at call time: a test's monkeypatched SOFTREC_CACHE must reach the child too (a
     module-level copy sent it to the user's cache, whose stale embeddings made it disagree)."""

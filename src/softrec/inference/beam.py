@@ -9,9 +9,9 @@ keeps transformers' selection rules exactly (`GenerationMixin._beam_search` in t
 finished scores, the `early_stopping=False` heuristic) and changes only how they are computed:
 
 - prompts are prefilled once, not once per beam (`cache.PromptSharedCache`);
-- per step, each row's log-normaliser is a log-sum-exp and only its top `beams_to_keep` tokens are
-  ranked: the union of the rows' top-k lists holds the prompt's global top-k, so the selection is
-  the same as over the flattened `num_beams x vocabulary` scores;
+- per step, each row's log-normaliser and its top `beams_to_keep` tokens come from a fused pass
+  over the vocabulary (`head.ChunkedHead`): the union of the rows' top-k lists holds the prompt's
+  global top-k, so the selection is the same as over the flattened `num_beams x vocabulary` scores;
 - a prompt leaves the batch as soon as transformers' stopping heuristic says its finished beams
   can no longer change (they cannot: every later candidate is pushed below them by -1e9);
 - constrained decoding masks the rows after the log-normaliser, as a logits processor does.
@@ -51,10 +51,12 @@ class BeamResult:
     scores: list[float]
 
 
-# A step function: token ids [rows] fed at this step -> next-token logits [rows, vocab] (any dtype).
+# A step function: token ids [rows] fed at this step -> last hidden states [rows, hidden].
 StepFn = Callable[[torch.Tensor], torch.Tensor]
-# (generated token ids [rows, t], float logits [rows, vocab]) -> each row's best allowed logits and
-# their token ids, [rows, m] each, best first (m >= beams_to_keep; -inf pads rows with fewer tokens).
+# (generated token ids [rows, t], hidden states [rows, hidden]) -> each row's best allowed next-token
+# log-probabilities (normalised over the whole vocabulary, as transformers applies logits processors
+# to log-softmax output) and their token ids, [rows, m] each, best first (m >= beams_to_keep; -inf
+# pads rows with fewer allowed tokens).
 CandidateFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # Called with the kept prompt positions (into the current batch) whenever prompts leave it.
 KeepFn = Callable[[torch.Tensor], None]
@@ -62,38 +64,16 @@ KeepFn = Callable[[torch.Tensor], None]
 ReorderFn = Callable[[torch.Tensor], None]
 
 
-def top_tokens(n: int) -> CandidateFn:
-    """Unconstrained decoding: every row's n best tokens over the whole vocabulary."""
-
-    def candidates(generated: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits.topk(min(n, logits.shape[-1]), dim=-1)
-
-    return candidates
-
-
-def _top_candidates(logits: torch.Tensor, running: torch.Tensor, candidates: CandidateFn,
-                    generated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's candidate accumulated log-probabilities and their token ids.
-
-    The log-normaliser covers the whole vocabulary before any constraint, as transformers applies
-    logits processors to log-softmax output."""
-    logits = logits.float()
-    norm = torch.logsumexp(logits, dim=-1, keepdim=True)
-    values, tokens = candidates(generated, logits)
-    return values - norm + running.reshape(-1, 1), tokens
-
-
-def beam_search(first_logits: torch.Tensor, step: StepFn, settings: BeamSettings, *,
-                reorder: ReorderFn, keep: KeepFn, candidates: CandidateFn | None = None) -> list[BeamResult]:
+def beam_search(first_hidden: torch.Tensor, step: StepFn, candidates: CandidateFn, settings: BeamSettings, *,
+                reorder: ReorderFn, keep: KeepFn) -> list[BeamResult]:
     """Beam search for a batch of prompts whose last prompt token has been run.
 
-    `first_logits` [prompts, vocab] are the prefill's logits at each prompt's last position;
+    `first_hidden` [prompts, hidden] are the prefill's hidden states at each prompt's last position;
     `step` runs one decoding step for every row (prompts x beams, prompt-major) still in the batch.
     """
-    device = first_logits.device
-    candidates = candidates or top_tokens(settings.beams_to_keep)
+    device = first_hidden.device
     k, n, max_new = settings.num_beams, settings.beams_to_keep, settings.max_new_tokens
-    batch = first_logits.shape[0]
+    batch = first_hidden.shape[0]
     stops = torch.tensor(settings.stop_ids, device=device)
     results: list[BeamResult | None] = [None] * batch
     alive = torch.arange(batch, device=device)  # original prompt index of each batch position
@@ -109,11 +89,12 @@ def beam_search(first_logits: torch.Tensor, step: StepFn, settings: BeamSettings
     pending = improvable.clone()  # result not yet recorded
     eligible_rank = torch.arange(n, device=device) < k
 
-    logits = first_logits.repeat_interleave(k, dim=0)
+    hidden = first_hidden.repeat_interleave(k, dim=0)
     for t in range(max_new):
         rows = alive.numel()
         generated = running_tokens[:, :, :t].reshape(rows * k, t)
-        values, tokens = _top_candidates(logits, running_scores, candidates, generated)
+        values, tokens = candidates(generated, hidden)
+        values = values + running_scores.reshape(-1, 1)
         # the prompt's top n over its k rows' top-n lists = its top n over k x vocabulary
         scores, flat = values.reshape(rows, -1).topk(n, dim=-1)
         source = torch.div(flat, values.shape[-1], rounding_mode="floor")  # beam within the prompt
@@ -162,7 +143,7 @@ def beam_search(first_logits: torch.Tensor, step: StepFn, settings: BeamSettings
             running_scores, running_tokens = running_scores[kept], running_tokens[kept]
             done_scores, done_tokens = done_scores[kept], done_tokens[kept]
             done_lengths, done_flags = done_lengths[kept], done_flags[kept]
-        logits = step(running_tokens[:, :, t].reshape(-1))
+        hidden = step(running_tokens[:, :, t].reshape(-1))
     return results  # type: ignore[return-value]
 
 

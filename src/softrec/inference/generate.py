@@ -9,6 +9,8 @@ evaluation, `recommend`, ICL. Beam search, optionally constrained to catalogue t
   per step for many rows) and prefilled once, not once per beam;
 - the KV cache grows in place and only its generated tail is reordered (`cache.py`);
 - a prompt leaves the batch as soon as its beams are final;
+- the LM head runs over vocabulary chunks, reduced on the fly to each row's log-normaliser and
+  best tokens (`head.py`), instead of a [rows, vocabulary] logits tensor read back several times;
 - constrained decoding ranks only the tokens that continue a title (`trie_tokens`).
 
 `generate_baseline` (plain `generate` + `prefix_allowed_tokens_fn` over a dict trie) and
@@ -29,6 +31,7 @@ from transformers import GenerationConfig
 from softrec.hardware import use_bf16
 from softrec.inference.beam import BeamResult, BeamSettings, CandidateFn, beam_search
 from softrec.inference.cache import PromptSharedCache
+from softrec.inference.head import ChunkedHead
 from softrec.inference.trie import DictTrie, TitleTrie
 
 
@@ -162,24 +165,25 @@ def _causal_lm(model: Any) -> Any:
     return get_base() if callable(get_base) else model
 
 
-def trie_tokens(trie: TitleTrie, n: int, pad: int) -> CandidateFn:
+def trie_tokens(trie: TitleTrie, head: ChunkedHead, n: int, pad: int) -> CandidateFn:
     """Constrained decoding: every row's n best tokens among those that continue a catalogue title.
 
-    Only the allowed (row, token) pairs are gathered, so the ranking covers a few columns instead of
-    the vocabulary; the log-normaliser still covers the whole vocabulary (see beam._top_candidates).
+    Log-probabilities are normalised over the whole vocabulary, then only the allowed (row, token)
+    pairs are gathered and ranked: a few columns per row instead of the vocabulary.
     """
 
-    def candidates(generated: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def candidates(generated: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_probs = head.log_probs(hidden)
         rows, tokens = trie.allowed_pairs(trie.states(generated))
         order = torch.argsort(rows, stable=True)
         rows, tokens = rows[order], tokens[order]
-        counts = torch.bincount(rows, minlength=logits.shape[0])
+        counts = torch.bincount(rows, minlength=log_probs.shape[0])
         width = max(int(counts.max()), n)
         within = torch.arange(rows.numel()) - (torch.cumsum(counts, 0) - counts)[rows]
-        rows, tokens, within = (x.to(logits.device) for x in (rows, tokens, within))
-        values = logits.new_full((logits.shape[0], width), -float("inf"))
-        values[rows, within] = logits[rows, tokens]
-        ids = torch.full((logits.shape[0], width), pad, dtype=torch.long, device=logits.device)
+        rows, tokens, within = (x.to(log_probs.device) for x in (rows, tokens, within))
+        values = log_probs.new_full((log_probs.shape[0], width), -float("inf"))
+        values[rows, within] = log_probs[rows, tokens]
+        ids = torch.full((log_probs.shape[0], width), pad, dtype=torch.long, device=log_probs.device)
         ids[rows, within] = tokens
         top = values.topk(n, dim=-1)
         return top.values, ids.gather(1, top.indices)
@@ -188,34 +192,40 @@ def trie_tokens(trie: TitleTrie, n: int, pad: int) -> CandidateFn:
 
 
 def _decode_batch(model: Any, encoded: dict[str, torch.Tensor], settings: BeamSettings,
-                  candidates: CandidateFn | None) -> list[BeamResult]:
+                  trie: TitleTrie | None) -> list[BeamResult]:
     """Prefill every prompt once, then beam search with a cache that grows in place."""
-    device, k = model.device, settings.num_beams
+    lm = _causal_lm(model)
+    body, head = lm.model, ChunkedHead(lm)
+    device, k = lm.device, settings.num_beams
     input_ids = encoded["input_ids"].to(device)
     mask = encoded["attention_mask"].to(device)
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # generate's rule for left padding
-    cache = PromptSharedCache(model.config)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1]
-    del out
+    cache = PromptSharedCache(lm.config)
+    first = body(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                 use_cache=True).last_hidden_state[:, -1]
     cache.expand_for_beams(k, settings.max_new_tokens)
     state = {"mask": mask.repeat_interleave(k, dim=0), "position": (positions[:, -1] + 1).repeat_interleave(k)}
 
     def step(tokens: torch.Tensor) -> torch.Tensor:
         state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((tokens.shape[0], 1))], dim=1)
-        out = model(input_ids=tokens[:, None], attention_mask=state["mask"], position_ids=state["position"][:, None],
-                    cache=cache, use_cache=True, logits_to_keep=1)
+        out = body(input_ids=tokens[:, None], attention_mask=state["mask"], position_ids=state["position"][:, None],
+                   cache=cache, use_cache=True)
         state["position"] = state["position"] + 1
-        return out.logits[:, -1]
+        return out.last_hidden_state[:, -1]
 
     def keep(prompts: torch.Tensor) -> None:
         cache.select_prompts(prompts, k)
         rows = (prompts[:, None] * k + torch.arange(k, device=prompts.device)).reshape(-1)
         state["mask"], state["position"] = state["mask"][rows], state["position"][rows]
 
+    n = settings.beams_to_keep
+    if trie is None:
+        def candidates(generated: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return head.top(hidden, n)
+    else:
+        candidates = trie_tokens(trie, head, n, settings.pad_id)
     # the attention mask and positions are the same for every beam of a prompt: only the cache moves
-    return beam_search(first, step, settings, reorder=cache.reorder_cache, keep=keep, candidates=candidates)
+    return beam_search(first, step, candidates, settings, reorder=cache.reorder_cache, keep=keep)
 
 
 @torch.inference_mode()
@@ -242,11 +252,10 @@ def generate_beam_ids(
     stops = tuple(stop_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     settings = BeamSettings(num_beams, max_new_tokens, length_penalty, stops, pad)
-    candidates = None if constrain_to is None else trie_tokens(constrain_to, settings.beams_to_keep, pad)
     with decoding_model(model, decode_dtype(dtype, model.device)) as decoder:
 
         def decode(encoded: dict[str, torch.Tensor]) -> list[Beams]:
-            found = _decode_batch(decoder, encoded, settings, candidates)
+            found = _decode_batch(decoder, encoded, settings, constrain_to)
             return [Beams(r.token_ids, tokenizer.batch_decode(r.token_ids, skip_special_tokens=True)) for r in found]
 
         return _run_batches(tokenizer, prompts, batch_size, progress, decode)
