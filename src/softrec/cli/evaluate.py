@@ -199,6 +199,7 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from softrec.data.prompts import prompt_fingerprint
     from softrec.runs import RunDir, content_key
 
     with _process_group() as (rank, _world):
@@ -215,7 +216,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         name = f"{args.split}-{config.eval.grounding}"
         settings = {**config.eval.model_dump(mode="json"), "split": args.split, "limit": args.limit,
                     "dataset": str(dataset.path), "dataset_key": dataset.checksum,
-                    "method": info.get("method"), "base_model": info.get("base_model")}
+                    "method": info.get("method"), "base_model": info.get("base_model"),
+                    "prompt": prompt_fingerprint(config.model.template)}
         key = content_key(settings, _weights_fingerprint(run_dir, info), info.get("shots"))
         folder = Path("eval") / name
         reuse = not args.force and all(
