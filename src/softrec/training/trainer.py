@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 Validator = Callable[[Any, Any], dict[str, float]]
 CHECKPOINTS = "checkpoints"
+TRAIN_SAMPLES = "train_samples.json"  # the sample ids this run trains on, in dataset order
 
 
 @dataclass
@@ -464,9 +465,12 @@ def prepare_model(model: Any, config: Config) -> Any:
 def training_key(config: Config, dataset: PreparedDataset, distilled: dict[str, str] | None) -> str:
     """What a finished training depends on: settings (bar data, which the dataset key covers),
     the prepared data and the self-distilled targets."""
+    from softrec.data.prompts import prompt_fingerprint
+
     settings = config.model_dump(mode="json")
     settings.pop("data", None)
-    return content_key(settings, dataset.checksum, content_key(sorted((distilled or {}).items())))
+    return content_key(settings, dataset.checksum, content_key(sorted((distilled or {}).items())),
+                       prompt_fingerprint(config.model.template))
 
 
 def subset(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
@@ -675,6 +679,8 @@ def _train_llm(
         model_and_tokenizer=model_and_tokenizer, progress=progress,
     )
     tokenizer = trainer.processing_class
+    if is_main_process():  # which samples this run trains on (the SOFT probe is drawn from them)
+        atomic_write_json(out / TRAIN_SAMPLES, [e.sample_id for e in trainer.train_dataset.encoded])
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if trainer.is_world_process_zero():
