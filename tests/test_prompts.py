@@ -7,11 +7,11 @@ Every expected string below is written out literally from the reference code
 
 from __future__ import annotations
 
+from conftest import shared_dataset
+
 from softrec.cli import main
 from softrec.data.dataset import Domain
 from softrec.data.prompts import build_prompt, response_text, strip_response
-
-from conftest import shared_dataset
 
 REFERENCE_GAMES = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
