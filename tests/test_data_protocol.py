@@ -196,3 +196,15 @@ def test_dataset_json_records_settings_and_source_checksums(tmp_path):
 def test_domain_words_can_be_overridden(tmp_path):
     dataset = prepare_dataset(config(datafiles.generic(tmp_path), domain=("novel", "novels", "read")), tmp_path / "o")
     assert dataset.domain.items == "novels"
+
+
+def test_exact_duplicate_interaction_rows_count_once(tmp_path):
+    """Reference origin_data/amazon_process.py line 13: `df.drop_duplicates()` before anything else."""
+    src = datafiles.generic(tmp_path / "src")
+    log = src / "interactions.csv"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines) + lines[1] + lines[2])  # two rows repeated exactly
+    stats = prepare_dataset(config(src), tmp_path / "out").stats()
+    assert stats["before_filtering"]["interactions"] == 50
+    assert stats["dropped"]["duplicate_interaction_rows"] == 2
+    assert stats["interactions"] == 48

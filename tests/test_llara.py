@@ -43,7 +43,8 @@ def test_prompt_has_one_item_token_per_title_and_titles_tokenize_as_before(tiny_
     model, tokenizer = _llara_tiny()
     plain = load_backbone("tiny")[1]
     prompt = _prompt(tiny_dataset, tokenizer, [3, 7])
-    assert f'"{tiny_dataset.titles[3]}"[HistoryEmb_3], "{tiny_dataset.titles[7]}"[HistoryEmb_7]' in prompt
+    # reference (inference_llara.py line 42): a space between the quoted title and its placeholder
+    assert f'"{tiny_dataset.titles[3]}" [HistoryEmb_3], "{tiny_dataset.titles[7]}" [HistoryEmb_7]' in prompt
     ids = tokenizer(prompt)["input_ids"]
     offset = tokenizer.convert_tokens_to_ids("[HistoryEmb_0]")
     assert offset >= model.config.vocab_size  # never scored by the LM head, so never generated
@@ -62,7 +63,7 @@ def test_item_embedding_changes_the_logits_and_nothing_else_does(tiny_dataset):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     # same titles, different item token -> different response logits
     titles = [tiny_dataset.titles[i] for i in (3, 5)]
-    other = build_prompt(titles, tiny_dataset.domain, "alpaca", tokenizer, item_suffix=["[HistoryEmb_3]", "[HistoryEmb_9]"])
+    other = build_prompt(titles, tiny_dataset.domain, "alpaca", tokenizer, item_suffix=[" [HistoryEmb_3]", " [HistoryEmb_9]"])
     c = _last_logits(model, tokenizer, other)
     assert (a - c).abs().max() > 1e-4
     # and changing the frozen table row of item 5 changes them as well

@@ -54,4 +54,10 @@ def test_alpha_sweep_keeps_the_run_with_the_best_validation(tmp_path):
         "soft-alpha10": run("a10", [{**tie, "validity": 0.9}]),  # same HR/NDCG, more real titles
         "soft-alpha0.1": run("a01", [{**tie, "HR@10": 0.02}]),
     }
-    assert _best_on_validation(runs) == "soft-alpha10"
+    # reference: HR@10 alone, a tie keeps the earlier run of the sweep
+    assert _best_on_validation(runs) == "soft-alpha1"
+    # train.selection_tie_break: NDCG@10, then validity, break the tie
+    assert _best_on_validation(runs, "HR@10", tie_break=True) == "soft-alpha10"
+    # train.selection_metric is honoured (not a hard-coded HR@10)
+    runs["soft-alpha0.1"] = run("a01b", [{**tie, "HR@10": 0.02, "NDCG@10": 0.09}])
+    assert _best_on_validation(runs, "NDCG@10") == "soft-alpha0.1"

@@ -85,6 +85,20 @@ def test_best_epoch_is_kept_and_early_stopping_fires(tiny_dataset, tmp_path):
     assert json.loads((out / "history.json").read_text())[1]["valid"]["HR@10"] == 0.5
 
 
+@pytest.mark.parametrize(("tie_break", "best_epoch", "epochs_run"), [(False, 1, 3), (True, 3, 4)])
+def test_a_tied_validation_resets_patience_only_with_tie_break(tiny_dataset, tmp_path, tie_break, best_epoch, epochs_run):
+    """Reference: a tie on HR@10 (better NDCG) neither keeps the epoch nor resets patience."""
+    scores = iter([(0.5, 0.1), (0.5, 0.2), (0.5, 0.3), (0.5, 0.3)])
+
+    def validator(model, tokenizer):
+        hr, ndcg = next(scores)
+        return {"HR@10": hr, "NDCG@10": ndcg}
+
+    config = tiny_config(**{"train.epochs": 4, "train.patience": 2, "train.selection_tie_break": tie_break})
+    result = train(config, tiny_dataset, tmp_path / "run", validator=validator)
+    assert result.best_epoch == best_epoch and len(result.history) == epochs_run
+
+
 class Interrupt(TrainerCallback):
     def __init__(self, at_step):
         self.at_step = at_step
@@ -222,11 +236,23 @@ def test_accumulation_is_capped_at_the_dataset(caplog):
     assert "exceeds the 64 training samples" in caplog.text
 
 
-def test_ties_on_the_selection_metric_go_to_ndcg_then_validity():
+def test_a_tie_on_the_selection_metric_is_no_gain_by_default():
+    """Reference (train.py lines 256-264): only a strictly higher HR@10 keeps an epoch/resets patience."""
     from softrec.training.trainer import selection_key
 
     tied = {"HR@10": 1 / 128, "NDCG@10": 0.003, "validity": 0.33}
-    assert selection_key({**tied, "validity": 0.88}, "HR@10") > selection_key(tied, "HR@10")
-    assert selection_key({**tied, "NDCG@10": 0.004, "validity": 0.1}, "HR@10") > selection_key(tied, "HR@10")
-    assert selection_key({**tied, "HR@10": 0.0, "validity": 1.0}, "HR@10") < selection_key(tied, "HR@10")
-    assert not selection_key(tied, "HR@10") > selection_key(dict(tied), "HR@10")  # equal is no gain
+    assert not selection_key({**tied, "NDCG@10": 0.9, "validity": 1.0}, "HR@10") > selection_key(tied, "HR@10")
+    assert selection_key({**tied, "HR@10": 2 / 128}, "HR@10") > selection_key(tied, "HR@10")
+
+
+def test_ties_on_the_selection_metric_go_to_ndcg_then_validity_with_tie_break():
+    from softrec.training.trainer import selection_key
+
+    def key(metrics):
+        return selection_key(metrics, "HR@10", tie_break=True)
+
+    tied = {"HR@10": 1 / 128, "NDCG@10": 0.003, "validity": 0.33}
+    assert key({**tied, "validity": 0.88}) > key(tied)
+    assert key({**tied, "NDCG@10": 0.004, "validity": 0.1}) > key(tied)
+    assert key({**tied, "HR@10": 0.0, "validity": 1.0}) < key(tied)
+    assert not key(tied) > key(dict(tied))  # equal is no gain

@@ -32,6 +32,8 @@ def _check_metric(value: str, allowed: str) -> str:
     either = " or validity (K in eval.ks)" if allowed else ""
     raise ValueError(f"expected HR@K or NDCG@K{either}{hint}")
 
+LLARA_MAX_NEW_TOKENS = 128  # reference inference_llara.py line 205 (BIGRec: 64, inference.py line 83)
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -110,11 +112,21 @@ class TrainConfig(_Section):
     seed: int = 42
     bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast")
     logits_at_labels_only: bool = Field(True, description="LM head only where labels exist")
-    group_by_length: bool = True
+    group_by_length: bool = Field(
+        False, description="False (reference): micro-batches in random order. True (softrec's earlier default): "
+        "micro-batches of similar length (prompt + both targets), less padding, but long (run-on) distilled "
+        "targets cluster and get a smaller share of the gradient; see docs/fidelity.md"
+    )
     validate_every_epoch: bool = True
     save_total_limit: int = Field(2, ge=1)
     selection_metric: str = Field(
-        "HR@10", description="validation metric that picks the best epoch: HR@K, NDCG@K (K in eval.ks) or validity"
+        "HR@10", description="validation metric that picks the best epoch (and the best alpha of a sweep): "
+        "HR@K, NDCG@K (K in eval.ks) or validity"
+    )
+    selection_tie_break: bool = Field(
+        False, description="False (reference): only a strictly higher selection_metric is a gain (keeps the "
+        "epoch, resets patience). True (softrec's earlier rule): a tie is broken by NDCG at the same cut-off, "
+        "then validity, and the winner counts as a gain"
     )
     train_samples: int | None = Field(
         None, ge=1, description="train on a seeded subset of this many prepared train samples (None = all)"
@@ -160,7 +172,8 @@ class SoftConfig(_Section):
     probe_size: int = Field(256, ge=1)
     probe_seed: int = 42
     distill_beams: int = Field(4, ge=1)
-    distill_max_new_tokens: int = Field(64, ge=1)
+    distill_max_new_tokens: int = Field(64, ge=1, description="also the probe's decoding length; reference: "
+                                        "64 (BIGRec), 128 (LLaRA; set by Config like eval.max_new_tokens)")
     distill_mode: Literal["raw", "grounded", "sample"] = "raw"
 
 
@@ -169,7 +182,8 @@ class EvalConfig(_Section):
 
     grounding: Literal["l2", "trie", "minilm"] = "l2"
     num_beams: int = Field(4, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1, description="reference: 64 (BIGRec), 128 (LLaRA; set by Config "
+                                "when model.backbone is llara and this is not given)")
     length_penalty: float = 1.0
     batch_size: int = Field(32, ge=1, description="prompts decoded together (each with num_beams rows); "
                             "larger batches amortise the LM head, see benchmarks/results/generation-*")
@@ -181,6 +195,11 @@ class EvalConfig(_Section):
     )
     exclude_history: bool = False
     top_n: int = Field(50, ge=1, description="ranked items kept per sample in predictions")
+    response_rule: Literal["whole", "first-line"] = Field(
+        "whole", description="the text read from a generation for grounding, validity, the probe distance "
+        "and distillation's exact-title share: whole (reference) = the whole generation, quotes and spaces "
+        "stripped; first-line (softrec's earlier rule) = its first line only; see docs/fidelity.md"
+    )
 
 
 class ClassicConfig(_Section):
@@ -233,6 +252,26 @@ class Config(_Section):
                 f"train.selection_metric {self.train.selection_metric} needs {match.group(2)} in eval.ks {self.eval.ks}"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_decoding_length(cls, data: Any) -> Any:
+        """The reference decodes LLaRA with up to 128 new tokens (inference_llara.py line 205), BIGRec
+        with 64 (inference.py line 83): the LLaRA default unless a length is given."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model")
+        backbone = model.get("backbone") if isinstance(model, dict) else getattr(model, "backbone", None)
+        if backbone != "llara":
+            return data
+        data = dict(data)
+        for section, name in (("eval", "max_new_tokens"), ("soft", "distill_max_new_tokens")):
+            values = data.get(section)
+            if values is None:
+                data[section] = {name: LLARA_MAX_NEW_TOKENS}
+            elif isinstance(values, dict) and values.get(name) is None:
+                data[section] = {**values, name: LLARA_MAX_NEW_TOKENS}
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -86,7 +86,7 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
         name = "soft" if len(alphas) == 1 else f"soft-alpha{alpha:g}"
         soft_config = config.with_(train={"method": soft_method}, soft={"alpha": alpha})
         soft_runs[name] = train(soft_config, dataset, out / name, distilled_from=sft_dir)
-    best = _best_on_validation(soft_runs)
+    best = _best_on_validation(soft_runs, config.train.selection_metric, config.train.selection_tie_break)
 
     runs = {"sft": sft_dir, **({best: soft_runs[best]} if len(soft_runs) > 1 else soft_runs)}
     for run_dir in runs.values():
@@ -98,7 +98,7 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
     if dataset.name == "demo":
         notes.append("the demo's reader sequences are SYNTHETIC: these numbers are a smoke test, never a benchmark")
     if len(soft_runs) > 1:
-        notes.append(f"alpha swept over {alphas}; `{best}` selected on validation HR@10")
+        notes.append(f"alpha swept over {alphas}; `{best}` selected on validation {config.train.selection_metric}")
     report = build_report(out, runs, grounding=config.eval.grounding, title=f"SFT vs SOFT on {dataset.name}", notes=notes)
     _log(f"report: {report / 'report.md'}")
     return report
@@ -116,16 +116,17 @@ def _preflight(config: Config, dataset: PreparedDataset) -> None:
     preflight_generation(config, dataset, len(dataset.split("test")), stage="evaluate")
 
 
-def _best_on_validation(runs: dict[str, Path]) -> str:
-    """The run whose best epoch ranks highest by the trainer's own selection order."""
+def _best_on_validation(runs: dict[str, Path], metric: str = "HR@10", tie_break: bool = False) -> str:
+    """The run whose best epoch ranks highest by the trainer's own selection order
+    (`train.selection_metric`, `train.selection_tie_break`); a tie keeps the earlier run."""
     import json
 
     from softrec.training.trainer import selection_key
 
-    def best(run_dir: Path) -> tuple[float, float, float]:
+    def best(run_dir: Path) -> tuple[float, ...]:
         path = run_dir / "history.json"
         history = json.loads(path.read_text()) if path.exists() else []
-        keys = [selection_key(e["valid"], "HR@10") for e in history if e.get("valid")]
-        return max(keys, default=(0.0, 0.0, 0.0))
+        keys = [selection_key(e["valid"], metric, tie_break) for e in history if e.get("valid")]
+        return max(keys, default=(float("-inf"),))
 
     return max(runs, key=lambda name: best(runs[name]))

@@ -13,6 +13,7 @@ from typing import Any
 from softrec.data.dataset import PreparedDataset, Sample
 from softrec.data.prompts import (
     ALPACA_HEADER,
+    INPUT_END,
     build_prompt,
     history_text,
     instruction,
@@ -55,7 +56,7 @@ def icl_prompt_fn(
         if template == "alpaca":
             return (
                 f"{ALPACA_HEADER}### Instruction:\n{instruction(domain)}\n\n{examples}"
-                f"### Input:\n{query}\n\n### Response:\n"
+                f"### Input:\n{query}{INPUT_END}\n\n### Response:\n"
             )
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise UserError(f"template '{template}': needs a tokenizer with a chat template")

@@ -1,4 +1,5 @@
-"""`softrec data prepare|stats|download`: raw files -> a prepared dataset, and its statistics."""
+"""`softrec data prepare|stats|prompt|download`: raw files -> a prepared dataset, its statistics, and
+the exact training text of a sample."""
 
 from __future__ import annotations
 
@@ -42,6 +43,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats = commands.add_parser("stats", help="print the statistics table of a prepared dataset")
     stats.add_argument("path", type=Path, metavar="DIR", help="prepared-dataset directory")
     stats.set_defaults(func=run_stats)
+
+    prompt = commands.add_parser(
+        "prompt", help="print the exact text the model is trained on for one sample",
+        description="Prints the sample's prompt, its response (the quoted target title) and the end-of-"
+        "sequence marker, byte for byte as training reads them, so prompts can be checked before training. "
+        "With --model the text is the model's own tokens decoded (its BOS, any history truncation to "
+        "model.max_length, and its real end token); without it the end token is shown as <eos>.",
+    )
+    prompt.add_argument("path", type=Path, metavar="DIR", help="prepared-dataset directory")
+    prompt.add_argument("--split", default="train", choices=["train", "valid", "test", "train_full"])
+    prompt.add_argument("--index", type=int, default=0, metavar="I", help="sample index in the split (default 0)")
+    prompt.add_argument("--model", metavar="NAME_OR_PATH", help="tokenize with this backbone (e.g. gemma-3-270m, tiny)")
+    add_config_options(prompt)
+    prompt.set_defaults(func=run_prompt)
 
     download = commands.add_parser("download", help="download a public dataset by name into the cache")
     download.add_argument("name", help="ml-100k, amazon2023-video-games, amazon2023:<Category>, ...")
@@ -92,6 +107,36 @@ def run_stats(args: argparse.Namespace) -> int:
     dataset = PreparedDataset.load(args.path)
     print(format_stats(dataset.stats(), dataset.path))
     return 0
+
+
+def run_prompt(args: argparse.Namespace) -> int:
+    from softrec.data.dataset import PreparedDataset
+    from softrec.errors import UserError
+
+    dataset = PreparedDataset.load(args.path)
+    samples = dataset.split(args.split)
+    if not 0 <= args.index < len(samples):
+        raise UserError(f"--index {args.index}: the {args.split} split has {len(samples)} samples (0..{len(samples) - 1})")
+    config = config_from_args(args, {"model.name": args.model})
+    sys.stdout.write(training_text(dataset, samples[args.index], config, tokenizer_name=args.model) + "\n")
+    return 0
+
+
+def training_text(dataset: Any, sample: Any, config: Any, tokenizer_name: str | None = None) -> str:
+    """The text training reads for `sample`: prompt + response + end marker (see `softrec data prompt`)."""
+    from softrec.data.prompts import build_prompt, response_text
+
+    if tokenizer_name is None:
+        titles = [dataset.titles[i] for i in sample.history]
+        prompt = build_prompt(titles, dataset.domain, config.model.template)
+        return prompt + response_text(dataset.titles[sample.target]) + "<eos>"
+    from softrec.models.registry import load_backbone
+    from softrec.training.batches import encode_sample
+
+    tokenizer = load_backbone(tokenizer_name)[1]
+    encoded = encode_sample(sample, dataset, tokenizer, template=config.model.template,
+                            max_length=config.model.max_length)
+    return tokenizer.decode(encoded.prompt_ids + encoded.real_ids, skip_special_tokens=False)
 
 
 def run_download(args: argparse.Namespace) -> int:

@@ -255,6 +255,7 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from softrec.data.prompts import prompt_fingerprint
     from softrec.runs import RunDir, content_key
 
     with _process_group() as (rank, _world):
@@ -271,7 +272,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         name = _evaluation_name(args, run_dir, config)
         settings = {**config.eval.model_dump(mode="json"), "split": args.split, "limit": args.limit,
                     "dataset": str(dataset.path), "dataset_key": dataset.checksum,
-                    "method": info.get("method"), "base_model": info.get("base_model")}
+                    "method": info.get("method"), "base_model": info.get("base_model"),
+                    "prompt": prompt_fingerprint(config.model.template)}
         weights = _weights_fingerprint(run_dir, info)
         key = content_key(settings, weights, info.get("shots"))
         has_weights = any((run_dir / n).exists() for n in RunDir.WEIGHTS)  # icl: the untuned base

@@ -1,6 +1,11 @@
 """Prompt templates (SOFT.md section 3): the reference Alpaca prompt and a chat-template variant.
 
-The model must generate `response_text(title)`, i.e. the quoted title; training appends EOS.
+`alpaca` is byte for byte the reference TRAINING text (Self-Optimized-Fine-Tuning@69d5a85 train.py
+`generate_prompt` lines 302-311 with process.py `construct_instruction` lines 84-95): one space after
+"context." and after "request.", and the input (history) ends with "\n ". The reference's inference
+scripts use two spaces after "request."; softrec reads the training text at inference too (see
+docs/fidelity.md). The model must generate `response_text(title)`, i.e. the quoted title; training
+appends the end token (EOS). `softrec data prompt` prints the exact training text of a sample.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from softrec.data.dataset import Domain
 
 ALPACA_HEADER = (
     "Below is an instruction that describes a task, paired with an input that provides further "
-    "context.\nWrite a response that appropriately completes the request.\n\n"
+    "context. Write a response that appropriately completes the request. \n\n"
 )
+# The reference input field is the history followed by "\n " (process.py line 93).
+INPUT_END = "\n "
 
 
 def instruction(domain: Domain) -> str:
@@ -28,11 +35,12 @@ ITEM_TOKEN_ATTR = "softrec_item_token"
 
 
 def item_suffixes(tokenizer: Any, item_ids: Sequence[int] | None) -> list[str] | str:
-    """Per history title, the item's placeholder token when the tokenizer has them (LLaRA), else ''."""
+    """Per history title, a space and the item's placeholder token when the tokenizer has them
+    (LLaRA: `"Title" [HistoryEmb]`, reference inference_llara.py line 42), else ''."""
     token = getattr(tokenizer, ITEM_TOKEN_ATTR, None) if tokenizer is not None else None
     if not token or item_ids is None:
         return ""
-    return [token.format(int(i)) for i in item_ids]
+    return [" " + token.format(int(i)) for i in item_ids]
 
 
 def history_text(titles: Sequence[str], domain: Domain, item_suffix: str | Sequence[str] = "") -> str:
@@ -49,8 +57,20 @@ def response_text(title: str) -> str:
     return f'"{title}"'
 
 
-def strip_response(text: str) -> str:
-    """Generated text -> title: first line, surrounding whitespace and quotes removed."""
+RESPONSE_RULES = ("whole", "first-line")
+
+
+def strip_response(text: str, rule: str = "whole") -> str:
+    """Generated text -> the title grounding embeds, validity checks and the probe distance reads.
+
+    `whole` (reference, evaluate_batch.py line 88): the whole generation with quotes, then spaces,
+    stripped from both ends, so a run-on ('"A"\n"A"\n"') stays one long query.
+    `first-line` (softrec's earlier rule): the first line only, whitespace and its quotes removed.
+    """
+    if rule == "whole":
+        return text.strip('"').strip(" ")
+    if rule != "first-line":
+        raise ValueError(f"unknown response rule '{rule}': expected one of {', '.join(RESPONSE_RULES)}")
     text = text.strip().split("\n", 1)[0].strip()
     if len(text) >= 2 and text[0] == '"' and text.endswith('"'):
         return text[1:-1].strip()
@@ -74,7 +94,8 @@ def build_prompt(
     context = history_text(titles, domain, item_suffix)
     if template == "alpaca":
         return (
-            f"{ALPACA_HEADER}### Instruction:\n{task}\n\n### Input:\n{context}\n\n### Response:\n"
+            f"{ALPACA_HEADER}### Instruction:\n{task}\n\n### Input:\n{context}{INPUT_END}\n\n"
+            "### Response:\n"
         )
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
@@ -82,3 +103,22 @@ def build_prompt(
         messages = [{"role": "user", "content": f"{task}\n\n{context}"}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise ValueError(f"unknown prompt template '{template}': expected alpaca or chat")
+
+
+class _PlaceholderTokenizer:
+    softrec_item_token = "[HistoryEmb_{}]"
+
+
+def prompt_fingerprint(template: str = "alpaca") -> str:
+    """A key of the prompt bytes (header, instruction, input, LLaRA placeholders, response).
+
+    Training, distillation and evaluation keys include it, so a change of the prompt text makes
+    finished runs stale instead of silently reusing artefacts made with the old text."""
+    from softrec.runs import content_key
+
+    domain = Domain()
+    if template != "alpaca":  # the chat template's own bytes come from the tokenizer
+        return content_key(template, instruction(domain), history_text(["A"], domain), response_text("T"))
+    plain = build_prompt(["A", "B"], domain, template)
+    llara = build_prompt(["A", "B"], domain, template, _PlaceholderTokenizer(), item_ids=[0, 1])
+    return content_key(plain, llara, response_text("T"))

@@ -2,6 +2,7 @@
 
 Steps, each a setting in `DataConfig` (reference defaults in brackets):
 
+0. exact-duplicate interaction rows are dropped (full logs; reference `drop_duplicates`);
 1. titles: HTML-unescaped and whitespace-normalised; items without a title are dropped with their
    interactions (counted in stats.json);
 2. iterative k-core on users and items [10] (full logs only: pre-windowed sources were filtered by
@@ -49,7 +50,7 @@ from softrec.data.dataset import SPLITS, Domain, Item, PreparedDataset, Sample, 
 from softrec.data.readers.base import SourceData
 from softrec.errors import UserError
 
-PROTOCOL_VERSION = 4  # bump when the same inputs and settings would give different files
+PROTOCOL_VERSION = 5  # 5: exact-duplicate interaction rows dropped (reference). Bump when the same inputs and settings would give different files
 Log = Callable[[str], None]
 
 
@@ -300,9 +301,14 @@ def _from_log(source: SourceData, config: DataConfig) -> _Prepared:
         # what windowing the unfiltered log would give, for comparison with the kept windows
         "windows": len(raw_histories), "history_length": length_summary(raw_histories),
     }
+    # exact-duplicate rows (same user, item, time, rating, ...) count once: reference
+    # origin_data/amazon_process.py line 13 (`df.drop_duplicates()`)
+    n_rows = len(inter)
+    inter = inter.drop_duplicates()
     catalogue, cat_counts = titled_catalogue(source.catalogue)
     titled = inter["item"].isin(set(catalogue["item"]))
     dropped = {
+        "duplicate_interaction_rows": n_rows - len(inter),
         "interactions_without_title": int((~titled).sum()),
         "items_without_title": int(inter.loc[~titled, "item"].nunique()),
     }

@@ -97,7 +97,8 @@ def rank_samples(
     )
     generated = [b.texts[0] if b.texts else "" for b in beams]
     # an empty query would be a zero-length input; a blank is a neutral stand-in
-    queries = [strip_response(text) or " " for text in generated]
+    rule = eval_config.response_rule
+    queries = [strip_response(text, rule) or " " for text in generated]
     if method == "minilm":
         item_vectors = grounding.minilm_catalogue(dataset)
         query_vectors = grounding.minilm_embed(queries)
@@ -113,7 +114,7 @@ def rank_samples(
             head = [item for ids in beam.token_ids for item in trie.items_for(ids)]
             ranking = grounding.merge_rankings(head, ranking)
         ranking = _apply_exclusion(ranking, sample, eval_config.exclude_history)
-        out.append(Ranked(ranking, text, strip_response(text) in titles))
+        out.append(Ranked(ranking, text, strip_response(text, rule) in titles))
     return out
 
 

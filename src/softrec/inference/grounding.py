@@ -171,6 +171,6 @@ def merge_rankings(head: Sequence[int], tail: Sequence[int]) -> list[int]:
     return merged
 
 
-def top_titles(texts: Sequence[str]) -> list[str]:
-    """A generation's title as grounding reads it (quotes stripped, first line)."""
-    return [strip_response(t) for t in texts]
+def top_titles(texts: Sequence[str], rule: str = "whole") -> list[str]:
+    """A generation's title as grounding reads it (`strip_response` with eval.response_rule)."""
+    return [strip_response(t, rule) for t in texts]

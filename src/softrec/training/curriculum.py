@@ -13,15 +13,20 @@ y' the SFT model's own generation (SOFT.md section 6). Schedulers, selectable by
 
 `CurriculumCallback` applies a scheduler inside transformers' Trainer: it sets `trainer.soft_lambda`
 at each epoch start and measures d_k at each epoch end. Its state (distances and lambdas, keyed by
-epoch so a repeated epoch overwrites rather than appends) lives in RUN_DIR/curriculum.json, so a
-resumed run keeps the distance history.
+epoch so a repeated epoch overwrites rather than appends, and the probe's sample ids) lives in
+RUN_DIR/curriculum.json, so a resumed run keeps the distance history.
+
+The probe S is drawn from the samples the run trains on (the `train.train_samples` subset, listed in
+RUN_DIR/train_samples.json), as the reference draws it from its training file train_4096.json
+(inference.py lines 35 and 59-60): a probe of unseen samples would barely move as the model fits its
+training data, keeping lambda near 1.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +102,7 @@ class CurriculumCallback(TrainerCallback):
             raise ValueError("the adaptive scheduler needs a distance measure")
         self.scheduler = scheduler
         self.measure = measure
+        self.probe_ids: list[str] | None = getattr(measure, "probe_ids", None)
         self.state_path = Path(state_path)
         self.trainer: Any = None
         self.distances: dict[int, float] = {}
@@ -111,11 +117,11 @@ class CurriculumCallback(TrainerCallback):
         self.trainer = trainer
 
     def _save(self) -> None:
-        atomic_write_json(
-            self.state_path,
-            {"scheduler": self.scheduler.name, "alpha": self.scheduler.alpha,
-             "distances": self.distances, "lambdas": self.lambdas},
-        )
+        state: dict[str, Any] = {"scheduler": self.scheduler.name, "alpha": self.scheduler.alpha,
+                                 "distances": self.distances, "lambdas": self.lambdas}
+        if self.probe_ids is not None:
+            state["probe"] = self.probe_ids
+        atomic_write_json(self.state_path, state)
 
     def _measure(self, model: Any, epoch: int) -> None:
         tokenizer = getattr(self.trainer, "processing_class", None)
@@ -160,26 +166,29 @@ class CurriculumCallback(TrainerCallback):
 
 
 # ---------------------------------------------------------------- wiring for `softrec train --method soft*`
-def probe_samples(dataset: Any, size: int, seed: int) -> list[Any]:
-    """The fixed probe set S: `size` training samples drawn with a fixed seed."""
+def probe_samples(training: Sequence[Any], size: int, seed: int) -> list[Any]:
+    """The fixed probe set S: `size` of the samples the run TRAINS on (`training`, e.g.
+    `distill.training_samples(dataset, config)`), drawn with a fixed seed; all of them when fewer."""
     import random
 
-    train = dataset.split("train")
-    if size >= len(train):
-        return list(train)
-    return random.Random(seed).sample(train, size)
+    training = list(training)
+    if size >= len(training):
+        return training
+    return random.Random(seed).sample(training, size)
 
 
 def probe_distance(dataset: Any, config: Any) -> Measure:
     """d_k: mean L2 distance between the grounding embeddings (frozen base model, SOFT.md section 5)
-    of the model's top-beam generation and of the true title, over the probe set."""
+    of the model's top-beam generation (read by `eval.response_rule`) and of the true title, over
+    the probe set. The returned callable carries the probe's sample ids as `.probe_ids`."""
     import torch
 
     from softrec.data.prompts import build_prompt, strip_response
     from softrec.inference.generate import generate_beams
     from softrec.inference.grounding import embed_texts
+    from softrec.training.distill import training_samples
 
-    probe = probe_samples(dataset, config.soft.probe_size, config.soft.probe_seed)
+    probe = probe_samples(training_samples(dataset, config), config.soft.probe_size, config.soft.probe_seed)
     titles = dataset.titles
     targets = [titles[s.target] for s in probe]
     cache: dict[str, torch.Tensor] = {}
@@ -197,12 +206,13 @@ def probe_distance(dataset: Any, config: Any) -> Measure:
             batch_size=config.eval.batch_size,
             dtype=config.eval.dtype,
         )
-        generated = [strip_response(b[0]) if b else "" for b in beams]
+        generated = [strip_response(b[0], config.eval.response_rule) if b else "" for b in beams]
         if "targets" not in cache:
             cache["targets"] = embed_texts(model, tokenizer, targets)
         emb = embed_texts(model, tokenizer, generated)
         return float((emb - cache["targets"]).norm(dim=1).mean())
 
+    measure.probe_ids = [s.sample_id for s in probe]  # type: ignore[attr-defined]
     return measure
 
 

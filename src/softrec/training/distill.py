@@ -1,6 +1,7 @@
 """SOFT stage 2, self-distillation: the SFT model's own top-beam generation for every training input.
 
-The targets y'_i are the raw top-beam texts (reference; not grounded), stored in
+The targets y'_i are the raw top-beam texts (reference, inference.py lines 104-105 and process.py
+line 68: decoded without special tokens, neither grounded nor stripped), stored in
 SFT_RUN_DIR/distilled.jsonl as {"sample_id", "target_text", "exact_title"}; the run's manifest records
 their provenance (key over adapter checksum, decoding settings and data key; share of exact titles). Options beside the
 reference: `grounded` snaps each generation to its nearest catalogue title (L2 grounding) and
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from softrec.config import Config
 from softrec.data.dataset import PreparedDataset, Sample
-from softrec.data.prompts import build_prompt, response_text, strip_response
+from softrec.data.prompts import build_prompt, prompt_fingerprint, response_text, strip_response
 from softrec.errors import UserError
 from softrec.runs import RunDir, content_key, path_sha256, read_jsonl, resumable_chunks, write_jsonl
 
@@ -39,6 +40,7 @@ def distill_key(run_dir: Path, dataset: PreparedDataset, config: Config) -> str:
         path_sha256(weights), dataset.checksum, config.model.template,
         soft.distill_mode, soft.distill_beams, soft.distill_max_new_tokens, config.train.seed,
         config.train.train_samples, config.data.seed,
+        prompt_fingerprint(config.model.template), config.eval.response_rule, "raw-text-v2",
     )
 
 
@@ -79,12 +81,12 @@ def _generate_targets(
         max_new_tokens=soft.distill_max_new_tokens, batch_size=config.eval.batch_size,
         dtype=config.eval.dtype, progress=True,
     )
-    texts = [b[0].strip() if b else "" for b in beams]
+    texts = [b[0] if b else "" for b in beams]
     if soft.distill_mode == "grounded":
         from softrec.inference.grounding import catalogue_embeddings, embed_texts
 
         catalogue = catalogue_embeddings(model, tokenizer, dataset, cache_key=None)
-        emb = embed_texts(model, tokenizer, [strip_response(t) for t in texts])
+        emb = embed_texts(model, tokenizer, [strip_response(t, config.eval.response_rule) or " " for t in texts])
         nearest = ((emb[:, None, :] - catalogue[None, :, :]) ** 2).sum(-1).argmin(dim=1)
         texts = [response_text(titles[int(i)]) for i in nearest]
     return texts
@@ -124,7 +126,8 @@ def distill(run_dir: str | Path, dataset: PreparedDataset, config: Config, *, pr
             texts = _generate_targets(model, tokenizer, chunk, dataset, config)
             bar.update(len(chunk))
             return [
-                {"sample_id": s.sample_id, "target_text": t, "exact_title": strip_response(t) in titles}
+                {"sample_id": s.sample_id, "target_text": t,
+                 "exact_title": strip_response(t, config.eval.response_rule) in titles}
                 for s, t in zip(chunk, texts, strict=True)
             ]
 

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 Validator = Callable[[Any, Any], dict[str, float]]
 CHECKPOINTS = "checkpoints"
+TRAIN_SAMPLES = "train_samples.json"  # the sample ids this run trains on, in dataset order
 
 
 @dataclass
@@ -111,7 +112,7 @@ class SoftTrainer(Trainer):
         fast_loss: bool = True,
         bf16_autocast: bool = False,
         lengths: list[int] | None = None,
-        group_by_length: bool = True,
+        group_by_length: bool = False,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -151,7 +152,8 @@ class SoftTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         lengths = self.lengths or [1] * len(dataset)
-        # mega=1: random micro-batches; otherwise micro-batches of similar lengths (less padding)
+        # mega=1: random micro-batches (reference); otherwise micro-batches of similar lengths (less
+        # padding, but run-on distilled targets cluster: config.train.group_by_length)
         mega = 16 if self.group_by_length else 1
         return LengthGroupedSampler(lengths, self.args.per_device_train_batch_size, self.args.seed, mega=mega)
 
@@ -226,6 +228,7 @@ class EpochEndCallback(TrainerCallback, ExportableState):
         patience: int,
         metric: str = "HR@10",
         checkpoint_every: int = 1,
+        tie_break: bool = False,
     ):
         self.out = Path(out)
         self.validator = validator
@@ -233,6 +236,7 @@ class EpochEndCallback(TrainerCallback, ExportableState):
         self.patience = patience
         self.metric = metric
         self.checkpoint_every = checkpoint_every
+        self.tie_break = tie_break
         self.trainer: SoftTrainer | None = None
         # state saved with every checkpoint
         self.history: list[dict[str, Any]] = []
@@ -344,17 +348,22 @@ class EpochEndCallback(TrainerCallback, ExportableState):
         if value is None:
             raise KeyError(f"the validator returned no '{self.metric}' (got {sorted(metrics)})")
         best = next((e["valid"] for e in self.history if e.get("epoch") == self.best_epoch and "valid" in e), None)
-        if best is None or selection_key(metrics, self.metric) > selection_key(best, self.metric):
+        if best is None or selection_key(metrics, self.metric, self.tie_break) > selection_key(
+                best, self.metric, self.tie_break):
             self.best_metric = float(value)
             return True
         return False
 
 
-def selection_key(metrics: dict[str, float], metric: str) -> tuple[float, float, float]:
-    """Order of validation results: the selection metric, then NDCG at the same cut-off, then validity.
+def selection_key(metrics: dict[str, float], metric: str, tie_break: bool = False) -> tuple[float, ...]:
+    """Order of validation results; an epoch is a gain only when its key is strictly greater.
 
-    Small validation sets tie often on HR@K (every epoch at 1/128, say); the tie-breakers prefer the
-    epoch that ranks the hits higher and generates more real titles instead of the earliest epoch."""
+    Reference (train.py lines 256-264): the selection metric alone, so a tie is no gain (patience
+    grows, the earlier epoch stays). `tie_break` (config.train.selection_tie_break) adds NDCG at the
+    same cut-off, then validity: small validation sets tie often on HR@K (every epoch at 1/128, say),
+    and the tie-breakers prefer the epoch that ranks the hits higher and generates more real titles."""
+    if not tie_break:
+        return (float(metrics[metric]),)
     cutoff = metric.split("@", 1)[1] if "@" in metric else "10"
     return (float(metrics[metric]), float(metrics.get(f"NDCG@{cutoff}", 0.0)), float(metrics.get("validity", 0.0)))
 
@@ -497,10 +506,13 @@ def prepare_model(model: Any, config: Config) -> Any:
 def training_key(config: Config, dataset: PreparedDataset, distilled: dict[str, str] | None) -> str:
     """What a finished training depends on: settings (bar data, which the dataset key covers),
     the prepared data and the self-distilled targets."""
+    from softrec.data.prompts import prompt_fingerprint
+
     settings = config.model_dump(mode="json")
     settings.pop("data", None)
     settings["train"].pop("report_to", None)  # where logs go never changes the weights
-    return content_key(settings, dataset.checksum, content_key(sorted((distilled or {}).items())))
+    return content_key(settings, dataset.checksum, content_key(sorted((distilled or {}).items())),
+                       prompt_fingerprint(config.model.template))
 
 
 def subset(samples: list[Sample], size: int | None, seed: int) -> list[Sample]:
@@ -597,6 +609,7 @@ def build_trainer(
         patience=train_cfg.patience,
         metric=train_cfg.selection_metric,
         checkpoint_every=train_cfg.checkpoint_every,
+        tie_break=train_cfg.selection_tie_break,
     )
     all_callbacks: list[TrainerCallback] = [*(callbacks or []), epoch_cb, JsonlLogCallback(out / "logs" / "metrics.jsonl"),
                                             CheckpointSealCallback()]
@@ -748,6 +761,8 @@ def _train_llm(
         model_and_tokenizer=model_and_tokenizer, progress=progress,
     )
     tokenizer = trainer.processing_class
+    if is_main_process():  # which samples this run trains on (the SOFT probe is drawn from them)
+        atomic_write_json(out / TRAIN_SAMPLES, [e.sample_id for e in trainer.train_dataset.encoded])
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if trainer.is_world_process_zero():
