@@ -97,7 +97,14 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     text = (out / "results.md").read_text()
     assert "BIGRec-SOFT" in text and "softrec distill --run" in text and "Relative gain" in text
     assert (out / "results.png").stat().st_size > 0
-    assert {p.name for p in (tmp_path / "saved").iterdir()} == {"results.json", "results.md", "results.png"}
+    assert {p.name for p in (tmp_path / "saved").iterdir()} == {"results.json", "results.md", "results.png", "predictions"}
+    import gzip
+
+    saved = {p.name: p for p in (tmp_path / "saved" / "predictions").iterdir()}
+    assert set(saved) == {f"demo-{m}.jsonl.gz" for m in rows}  # every row, recomputable without softrec
+    folder = out / "demo" / "soft" / "eval"
+    published = next(p for p in folder.rglob("predictions.jsonl"))
+    assert gzip.decompress(saved["demo-soft.jsonl.gz"].read_bytes()) == published.read_bytes()
 
     # killed after the SFT evaluation: the rerun redoes only what had not finished
     log = json.loads((out / "steps.json").read_text())

@@ -109,8 +109,8 @@ def test_each_distilled_target_is_the_top_beam_of_its_own_prompt(tiny_dataset, t
 
 
 def test_soft_run_records_its_training_samples_and_a_probe_among_them(tiny_dataset, tmp_path, capsys):
-    """`softrec train --method soft --train-size N`: curriculum.json's probe ids are all trained on."""
-    common = ["--data", str(tiny_dataset.path), "--model", "tiny", "--epochs", "1", "--train-size", "10",
+    """`softrec train --method soft --train-samples N`: curriculum.json's probe ids are all trained on."""
+    common = ["--data", str(tiny_dataset.path), "--model", "tiny", "--epochs", "1", "--train-samples", "10",
               "--micro-batch", "5", "--effective-batch", "5", "--no-preflight",
               "--set", "eval.num_beams=2", "--set", "eval.max_new_tokens=4", "--set", "train.bf16=off",
               "--set", "soft.distill_beams=2", "--set", "soft.distill_max_new_tokens=4", "--set", "soft.probe_size=4"]

@@ -561,7 +561,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _save_predictions(out: Path, save: Path, results: dict[str, Any]) -> None:
+def _save_predictions(out: Path, save: Path, results: dict[str, Any], limit: int | None) -> None:
     """Every row's per-sample predictions, gzipped, so the table can be recomputed without softrec."""
     import gzip
 
@@ -569,7 +569,7 @@ def _save_predictions(out: Path, save: Path, results: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, dataset in results.items():
         for method in dataset["methods"]:
-            source = eval_folder(out, name, dataset["methods"][method].get("chosen", method)) / "predictions.jsonl"
+            source = eval_folder(out, name, dataset["methods"][method].get("chosen", method), limit) / "predictions.jsonl"
             if source.exists():
                 # mtime 0: the same predictions give the same bytes, so a rebuilt table diffs clean
                 with gzip.GzipFile(folder / f"{name}-{method}.jsonl.gz", "wb", mtime=0) as fh:
@@ -649,6 +649,6 @@ def run(args: argparse.Namespace) -> int:
         for name in ("results.json", "results.md", "results.png"):
             if (out / name).exists():
                 shutil.copyfile(out / name, args.save / name)
-        _save_predictions(out, args.save, results)
+        _save_predictions(out, args.save, results, suite.test_limit)
     print(f"results: {out / 'results.md'}")
     return 0

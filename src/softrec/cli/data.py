@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model.max_length, and its real end token); without it the end token is shown as <eos>.",
     )
     prompt.add_argument("path", type=Path, metavar="DIR", help="prepared-dataset directory")
-    prompt.add_argument("--split", default="train", choices=["train", "valid", "test", "train_full"])
+    prompt.add_argument("--split", default="train", choices=["train", "valid", "test", "train_full"],
+                        help="which split the sample comes from (default train)")
     prompt.add_argument("--index", type=int, default=0, metavar="I", help="sample index in the split (default 0)")
     prompt.add_argument("--model", metavar="NAME_OR_PATH", help="tokenize with this backbone (e.g. gemma-3-270m, tiny)")
     add_config_options(prompt)
