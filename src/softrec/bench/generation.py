@@ -59,7 +59,9 @@ class Shape:
 
 
 class FlopCounter:
-    """Counts the FLOPs of every forward of a causal LM (a pre-hook on the model's forward)."""
+    """Counts the FLOPs of every forward of a causal LM's decoder body (a pre-hook on it): the
+    decoder layers for every token, and the LM head once per sequence and call (the last position:
+    prefill, each decoding step, an embedding), which is where the engine and `generate` run it."""
 
     def __init__(self, model: Any, shape: Shape):
         self.shape, self.flops, self.model = shape, 0.0, model
@@ -79,15 +81,14 @@ class FlopCounter:
             return
         rows, new = ids.shape
         context = mask.shape[1] if mask is not None else new
-        keep = kwargs.get("logits_to_keep") or new
         self.flops += 2 * self.shape.linear * rows * new
         self.flops += 4 * self.shape.attention * rows * new * context  # upper bound: full context
-        self.flops += 2 * self.shape.head * rows * min(int(keep), new)
+        self.flops += 2 * self.shape.head * rows
 
 
-def _base_lm(model: Any) -> Any:
+def _body(model: Any) -> Any:
     get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+    return (get_base() if callable(get_base) else model).model
 
 
 @contextlib.contextmanager
@@ -117,7 +118,7 @@ def compare_stage(model: Any, tokenizer: Any, prompts: Sequence[str], *, num_bea
         if after:
             after([b.texts[0] for b in plain])
     log(f"  plain generate: {len(prompts)} prompts in {plain_s[0]:.1f} s")
-    with FlopCounter(_base_lm(model), Shape.of(model)) as counter, timed() as engine_s:
+    with FlopCounter(_body(model), Shape.of(model)) as counter, timed() as engine_s:
         engine = generate_beam_ids(model, tokenizer, prompts, dtype=dtype, **engine_kwargs, **settings)
         if after:
             after([b.texts[0] for b in engine])
