@@ -82,3 +82,31 @@ def test_a_bf16_copy_decodes_and_the_model_stays_fp32(adapted, tiny_dataset):
     beams = generate_beam_ids(model, tokenizer, _prompts(tiny_dataset, 2), num_beams=2, max_new_tokens=4,
                               dtype="bfloat16")
     assert all(len(b.token_ids) == 2 for b in beams)
+
+
+@pytest.mark.parametrize("cap", [None, 30.0])
+def test_chunked_head_equals_log_softmax_top_k(cap):
+    """The fused chunked head gives log_softmax's values and its top-k, soft-capping included."""
+    from types import SimpleNamespace
+
+    from softrec.inference.head import ChunkedHead
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(1000, 16, generator=generator)
+    hidden = torch.randn(6, 16, generator=generator) * 3
+    linear = torch.nn.Linear(16, 1000, bias=True)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(torch.randn(1000, generator=generator))
+    model = SimpleNamespace(get_output_embeddings=lambda: linear,
+                            config=SimpleNamespace(final_logit_softcapping=cap))
+    logits = linear(hidden)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    expected = torch.log_softmax(logits, dim=-1)
+    head = ChunkedHead(model, chunk=128)  # several chunks, the last one short
+    values, ids = head.top(hidden, 8)
+    top = expected.topk(8, dim=-1)
+    torch.testing.assert_close(values, top.values, rtol=0, atol=1e-5)
+    assert torch.equal(ids, top.indices)
+    torch.testing.assert_close(head.log_probs(hidden), expected, rtol=0, atol=1e-5)
