@@ -72,6 +72,7 @@ class Suite:
     classic_sets: tuple[str, ...] = ()
     alphas: tuple[float, ...] = ()  # SOFT's alpha sweep: one run each, the row "soft" is chosen on validation
     methods: tuple[str, ...] = ()  # the suite's default rows (empty: every method)
+    soft_epochs: int | None = None  # SOFT runs' epoch cap when it differs from the teacher's
 
     def scale(self) -> str:
         train = self.train_size or "all 4096"
@@ -114,8 +115,9 @@ SUITES = {
                   "eval.max_new_tokens=32"),
         classic_sets=("classic.epochs=50", "classic.patience=5"),
     ),
-    # Issue #15's answer on CPU: a properly trained teacher, the alpha sweep, 1000 test samples on the two
-    # Amazon sets. Sized from measured speeds (benchmarks/results/generation-*): see docs/evidence.md.
+    # A properly trained teacher, the alpha sweep, 1000 test samples on the two Amazon sets. Measured on
+    # a 2-core AMD EPYC: training ~105 tokens/s (~32 min per epoch of 1024 samples), beam search ~2 s a
+    # prompt; about 20 h of machine time per dataset, run across sessions (steps.json resumes it).
     "cpu-medium": Suite(
         "cpu-medium", ("amazon-books", "amazon-industrial"), "gemma-3-270m",
         train_size=1024, valid_size=256, test_limit=None, epochs=7, effective_batch=32, micro_batch=8, shots=3,
@@ -123,6 +125,7 @@ SUITES = {
         classic_sets=("classic.epochs=100", "classic.patience=10"),
         alphas=(1.0, 10.0, 100.0),
         methods=("sasrec", "gru4rec", "sft", "soft", "soft-sd-only"),
+        soft_epochs=4,
     ),
     "gpu": Suite(
         "gpu", ("ml-100k", "amazon-books", "amazon-industrial"), "gemma-3-270m",
@@ -222,7 +225,8 @@ class _DatasetPlan:
             self.step("distill", method, ["distill", "--run-dir", str(self.root / teacher), "--data", str(self.data),
                                           *_sets(self.suite.llm_sets)], self.root / teacher / "distilled.jsonl")
             train_args = [*train_args, "--distilled", str(self.root / teacher)]
-        self.step("train-llm", method, ["train", *train_args, "--out", str(run), *self.llm_train],
+        cap = ["--epochs", str(self.suite.soft_epochs)] if teacher and self.suite.soft_epochs else []
+        self.step("train-llm", method, ["train", *train_args, "--out", str(run), *self.llm_train, *cap],
                   run / "history.json", launcher=True)
         self.step("evaluate-llm", method, ["evaluate", "--run-dir", str(run), "--data", str(self.data),
                                            *self.llm_eval], self.metrics(method), launcher=True)
