@@ -14,12 +14,14 @@ backbones), its config.json (a local HF checkpoint) or the tiny test model's con
 
 Time: FLOPs (about 2 x params per token forward, 4x for LoRA training, 6x for full fine-tuning)
 divided by the device's effective FLOP/s: a table for known GPUs, and on CPU a 0.1 s timed 1024^2
-matmul scaled by an efficiency factor per kind of work. The factors come from one measurement on
-this project's 2-core CPU (shared with other jobs), Gemma 3 270M with LoRA r=8 on q/v:
-
-    float32 matmul 1024^2                         94 GFLOP/s
-    training, micro-batch 8 x 108 tokens          35-53 tokens/s   -> CPU_TRAIN_EFFICIENCY 0.4
-    beam search, 8 prompts x 4 beams x 20 tokens  0.11 prompts/s   -> CPU_GENERATE_EFFICIENCY 0.12
+matmul (in bf16 where the work runs in bf16) scaled by an efficiency factor per kind of work. FLOPs
+count what the code executes: the decoder layers for every token (4x their weights for LoRA
+training, 6x for full fine-tuning), the LM head only at response tokens (training) or at each new
+token of each beam (generation, prompts prefilled once), never the embedding lookup. The factors
+were fitted on `make run` (demo, 128 training samples) on a quiet 2-core AMD EPYC (Zen 3, fp32,
+2026-11-30): SFT 16 steps in 6.1 min (~105 tokens/s), distillation 128 prompts in 4.0 min,
+evaluation 100 prompts in 3.3 min, 1024^2 matmul ~80 GFLOP/s. On CPUs with bf16 hardware the same
+factors apply to the bf16 matmul rate: not yet checked on one.
 
 The GPU rates are a table of realistic (not peak) bf16 rates, not measured here. Expect a factor of
 2 either way; the job is to flag a run that will take a day or cannot fit, before it starts.
@@ -51,10 +53,11 @@ KNOWN_MODELS: dict[str, dict[str, Any]] = {
 }
 # Dense bf16 FLOP/s at a realistic utilisation for LLM training of small models (not peak).
 GPU_FLOPS = {"H100": 250e12, "H200": 250e12, "A100": 100e12, "L4": 40e12, "A10": 40e12, "T4": 15e12}
-CPU_TRAIN_EFFICIENCY = 0.4  # share of the measured matmul rate a small transformer step reaches
-CPU_GENERATE_EFFICIENCY = 0.12  # beam search is overhead- and bandwidth-bound
+CPU_TRAIN_EFFICIENCY = 0.65  # share of the measured matmul rate of the FLOP model below (fitted, see docstring)
+CPU_GENERATE_EFFICIENCY = 0.7  # the generation engine against its FLOP model (fitted, see docstring)
 GPU_GENERATE_EFFICIENCY = 0.1  # assumed, not measured
 TYPICAL_NEW_TOKENS = 32  # beams stop at the end of a title; max_new_tokens is an upper bound
+TYPICAL_RESPONSE_TOKENS = 20  # a quoted title and the end token
 BYTES = {"float32": 4, "auto": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -206,13 +209,15 @@ def _cpu_matmul_flops(bf16: bool = False, n: int = 1024, seconds: float = 0.1) -
 
 
 # ---------------------------------------------------------------- estimates
-def prompt_tokens(dataset: Any, config: Any, probe: int = 64) -> int:
-    """Typical prompt + response length in tokens (about 3.5 characters each), capped at max_length."""
+def prompt_tokens(dataset: Any, config: Any, probe: int = 64, *, mean: bool = False) -> int:
+    """Prompt + response length in tokens (about 3.5 characters each), capped at max_length: the
+    longest of the first `probe` samples (memory: a batch pads to it) or their mean (time)."""
     titles = dataset.titles
     samples = dataset.split("train")[:probe] or dataset.split("test")[:probe]
     chars = [sum(len(titles[i]) + 4 for i in s.history) + len(titles[s.target]) for s in samples] or [0]
     template = 300  # instruction and response scaffolding of the alpaca template, in characters
-    return min(config.model.max_length, int((max(chars) + template) / 3.5) + 1)
+    typical = sum(chars) / len(chars) if mean else max(chars)
+    return min(config.model.max_length, int((typical + template) / 3.5) + 1)
 
 
 def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, device: str | None = None,
@@ -245,13 +250,15 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
         n = min(n, train.train_samples)
     head = shape.vocab * shape.hidden
     body = shape.params - head  # the (tied) embedding is a lookup; the head runs at labelled positions only
-    flops_per_token = (6 if not lora.enabled else 4) * body + 6 * head * labelled / seq
+    mean_seq = prompt_tokens(dataset, config, mean=True)
+    response = TYPICAL_RESPONSE_TOKENS if train.logits_at_labels_only else mean_seq
+    flops_per_token = (6 if not lora.enabled else 4) * body + 6 * head * response / mean_seq
     if config.train.method.startswith("soft"):
         flops_per_token *= 1.15  # the packed second response (measured SOFT step / SFT step: 1.09-1.16)
     from softrec.hardware import use_bf16
 
     bf16 = use_bf16(train.bf16, "cpu" if device == "cpu" else "cuda")
-    seconds = train.epochs * n * seq * flops_per_token / (device_flops(device, bf16=bf16) * world)
+    seconds = train.epochs * n * mean_seq * flops_per_token / (device_flops(device, bf16=bf16) * world)
     notes = [f"{n} samples x {train.epochs} epochs, ~{seq} tokens each, micro-batch {train.micro_batch}"]
     if train.validate_every_epoch:  # beam-search validation after every epoch
         n_valid = min(len(dataset.split("valid")), train.valid_samples or 1 << 62)
@@ -285,7 +292,7 @@ def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str
     new = min(max_new_tokens, TYPICAL_NEW_TOKENS)
     head = shape.vocab * shape.hidden
     body = shape.params - head  # the embedding matrix is the (tied) head; a lookup costs nothing
-    prompt = seq - max_new_tokens
+    prompt = prompt_tokens(dataset, config, mean=True)
     flops = 2 * n_samples * (prompt * body + head + num_beams * new * (body + head))
     flops += 2 * len(dataset.titles) * 16 * body
     world = int(os.environ.get("WORLD_SIZE", "1"))
