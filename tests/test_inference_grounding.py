@@ -78,3 +78,25 @@ def test_minilm_grounds_exact_titles(tiny_dataset, cache):
     ranking = grounding.rank_by_distance(grounding.minilm_embed(["Dune Messiah", "Hamlet"]), items)
     assert ranking[:, 0].tolist() == [titles.index("Dune Messiah"), titles.index("Hamlet")]
     assert list(cache.glob("all-MiniLM-L6-v2-*.pt"))
+
+
+def test_catalogue_cache_is_not_reused_by_other_weights_under_the_same_name(tiny_dataset, tmp_path, monkeypatch):
+    """The cache key holds the model's identity, not only its name: other weights recompute."""
+    import copy
+
+    import torch
+
+    from softrec.inference import grounding
+    from softrec.models.registry import load_backbone
+
+    monkeypatch.setenv("SOFTREC_CACHE", str(tmp_path))
+    model, tokenizer = load_backbone("tiny")
+    first = grounding.catalogue_embeddings(model, tokenizer, tiny_dataset, cache_key="tiny")
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.get_input_embeddings().weight.mul_(2)
+    second = grounding.catalogue_embeddings(other, tokenizer, tiny_dataset, cache_key="tiny")
+    assert not torch.equal(first, second)
+    again = grounding.catalogue_embeddings(model, tokenizer, tiny_dataset, cache_key="tiny")
+    assert torch.equal(first, again)
+    assert len(list((tmp_path / "embeddings").iterdir())) == 2

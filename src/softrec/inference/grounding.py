@@ -128,8 +128,23 @@ def catalogue_embeddings(model: Any, tokenizer: Any, dataset: Any, *, cache_key:
                          batch_size: int = 32) -> torch.Tensor:
     """Frozen-base embeddings of every catalogue title [n_items, H], cached (see module doc)."""
     titles = dataset.titles
-    return _cached("llm", cache_key, titles,
+    named = None if cache_key is None else f"{cache_key}-{model_fingerprint(model, tokenizer)}"
+    return _cached("llm", named, titles,
                    lambda: embed_texts(model, tokenizer, titles, batch_size=batch_size))
+
+
+def model_fingerprint(model: Any, tokenizer: Any) -> str:
+    """A cheap identity of the frozen base and its tokenizer for the embedding cache's key: the
+    config, a slice of the input embeddings and of the last layer's weights, and how the tokenizer
+    splits a probe text. A name alone let a cache made by other weights or another tokenizer under
+    the same name be reused (seen with the tiny test model after its tokenizer changed)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    weights = [p for n, p in base.named_parameters() if "lora_" not in n and "modules_to_save" not in n]
+    probes = [weights[0], weights[-1]] if weights else []
+    parts = [base.config.to_json_string(use_diff=False) if hasattr(base.config, "to_json_string") else "",
+             *(p.detach().flatten()[:4096].float().cpu().numpy().tobytes().hex() for p in probes),
+             str(tokenizer("\"The Hobbit\" and Dune: a probe, 1984.")["input_ids"])]
+    return content_key(*parts)[:12]
 
 
 @lru_cache(maxsize=1)
