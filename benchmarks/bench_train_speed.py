@@ -65,7 +65,7 @@ def main() -> int:
     from softrec.bench.speed import compare_training, step_summary
     from softrec.config import DataConfig, load_config
     from softrec.data.protocol import prepare_dataset
-    from softrec.training.loss import cpu_has_bf16
+    from softrec.hardware import cpu_has_bf16
 
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"cpu: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__}, "

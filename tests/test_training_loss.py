@@ -9,9 +9,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
+from softrec.hardware import use_bf16
 from softrec.models.tiny import tiny_tokenizer
 from softrec.training.batches import Collator, encode_samples
-from softrec.training.loss import IGNORE, lm_losses, use_bf16
+from softrec.training.loss import IGNORE, lm_losses
 
 # fp32 on CPU: the two paths differ only in summation order.
 RTOL, ATOL = 1e-5, 1e-5

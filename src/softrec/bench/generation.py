@@ -17,10 +17,9 @@ time give the fraction of the matmul peak that generation reaches.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,30 +85,19 @@ class FlopCounter:
         self.flops += 2 * self.shape.head * rows
 
 
-def _body(model: Any) -> Any:
-    get_base = getattr(model, "get_base_model", None)
-    return (get_base() if callable(get_base) else model).model
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[list[float]]:
-    out: list[float] = []
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    yield out
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    out.append(time.perf_counter() - start)
-
-
 def compare_stage(model: Any, tokenizer: Any, prompts: Sequence[str], *, num_beams: int = 4,
                   max_new_tokens: int = 64, plain_batch: int = 8, engine_batch: int | None = None,
                   dtype: str = "auto", after: Callable[[list[str]], Any] | None = None,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Plain `generate` and the engine on the same prompts; `after(top_beams)` (grounding) is timed
     with each. Returns prompts/s of both, their ratio, identical top beams and the engine's FLOPs."""
-    from softrec.inference.generate import decode_dtype, generate_beam_ids, generate_plain
+    from softrec.bench.speed import stopwatch as timed
+    from softrec.inference.generate import (
+        causal_lm,
+        decode_dtype,
+        generate_beam_ids,
+        generate_plain,
+    )
 
     settings = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     engine_kwargs = {"batch_size": engine_batch} if engine_batch else {}
@@ -118,7 +106,7 @@ def compare_stage(model: Any, tokenizer: Any, prompts: Sequence[str], *, num_bea
         if after:
             after([b.texts[0] for b in plain])
     log(f"  plain generate: {len(prompts)} prompts in {plain_s[0]:.1f} s")
-    with FlopCounter(_body(model), Shape.of(model)) as counter, timed() as engine_s:
+    with FlopCounter(causal_lm(model).model, Shape.of(model)) as counter, timed() as engine_s:
         engine = generate_beam_ids(model, tokenizer, prompts, dtype=dtype, **engine_kwargs, **settings)
         if after:
             after([b.texts[0] for b in engine])

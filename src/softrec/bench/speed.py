@@ -91,8 +91,8 @@ def machine() -> dict[str, Any]:
     """`softrec.bench.machine()` (CPU, cores, threads, RAM, GPUs, versions, commit), plus the date,
     the device the measurements ran on and whether the CPU computes bf16 natively."""
     from softrec.bench import machine as describe_machine
+    from softrec.hardware import cpu_has_bf16
     from softrec.models.registry import default_device
-    from softrec.training.loss import cpu_has_bf16
 
     return {**describe_machine(), "device": str(default_device()), "cpu_native_bf16": cpu_has_bf16(),
             "date": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -22,7 +22,7 @@ transformers' own loop is the reference we replicate (`tests/test_inference_engi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -151,6 +151,3 @@ def _result(tokens: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor) -
     rows = tokens.tolist()
     return BeamResult([row[:length] for row, length in zip(rows, lengths.tolist(), strict=True)], scores.tolist())
 
-
-def sequences_of(results: Sequence[BeamResult]) -> list[list[list[int]]]:
-    return [r.token_ids for r in results]

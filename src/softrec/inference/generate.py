@@ -143,7 +143,7 @@ def decoding_model(model: Any, dtype: torch.dtype | None = None) -> Iterator[Any
     restored bit for bit afterwards (peft's unmerge subtracts, which drifts); another dtype decodes
     a merged copy, the caller's model untouched. LLaRA's embedding hooks stay on the original."""
     current = next(model.parameters()).dtype
-    if dtype is None or dtype == current or hasattr(_causal_lm(model), "llara_projector"):
+    if dtype is None or dtype == current or hasattr(causal_lm(model), "llara_projector"):
         saved = [(layer, layer.get_base_layer().weight.detach().clone()) for layer in _lora_layers(model)]
         try:
             for layer, _ in saved:
@@ -160,7 +160,7 @@ def decoding_model(model: Any, dtype: torch.dtype | None = None) -> Iterator[Any
     yield twin.to(dtype).eval()
 
 
-def _causal_lm(model: Any) -> Any:
+def causal_lm(model: Any) -> Any:
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
@@ -194,7 +194,7 @@ def trie_tokens(trie: TitleTrie, head: ChunkedHead, n: int, pad: int) -> Candida
 def _decode_batch(model: Any, encoded: dict[str, torch.Tensor], settings: BeamSettings,
                   trie: TitleTrie | None) -> list[BeamResult]:
     """Prefill every prompt once, then beam search with a cache that grows in place."""
-    lm = _causal_lm(model)
+    lm = causal_lm(model)
     body, head = lm.model, ChunkedHead(lm)
     device, k = lm.device, settings.num_beams
     input_ids = encoded["input_ids"].to(device)

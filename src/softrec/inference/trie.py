@@ -17,7 +17,6 @@ work per beam, and nothing proportional to the vocabulary except the single outp
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,29 +25,6 @@ from transformers import LogitsProcessor
 from softrec.data.prompts import response_text
 
 DEAD = -1  # state of a beam whose tokens left the trie (or that already ended with EOS)
-
-
-@dataclass(frozen=True)
-class TokenSubset:
-    """Some token ids renumbered 0..n-1, plus a last id n (the sink) that maps to `filler`.
-
-    Constrained decoding can run over this small vocabulary (see generate.py); `original` maps a
-    subset id back to its token id, `index` maps a token id to its subset id (-1 if absent).
-    """
-
-    original: torch.Tensor  # [n + 1]
-    index: torch.Tensor  # [vocab_size]
-
-    @classmethod
-    def of(cls, tokens: torch.Tensor, vocab_size: int, filler: int) -> TokenSubset:
-        kept = torch.unique(tokens.long())
-        index = torch.full((vocab_size,), -1, dtype=torch.long)
-        index[kept] = torch.arange(kept.numel())
-        return cls(torch.cat([kept, torch.tensor([filler])]), index)
-
-    @property
-    def sink(self) -> int:
-        return self.original.numel() - 1
 
 
 def tokenize_responses(tokenizer: Any, titles: Sequence[str], end_token_id: int | None = None) -> list[list[int]]:
@@ -165,18 +141,13 @@ class TrieLogitsProcessor(LogitsProcessor):
     in place on `scores` (a fresh tensor in `generate`; a 262k vocabulary makes copies costly).
     """
 
-    def __init__(self, trie: TitleTrie, prompt_length: int, subset: TokenSubset | None = None):
+    def __init__(self, trie: TitleTrie, prompt_length: int):
         self.trie = trie
         self.prompt_length = prompt_length
-        self.subset = subset  # when decoding runs over a TokenSubset's ids
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids[:, self.prompt_length :].cpu()
-        if self.subset is not None:
-            generated = self.subset.original[generated]
         rows, tokens = self.trie.allowed_pairs(self.trie.states(generated))
-        if self.subset is not None:
-            tokens = self.subset.index[tokens]
         rows, tokens = rows.to(scores.device), tokens.to(scores.device)
         allowed = scores[rows, tokens]
         # in place: generate hands over a fresh log-softmax tensor it does not reuse

@@ -21,8 +21,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from softrec.hardware import cpu_has_bf16, use_bf16  # noqa: F401  (re-exported)
-
 IGNORE = -100
 
 
@@ -80,9 +78,6 @@ def lm_losses(model: Any, batch: dict[str, Any], target_keys: list[str], *, fast
 
 
 # ---------------------------------------------------------------- bf16 autocast
-# cpu_has_bf16 / use_bf16 live in softrec.hardware (decoding decides bf16 the same way)
-
-
 @contextlib.contextmanager
 def autocast(enabled: bool, device_type: str = "cpu") -> Iterator[None]:
     if not enabled:

@@ -42,9 +42,10 @@ from transformers.trainer_callback import ExportableState
 
 from softrec.config import Config, TrainConfig, as_prepared
 from softrec.data.dataset import PreparedDataset, Sample
+from softrec.hardware import use_bf16
 from softrec.runs import RunDir, atomic_dir, atomic_write_json, content_key
 from softrec.training.batches import Collator, EncodedDataset, LengthGroupedSampler, encode_samples
-from softrec.training.loss import autocast, lm_losses, use_bf16
+from softrec.training.loss import autocast, lm_losses
 
 log = logging.getLogger(__name__)
 
