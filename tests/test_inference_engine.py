@@ -110,3 +110,54 @@ def test_chunked_head_equals_log_softmax_top_k(cap):
     torch.testing.assert_close(values, top.values, rtol=0, atol=1e-5)
     assert torch.equal(ids, top.indices)
     torch.testing.assert_close(head.log_probs(hidden), expected, rtol=0, atol=1e-5)
+
+
+def test_shared_prefix_length_of_a_left_padded_batch():
+    from softrec.inference.generate import shared_prefix_length
+
+    pad = 0
+    rows = [[5, 6, 7, 8, 9], [5, 6, 7, 3], [5, 6, 7, 8, 1, 2]]
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    assert shared_prefix_length(ids, mask) == 3  # 5 6 7, then 8 / 3 differ
+    assert shared_prefix_length(ids[[0, 2]], mask[[0, 2]]) == 4  # 5 6 7 8
+    same = torch.tensor([[1, 2, 3], [1, 2, 3]])
+    assert shared_prefix_length(same, torch.ones_like(same)) == 2  # each prompt keeps its last token
+    assert shared_prefix_length(ids[:1], mask[:1]) == 0  # one prompt: nothing to share
+
+
+@pytest.mark.parametrize("window", [512, 24])
+def test_shared_prefix_prefill_on_a_sliding_window_model(tiny_backbone, tiny_dataset, window):
+    """Gemma 3's layout (sliding-window and full layers): with a window the batch fits in, the
+    template's prefix is prefilled once and shared; with a short one the engine falls back to the
+    plain prefill. Same beams as transformers either way."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from softrec.inference import generate as engine
+
+    _, tokenizer = tiny_backbone
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=window,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():  # make EOS likely enough that beams end at different steps
+        head = model.get_output_embeddings()
+        head.weight[tokenizer.eos_token_id] = head.weight.mean(0) + 2.5 * head.weight.std(0)
+    prompts = _prompts(tiny_dataset, 6)
+    encoded = engine.encode_prompts(tokenizer, prompts)
+    assert engine.shared_prefix_length(encoded["input_ids"], encoded["attention_mask"]) > engine.MIN_SHARED_PREFIX
+    kwargs = {"num_beams": 3, "max_new_tokens": 12}
+    plain = generate_plain(model, tokenizer, prompts, batch_size=6, **kwargs)
+    calls = []
+    original = engine.PromptSharedCache.repeat_rows
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine.PromptSharedCache, "repeat_rows",
+                      lambda self, rows: (calls.append(rows), original(self, rows))[1])
+        ours = generate_beam_ids(model, tokenizer, prompts, batch_size=6, dtype="float32", **kwargs)
+    assert [b.token_ids for b in ours] == [b.token_ids for b in plain]
+    assert calls == ([6] if window == 512 else [])  # shared only when the sequence fits the window

@@ -32,6 +32,13 @@ class PromptSharedCache(DynamicCache):
         self.shared_length = 0  # tokens identical within each prompt's group of rows
         self._room: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def repeat_rows(self, rows: int) -> None:
+        """Copy a one-row cache (a prefix every prompt of the batch shares) to `rows` rows."""
+        for layer in self.layers:
+            if getattr(layer, "is_initialized", False):
+                layer.keys = layer.keys.expand(rows, -1, -1, -1).contiguous()
+                layer.values = layer.values.expand(rows, -1, -1, -1).contiguous()
+
     def expand_for_beams(self, num_beams: int, extra: int) -> None:
         """Repeat every prompt's rows `num_beams` times, into buffers with room for `extra` tokens."""
         self.shared_length = self.get_seq_length()

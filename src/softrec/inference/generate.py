@@ -191,6 +191,61 @@ def trie_tokens(trie: TitleTrie, head: ChunkedHead, n: int, pad: int) -> Candida
     return candidates
 
 
+MIN_SHARED_PREFIX = 16  # tokens; below this a separate prefill of the prefix costs more than it saves
+
+
+def shared_prefix_length(input_ids: torch.Tensor, mask: torch.Tensor) -> int:
+    """Tokens every prompt of a left-padded batch starts with (at most each prompt's length - 1, so
+    every prompt keeps a token whose hidden state starts its beams)."""
+    lengths = mask.sum(-1)
+    width = int(lengths.min()) - 1
+    if width <= 0 or input_ids.shape[0] < 2:
+        return 0
+    starts = input_ids.shape[1] - lengths
+    columns = starts[:, None] + torch.arange(width, device=input_ids.device)
+    heads = input_ids.gather(1, columns)  # each prompt's first `width` real tokens
+    differs = (heads != heads[:1]).any(dim=0).nonzero()
+    return int(differs[0]) if differs.numel() else width
+
+
+def _prefill(body: Any, input_ids: torch.Tensor, mask: torch.Tensor, cache: PromptSharedCache,
+             max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run every prompt once; return the last hidden states, the attention mask and the positions.
+
+    Prompts built from one template share a long prefix (about 70 of 170 tokens of a BIGRec
+    prompt): it is run once for the batch and its keys and values copied to every row, the rest
+    of each prompt continuing after it, so its attention reads the same keys and values at the same
+    positions as a plain prefill. The cache then holds [prefix][padding][rest] instead of
+    [padding][prompt]; only a sliding-window layer would see the difference (its window counts cache
+    slots), so the shared prefill is used only when the whole sequence fits inside the window.
+    """
+    rows, width = input_ids.shape
+    shared = shared_prefix_length(input_ids, mask)
+    window = getattr(body.config, "sliding_window", None)
+    if shared < MIN_SHARED_PREFIX or (window and width + max_new_tokens >= window):
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # generate's rule for left padding
+        first = body(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                     use_cache=True).last_hidden_state[:, -1]
+        return first, mask, positions
+    start = int(width - mask[0].sum())  # where the first prompt's tokens begin
+    prefix = input_ids[:1, start : start + shared]
+    body(input_ids=prefix, position_ids=torch.arange(shared, device=prefix.device)[None], cache=cache,
+         use_cache=True)
+    cache.repeat_rows(rows)
+    # the rest of each prompt, left-padded: drop the prefix columns from each row's real tokens
+    keep = torch.ones_like(mask, dtype=torch.bool)
+    lengths = mask.sum(-1)
+    columns = (width - lengths)[:, None] + torch.arange(shared, device=mask.device)
+    keep.scatter_(1, columns, False)
+    rest_ids = input_ids[keep].view(rows, width - shared)
+    rest_mask = mask[keep].view(rows, width - shared)
+    full_mask = torch.cat([rest_mask.new_ones((rows, shared)), rest_mask], dim=1)
+    positions = shared + (rest_mask.long().cumsum(-1) - 1).clamp(min=0)
+    first = body(input_ids=rest_ids, attention_mask=full_mask, position_ids=positions, cache=cache,
+                 use_cache=True).last_hidden_state[:, -1]
+    return first, full_mask, positions
+
+
 def _decode_batch(model: Any, encoded: dict[str, torch.Tensor], settings: BeamSettings,
                   trie: TitleTrie | None) -> list[BeamResult]:
     """Prefill every prompt once, then beam search with a cache that grows in place."""
@@ -199,10 +254,8 @@ def _decode_batch(model: Any, encoded: dict[str, torch.Tensor], settings: BeamSe
     device, k = lm.device, settings.num_beams
     input_ids = encoded["input_ids"].to(device)
     mask = encoded["attention_mask"].to(device)
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # generate's rule for left padding
     cache = PromptSharedCache(lm.config)
-    first = body(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                 use_cache=True).last_hidden_state[:, -1]
+    first, mask, positions = _prefill(body, input_ids, mask, cache, settings.max_new_tokens)
     cache.expand_for_beams(k, settings.max_new_tokens)
     state = {"mask": mask.repeat_interleave(k, dim=0), "position": (positions[:, -1] + 1).repeat_interleave(k)}
 
