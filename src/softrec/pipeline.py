@@ -49,17 +49,15 @@ def train(config: Config, dataset: PreparedDataset, run_dir: Path, *, distilled_
 
 
 def evaluate(config: Config, dataset: PreparedDataset, run_dir: Path, split: str = "test") -> None:
-    """`softrec evaluate` on one run (it reuses a still-valid evaluation by its manifest key)."""
-    from softrec.cli import main as cli_main
-    from softrec.errors import UserError
+    """The evaluation stage on one run with its own settings and the pipeline's grounding and beams
+    (it reuses a still-valid evaluation by its manifest key)."""
+    from softrec.evaluation.stage import evaluate_run, run_config
 
     _log(f"evaluate {run_dir.name} on {split} ({config.eval.grounding} grounding)")
-    status = cli_main([
-        "evaluate", "--run-dir", str(run_dir), "--data", str(dataset.path), "--split", split,
-        "--grounding", config.eval.grounding, "--num-beams", str(config.eval.num_beams), "--no-preflight",  # run_pipeline did it once up front
-    ])
-    if status != 0:
-        raise UserError(f"{run_dir}: evaluation failed (exit status {status})")
+    run_settings = run_config(run_dir, flags={"eval.grounding": config.eval.grounding,
+                                              "eval.num_beams": config.eval.num_beams})
+    evaluate_run(run_dir, run_settings, data=dataset.path, split=split,
+                 preflight=False)  # run_pipeline did it once up front
 
 
 def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, preflight: bool = True) -> Path:

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from softrec.config import ClassicConfig, Config
 from softrec.data.dataset import PreparedDataset, Sample
 from softrec.errors import DataFormatError, UserError
-from softrec.evaluation.metrics import aggregate
+from softrec.metrics import aggregate
 from softrec.runs import RunDir, atomic_write_bytes, atomic_write_json, content_key
 
 CLASSIC_METHODS = ("sasrec", "gru4rec")

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from softrec.cli.common import add_config_options, config_from_args
+from softrec.config import add_config_options, config_from_args
 from softrec.errors import UserError
 
 Log = Callable[[str], None]

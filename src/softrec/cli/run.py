@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from softrec.cli.common import add_config_options, config_from_args
+from softrec.config import GROUNDINGS
 
 
 def demo_config_path() -> Path:
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-size", type=int, metavar="N", help="train windows sampled when preparing (data.train_size)")
     parser.add_argument("--valid-size", type=int, metavar="N", help="valid windows sampled when preparing (data.valid_size)")
     parser.add_argument("--test-size", type=int, metavar="N", help="test windows sampled when preparing (data.test_size)")
-    parser.add_argument("--grounding", choices=["l2", "trie", "minilm"], help="title -> items mapping (eval.grounding)")
+    parser.add_argument("--grounding", choices=list(GROUNDINGS), help="title -> items mapping (eval.grounding)")
     parser.add_argument("--num-beams", type=int, metavar="N", help="beams for evaluation (eval.num_beams, 4)")
     parser.add_argument("--seed", type=int, help="training seed (train.seed)")
     parser.add_argument("--no-preflight", action="store_true", help="skip the memory/time estimate and its refusal")

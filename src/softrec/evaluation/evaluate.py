@@ -17,10 +17,10 @@ import torch
 from softrec.config import EvalConfig
 from softrec.data.dataset import PreparedDataset, Sample
 from softrec.data.prompts import build_prompt, strip_response
-from softrec.evaluation.metrics import aggregate, target_rank
 from softrec.inference import grounding
 from softrec.inference.generate import generate_beam_ids
 from softrec.inference.trie import TitleTrie
+from softrec.metrics import aggregate, target_rank
 
 
 @dataclass

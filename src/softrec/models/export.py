@@ -99,7 +99,7 @@ def _metrics_with_intervals(run_dir: Path, resamples: int = 2000) -> list[tuple[
     """(evaluation, metric, mean, low, high, n) for every recorded evaluation: 95% bootstrap CI."""
     import numpy as np
 
-    from softrec.evaluation.compare import metric_matrix, paired_bootstrap
+    from softrec.metrics import metric_matrix, paired_bootstrap
     from softrec.runs import read_jsonl
 
     rows = []
