@@ -12,6 +12,7 @@ from softrec.config import load_config
 from softrec.data.prompts import build_prompt
 from softrec.models import llara
 from softrec.models.registry import load_backbone, load_run_model
+from softrec.training import llara_items
 
 
 @pytest.fixture(autouse=True)
@@ -151,7 +152,7 @@ def test_sasrec_run_of_other_data_is_refused(tiny_dataset, tmp_path):
     RunDir(run).update_info(method="sasrec", dataset_key="something-else")
     config = load_config(values={"model.backbone": "llara", "model.llara_sasrec_run": str(run)})
     with pytest.raises(UserError, match="other data"):
-        llara.sasrec_items(config, tiny_dataset, tmp_path / "out")
+        llara_items.sasrec_items(config, tiny_dataset, tmp_path / "out")
 
 
 FAST = ["--micro-batch", "8", "--effective-batch", "8", "--set", "train.bf16=off",
@@ -244,4 +245,4 @@ def test_torchrun_without_a_sasrec_run_is_refused(tiny_dataset, tmp_path, monkey
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="--sasrec-run"):
-        llara.sasrec_items(load_config(values={"model.backbone": "llara"}), tiny_dataset, tmp_path / "out")
+        llara_items.sasrec_items(load_config(values={"model.backbone": "llara"}), tiny_dataset, tmp_path / "out")

@@ -143,7 +143,7 @@ class ModelShape:
 
     @classmethod
     def of(cls, model: Any) -> ModelShape:
-        from softrec.training.loss import causal_lm_of
+        from softrec.models.wrappers import causal_lm_of
 
         lm = causal_lm_of(model)
         head = lm.get_output_embeddings()

@@ -467,7 +467,7 @@ def _weights_saver(out: Path, lora: bool) -> Callable[[Any, Any], None]:
             from softrec.models.llara import save_projector
 
             save_projector(model, tmp)  # LLaRA backbone: its item projector beside the weights
-            from softrec.models.export import describe_adapter
+            from softrec.models.card import describe_adapter
 
             try:  # base identity, tokenizer, prompt template, model card: loadable without softrec
                 describe_adapter(tmp, out, tokenizer)
@@ -559,7 +559,7 @@ def build_trainer(
     set_seed(train_cfg.seed)
     model, tokenizer = model_and_tokenizer or _load_backbone(config.model.name)
     if config.model.backbone == "llara":
-        from softrec.models.llara import attach_for_training
+        from softrec.training.llara_items import attach_for_training
 
         model, tokenizer = attach_for_training(model, tokenizer, config, dataset, out)
     model = prepare_model(model, config)
@@ -805,7 +805,7 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def _model_config(model: Any) -> Any:
-    from softrec.training.loss import causal_lm_of
+    from softrec.models.wrappers import causal_lm_of
 
     return causal_lm_of(model).config
 
