@@ -37,7 +37,7 @@ def slow_step(self, *a, **k):
     time.sleep(0.3)
     return out
 Trainer.training_step = slow_step
-import softrec.training.distill as distill
+import softrec.inference.distill as distill
 distill.CHUNK = 4
 generate = distill._generate_targets
 def slow_generate(*a, **k):
@@ -145,7 +145,7 @@ DISTILL = ["--beams", "2", "--max-new-tokens", "6", "--set", "eval.batch_size=4"
 def test_sigkill_during_distillation_keeps_finished_chunks(sft_run, tiny_dataset, tmp_path, monkeypatch):
     import shutil
 
-    from softrec.training import distill as stage
+    from softrec.inference import distill as stage
 
     monkeypatch.setenv("SOFTREC_NO_PREFLIGHT", "1")
     monkeypatch.setattr(stage, "CHUNK", 4)

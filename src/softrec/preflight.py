@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from softrec.errors import UserError
+from softrec.methods import is_soft
 
 GiB = 1 << 30
 SAFETY = 0.9  # refuse above this share of the available memory
@@ -235,7 +236,7 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
         trainable = shape.layers * len(lora.target_modules) * lora.r * (shape.hidden + max(shape.hidden, shape.kv_dim))
     else:
         trainable = shape.params
-    micro = train.micro_batch * (2 if config.train.method.startswith("soft") else 1)  # SOFT rows carry both targets
+    micro = train.micro_batch * (2 if is_soft(config.train.method) else 1)  # SOFT rows carry both targets
     per_token = 12 * shape.hidden + 2 * shape.intermediate + (shape.heads * seq if device == "cpu" else 0)
     labelled = min(seq, 48) if train.logits_at_labels_only else seq  # a title response is ~10-40 tokens
     memory = {
@@ -253,7 +254,7 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
     mean_seq = prompt_tokens(dataset, config, mean=True)
     response = TYPICAL_RESPONSE_TOKENS if train.logits_at_labels_only else mean_seq
     flops_per_token = (6 if not lora.enabled else 4) * body + 6 * head * response / mean_seq
-    if config.train.method.startswith("soft"):
+    if is_soft(config.train.method):
         flops_per_token *= 1.15  # the packed second response (measured SOFT step / SFT step: 1.09-1.16)
     from softrec.hardware import use_bf16
 

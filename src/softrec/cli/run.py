@@ -8,6 +8,7 @@ from pathlib import Path
 
 from softrec.cli.common import add_config_options, config_from_args
 from softrec.config import GROUNDINGS
+from softrec.methods import SOFT_METHODS
 
 
 def demo_config_path() -> Path:
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
                         help="pipeline directory holding data/, sft/, soft/, report/ (default runs/demo)")
     parser.add_argument("--model", help="backbone: gemma-3-270m, smollm2-135m, tiny, or a checkpoint dir")
-    parser.add_argument("--method", choices=["soft", "soft-sd-only", "soft-fixed", "soft-linear"],
+    parser.add_argument("--method", choices=list(SOFT_METHODS),
                         help="the SOFT variant trained beside SFT (default soft)")
     parser.add_argument("--alpha", type=float, help="pace of the adaptive scheduler")
     parser.add_argument("--sweep-alpha", action="store_true",

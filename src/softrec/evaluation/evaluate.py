@@ -16,7 +16,7 @@ import torch
 
 from softrec.config import EvalConfig
 from softrec.data.dataset import PreparedDataset, Sample
-from softrec.data.prompts import build_prompt, strip_response
+from softrec.data.prompts import end_token_id, sample_prompt, strip_response
 from softrec.inference import grounding
 from softrec.inference.generate import generate_beam_ids
 from softrec.inference.trie import TitleTrie
@@ -41,27 +41,12 @@ class Ranked:
 _TRIES: dict[tuple[int, str, str], TitleTrie] = {}
 
 
-def response_end_token(tokenizer: Any, template: str) -> int:
-    """The token training appends to responses (training.batches decides; EOS if it is absent)."""
-    try:
-        from softrec.training.batches import end_token_id
-    except ImportError:
-        return int(tokenizer.eos_token_id)
-    return end_token_id(tokenizer, template)
-
-
 def title_trie(tokenizer: Any, titles: Sequence[str], template: str = "alpaca") -> TitleTrie:
     """The catalogue trie, built once per (tokenizer, catalogue, template) in this process."""
     key = (id(tokenizer), grounding.titles_checksum(titles), template)
     if key not in _TRIES:
-        _TRIES[key] = TitleTrie.from_titles(tokenizer, titles, response_end_token(tokenizer, template))
+        _TRIES[key] = TitleTrie.from_titles(tokenizer, titles, end_token_id(tokenizer, template))
     return _TRIES[key]
-
-
-def sample_prompt(dataset: PreparedDataset, sample: Sample, template: str, tokenizer: Any) -> str:
-    titles = dataset.titles
-    return build_prompt([titles[i] for i in sample.history], dataset.domain, template, tokenizer,
-                        item_ids=sample.history)  # item ids: LLaRA's placeholders, when the tokenizer has them
 
 
 def _apply_exclusion(ranking: list[int], sample: Sample, exclude_history: bool) -> list[int]:
