@@ -175,3 +175,10 @@ def test_the_schedulers_the_schema_accepts_are_the_curriculums():
     from softrec.training.curriculum import SCHEDULES
 
     assert list(SCHEDULERS) == list(SCHEDULES)
+
+
+def test_the_groundings_the_schema_accepts_are_the_evaluations():
+    from softrec.config import GROUNDINGS
+    from softrec.evaluation.evaluate import GROUNDERS
+
+    assert list(GROUNDINGS) == list(GROUNDERS)

@@ -67,7 +67,7 @@ class UnknownModel(UserError):
 
 
 @dataclass
-class ModelShape:
+class BackboneShape:
     params: int
     hidden: int
     layers: int
@@ -109,10 +109,10 @@ def _duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------- model shape
-def model_shape(name: str) -> ModelShape:
+def model_shape(name: str) -> BackboneShape:
     """Parameter count and dimensions without loading weights."""
     if name in KNOWN_MODELS:
-        return ModelShape(**KNOWN_MODELS[name])
+        return BackboneShape(**KNOWN_MODELS[name])
     if name == "tiny":
         from softrec.models.tiny import tiny_model
 
@@ -125,7 +125,7 @@ def model_shape(name: str) -> ModelShape:
     raise UnknownModel(f"preflight: no shape known for model '{name}' without loading it; estimate skipped")
 
 
-def _shape_from_config(config: dict[str, Any], params: int | None) -> ModelShape:
+def _shape_from_config(config: dict[str, Any], params: int | None) -> BackboneShape:
     config = config.get("text_config", config)
     hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
     heads = int(config.get("num_attention_heads", 1))
@@ -135,7 +135,7 @@ def _shape_from_config(config: dict[str, Any], params: int | None) -> ModelShape
     vocab = int(config["vocab_size"])
     if params is None:  # embeddings + attention (q, o full; k, v at kv width) + gated MLP per layer
         params = vocab * hidden + layers * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * inter)
-    return ModelShape(params, hidden, layers, heads, kv_dim, inter, vocab)
+    return BackboneShape(params, hidden, layers, heads, kv_dim, inter, vocab)
 
 
 def _safetensors_params(folder: Path) -> int | None:
