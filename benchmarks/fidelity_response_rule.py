@@ -27,8 +27,8 @@ def main() -> None:
 
     from softrec.data.dataset import PreparedDataset
     from softrec.data.prompts import strip_response
-    from softrec.evaluation.metrics import aggregate, target_rank
     from softrec.inference import grounding
+    from softrec.metrics import aggregate, target_rank
     from softrec.models.registry import load_backbone
 
     torch.set_num_threads(1)

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from softrec.baselines.classic import load_ranker, rank_from_scores, train_classic
     from softrec.config import load_config
-    from softrec.evaluation.metrics import aggregate
+    from softrec.metrics import aggregate
 
     config = load_config(overrides=[f"train.method={args.method}", *args.overrides])
     lines = [

@@ -21,7 +21,7 @@ from softrec.baselines.classic import (
 from softrec.config import load_config
 from softrec.data.dataset import Domain, Item, Sample, write_prepared
 from softrec.errors import UserError
-from softrec.evaluation.metrics import aggregate
+from softrec.metrics import aggregate
 
 N_ITEMS = 20
 

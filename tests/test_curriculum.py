@@ -1,4 +1,4 @@
-"""SOFT's curriculum schedulers and the callback that applies them (SOFT.md section 6, step 4)."""
+"""SOFT's curriculum schedulers and the curriculum that owns lambda (SOFT.md section 6, step 4)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from softrec.training.curriculum import CurriculumCallback, Scheduler, adaptive_lambda
+from softrec.training.curriculum import Curriculum, Scheduler, adaptive_lambda
 
 
 def test_first_epoch_is_self_distilled_only():
@@ -52,32 +52,29 @@ class _Model:
         self.training = mode
 
 
-def test_callback_drives_lambda_and_survives_resume(tmp_path):
+def test_curriculum_drives_lambda_and_survives_resume(tmp_path):
     measured = iter([4.0, 3.0, 2.0, 99.0])
-    trainer = SimpleNamespace(soft_lambda=None, epoch_record={}, processing_class=None)
-    callback = CurriculumCallback(Scheduler("adaptive", alpha=1.0), lambda m, t: next(measured), tmp_path / "c.json")
-    callback.bind(trainer)
+    curriculum = Curriculum(Scheduler("adaptive", alpha=1.0), lambda m, t: next(measured), tmp_path / "c.json")
     model = _Model()
-    callback.on_train_begin(None, SimpleNamespace(epoch=0.0, global_step=0), None, model=model)
-    callback.on_epoch_begin(None, SimpleNamespace(epoch=0.0), None)
-    assert trainer.soft_lambda == 1.0
-    callback.on_epoch_end(None, SimpleNamespace(epoch=1.0), None, model=model)
-    assert trainer.epoch_record == {"lambda": 1.0, "distance": 3.0}
+    assert curriculum.lam == 1.0  # lambda_1 before anything ran
+    curriculum.on_train_begin(None, SimpleNamespace(epoch=0.0, global_step=0), None, model=model)
+    curriculum.on_epoch_begin(None, SimpleNamespace(epoch=0.0), None)
+    assert curriculum.lam == 1.0
+    curriculum.on_epoch_end(None, SimpleNamespace(epoch=1.0), None, model=model)
+    assert curriculum.record(1) == {"lambda": 1.0, "distance": 3.0}
     assert model.training  # restored after measuring
 
     # a new process resuming mid-epoch 2 (state.epoch = 1.5) keeps the distance history
-    resumed = CurriculumCallback(Scheduler("adaptive", alpha=1.0), lambda m, t: 2.0, tmp_path / "c.json")
-    resumed.bind(trainer)
+    resumed = Curriculum(Scheduler("adaptive", alpha=1.0), lambda m, t: 2.0, tmp_path / "c.json")
     resumed.on_train_begin(None, SimpleNamespace(epoch=1.5, global_step=3), None, model=model)  # d_0 not re-measured
     resumed.on_epoch_begin(None, SimpleNamespace(epoch=1.5), None)
     assert resumed.distances == {0: 4.0, 1: 3.0}
-    assert trainer.soft_lambda == pytest.approx(math.exp(3.0 / 4.0 - 1.0))
+    assert resumed.lam == pytest.approx(math.exp(3.0 / 4.0 - 1.0))
 
 
 def test_fresh_run_ignores_an_earlier_attempts_state(tmp_path):
     path = tmp_path / "c.json"
     path.write_text('{"distances": {"0": 9.0, "1": 1.0}, "lambdas": {"1": 1.0}}')
-    callback = CurriculumCallback(Scheduler("adaptive", alpha=1.0), lambda m, t: 5.0, path)
-    callback.bind(SimpleNamespace(soft_lambda=None, processing_class=None))
+    callback = Curriculum(Scheduler("adaptive", alpha=1.0), lambda m, t: 5.0, path)
     callback.on_train_begin(None, SimpleNamespace(epoch=0.0, global_step=0), None, model=_Model())
     assert callback.distances == {0: 5.0}

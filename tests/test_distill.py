@@ -30,7 +30,7 @@ def _config():
 
 
 def test_distill_covers_every_training_sample_and_is_reused(sft_run, tiny_dataset, monkeypatch):
-    from softrec.training import distill as stage
+    from softrec.inference import distill as stage
 
     path = stage.distill(sft_run, tiny_dataset, _config(), progress=False)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -45,7 +45,7 @@ def test_distill_covers_every_training_sample_and_is_reused(sft_run, tiny_datase
 
 
 def test_distill_resumes_from_finished_chunks(sft_run, tiny_dataset, monkeypatch):
-    from softrec.training import distill as stage
+    from softrec.inference import distill as stage
 
     monkeypatch.setattr(stage, "CHUNK", 8)
     real = stage._generate_targets
@@ -70,7 +70,7 @@ def test_distill_resumes_from_finished_chunks(sft_run, tiny_dataset, monkeypatch
 
 def test_missing_distilled_targets_is_a_user_error(tmp_path):
     from softrec.errors import UserError
-    from softrec.training.distill import load_distilled
+    from softrec.inference.distill import load_distilled
 
     with pytest.raises(UserError, match="softrec distill"):
         load_distilled(tmp_path)
@@ -78,8 +78,8 @@ def test_missing_distilled_targets_is_a_user_error(tmp_path):
 
 def test_distill_covers_only_the_training_subset(sft_run, tiny_dataset):
     """SFT on `train.train_samples` of the split: distilling the rest would be wasted generation."""
-    from softrec.training import distill as stage
-    from softrec.training.trainer import subset
+    from softrec.data.subsets import subset
+    from softrec.inference import distill as stage
 
     config = load_config(None, ["soft.distill_max_new_tokens=4", "soft.distill_beams=1", "train.train_samples=3"])
     path = stage.distill(sft_run, tiny_dataset, config, progress=False)

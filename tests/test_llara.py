@@ -12,6 +12,7 @@ from softrec.config import load_config
 from softrec.data.prompts import build_prompt
 from softrec.models import llara
 from softrec.models.registry import load_backbone, load_run_model
+from softrec.training import llara_items
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +97,8 @@ def test_gradients_reach_the_projector_but_not_the_item_table(tiny_dataset):
 def test_saved_run_reloads_with_identical_logits_and_generations(tiny_dataset, tmp_path):
     from softrec.inference.generate import generate_beams
     from softrec.runs import RunDir
-    from softrec.training.trainer import _weights_saver, prepare_model
+    from softrec.training.checkpoints import weights_saver
+    from softrec.training.trainer import prepare_model
 
     model, tokenizer = _llara_tiny(seed=1)
     peft_model = prepare_model(model, load_config(values={"model.name": "tiny"}))
@@ -106,7 +108,7 @@ def test_saved_run_reloads_with_identical_logits_and_generations(tiny_dataset, t
                 parameter.add_(0.05 * torch.randn_like(parameter))
     peft_model.eval()
     run_dir = tmp_path / "run"
-    _weights_saver(run_dir, lora=True)(peft_model, tokenizer)
+    weights_saver(run_dir, lora=True)(peft_model, tokenizer)
     RunDir(run_dir).update_info(base_model="tiny", method="sft", backbone="llara")
     assert (run_dir / "adapter" / llara.WEIGHTS_FILE).exists()
 
@@ -151,7 +153,7 @@ def test_sasrec_run_of_other_data_is_refused(tiny_dataset, tmp_path):
     RunDir(run).update_info(method="sasrec", dataset_key="something-else")
     config = load_config(values={"model.backbone": "llara", "model.llara_sasrec_run": str(run)})
     with pytest.raises(UserError, match="other data"):
-        llara.sasrec_items(config, tiny_dataset, tmp_path / "out")
+        llara_items.sasrec_items(config, tiny_dataset, tmp_path / "out")
 
 
 FAST = ["--micro-batch", "8", "--effective-batch", "8", "--set", "train.bf16=off",
@@ -222,7 +224,8 @@ def test_llara_sft_distill_soft_chain_through_the_cli(tiny_dataset, tmp_path, ca
 
 def test_full_fine_tuning_saves_and_reloads_the_projector(tiny_dataset, tmp_path):
     from softrec.runs import RunDir
-    from softrec.training.trainer import _weights_saver, prepare_model
+    from softrec.training.checkpoints import weights_saver
+    from softrec.training.trainer import prepare_model
 
     model, tokenizer = _llara_tiny(seed=3)
     model = prepare_model(model, load_config(values={"model.name": "tiny", "train.lora.enabled": False}))
@@ -231,7 +234,7 @@ def test_full_fine_tuning_saves_and_reloads_the_projector(tiny_dataset, tmp_path
         llara.projector_of(model).mlp[2].bias.add_(0.3)
     model.eval()
     run_dir = tmp_path / "full"
-    _weights_saver(run_dir, lora=False)(model, tokenizer)
+    weights_saver(run_dir, lora=False)(model, tokenizer)
     RunDir(run_dir).update_info(base_model="tiny", method="sft", backbone="llara")
     loaded, loaded_tokenizer = load_run_model(run_dir)
     prompt = _prompt(tiny_dataset, tokenizer, [4, 8, 15])
@@ -244,4 +247,4 @@ def test_torchrun_without_a_sasrec_run_is_refused(tiny_dataset, tmp_path, monkey
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="--sasrec-run"):
-        llara.sasrec_items(load_config(values={"model.backbone": "llara"}), tiny_dataset, tmp_path / "out")
+        llara_items.sasrec_items(load_config(values={"model.backbone": "llara"}), tiny_dataset, tmp_path / "out")

@@ -10,8 +10,8 @@ import torch
 from softrec.config import EvalConfig
 from softrec.data.dataset import Sample
 from softrec.evaluation.evaluate import evaluate_scores, summarize
-from softrec.evaluation.metrics import aggregate, sample_metrics, target_rank
 from softrec.inference.grounding import rank_by_distance
+from softrec.metrics import aggregate, sample_metrics, target_rank
 
 
 def test_rank_zero_is_a_hit_everywhere():

@@ -64,8 +64,8 @@ def test_half_written_checkpoint_is_not_used(monkeypatch, tmp_path):
     [("gemma-3-270m", {1, 106}, "<eos>"), ("smollm2-135m", {2}, "<|im_end|>")],
 )
 def test_real_backbone_loads_generates_and_stops(name, stops, end):
+    from softrec.data.prompts import end_token_id
     from softrec.models.registry import load_backbone
-    from softrec.training.batches import end_token_id
 
     model, tokenizer = load_backbone(name)
     assert model.config.to_dict().get("quantization_config") is None

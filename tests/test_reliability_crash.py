@@ -37,7 +37,7 @@ def slow_step(self, *a, **k):
     time.sleep(0.3)
     return out
 Trainer.training_step = slow_step
-import softrec.training.distill as distill
+import softrec.inference.distill as distill
 distill.CHUNK = 4
 generate = distill._generate_targets
 def slow_generate(*a, **k):
@@ -145,7 +145,7 @@ DISTILL = ["--beams", "2", "--max-new-tokens", "6", "--set", "eval.batch_size=4"
 def test_sigkill_during_distillation_keeps_finished_chunks(sft_run, tiny_dataset, tmp_path, monkeypatch):
     import shutil
 
-    from softrec.training import distill as stage
+    from softrec.inference import distill as stage
 
     monkeypatch.setenv("SOFTREC_NO_PREFLIGHT", "1")
     monkeypatch.setattr(stage, "CHUNK", 4)
@@ -172,8 +172,8 @@ def test_sigkill_during_distillation_keeps_finished_chunks(sft_run, tiny_dataset
 def test_evaluation_resumes_from_finished_chunks(tmp_path, tiny_dataset, monkeypatch):
     """A crash mid-evaluation keeps the finished chunks; the rerun computes only the rest and the
     result equals a one-pass evaluation (chunks are multiples of the generation batch)."""
-    import softrec.cli.evaluate as cli_eval
     import softrec.evaluation.evaluate as evaluation
+    import softrec.evaluation.stage as stage
 
     monkeypatch.setenv("SOFTREC_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("SOFTREC_NO_PREFLIGHT", "1")
@@ -188,7 +188,7 @@ def test_evaluation_resumes_from_finished_chunks(tmp_path, tiny_dataset, monkeyp
         runs[name] = run
     assert main([*args, "--run", str(runs["one"])]) == 0
 
-    monkeypatch.setattr(cli_eval, "EVAL_CHUNK", 2)
+    monkeypatch.setattr(stage, "EVAL_CHUNK", 2)
     real = evaluation.evaluate_model
     seen: list[str] = []
 

@@ -102,7 +102,7 @@ def test_corrupted_adapter_is_never_loaded_and_training_rebuilds_it(trained, tin
 
 
 def test_corrupted_distilled_targets_are_refused_and_rebuilt(trained, tiny_dataset):
-    from softrec.training import distill as stage
+    from softrec.inference import distill as stage
 
     config, out = trained
     config = load_config(None, ["soft.distill_max_new_tokens=4", "soft.distill_beams=2", "eval.batch_size=8"])
@@ -197,7 +197,7 @@ def test_same_seed_gives_identical_prepared_data(tmp_path):
 
 def test_same_seed_gives_identical_distilled_targets_and_metrics(tmp_path):
     """Two independent runs (fresh dataset, training, distillation, evaluation): identical bytes."""
-    from softrec.training import distill as stage
+    from softrec.inference import distill as stage
     from softrec.training.trainer import train_llm
 
     outputs = []

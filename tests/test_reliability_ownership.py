@@ -273,7 +273,7 @@ def test_compare_refuses_predictions_of_the_weights_before_retraining(trained, t
 
 
 def test_distilled_targets_of_the_previous_adapter_are_refused(trained, tiny_dataset, capsys):
-    from softrec.training import distill as stage
+    from softrec.inference import distill as stage
 
     config = load_config(None, ["soft.distill_max_new_tokens=4", "soft.distill_beams=2", "eval.batch_size=8"])
     stage.distill(trained, tiny_dataset, config, progress=False)
@@ -313,7 +313,7 @@ def test_kill_between_the_two_latest_copies_leaves_a_pair_compare_refuses(traine
 # ---------------------------------------------------------------- SOFT with empty generations
 def test_soft_training_survives_empty_generations(trained, tiny_dataset, monkeypatch, capsys):
     import softrec.inference.generate as generate
-    from softrec.training import distill as stage
+    from softrec.inference import distill as stage
 
     config = load_config(None, ["soft.distill_max_new_tokens=4", "soft.distill_beams=2", "eval.batch_size=8"])
     stage.distill(trained, tiny_dataset, config, progress=False)
@@ -351,7 +351,7 @@ def test_a_failed_training_does_not_stay_at_training(tiny_dataset, tmp_path, mon
 
 # ---------------------------------------------------------------- checkpoints
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tiny_dataset, tmp_path):
-    from softrec.training.trainer import SEAL, last_complete_checkpoint
+    from softrec.training.checkpoints import SEAL, last_complete_checkpoint
 
     out = tmp_path / "run"
     args = ["train", "--data", str(tiny_dataset.path), "--out", str(out), "--model", "tiny", "--epochs", "2",

@@ -14,8 +14,8 @@ import torch
 from softrec.cli import main
 from softrec.config import load_config
 from softrec.data.prompts import build_prompt
+from softrec.data.subsets import training_samples
 from softrec.training.curriculum import probe_distance, probe_samples
-from softrec.training.distill import training_samples
 
 BEAMS, NEW_TOKENS = 2, 6
 
@@ -83,9 +83,9 @@ def test_probe_distance_equals_a_hand_computation(tiny_dataset, tiny_backbone):
 def test_each_distilled_target_is_the_top_beam_of_its_own_prompt(tiny_dataset, tmp_path):
     from peft import LoraConfig, get_peft_model
 
+    from softrec.inference.distill import distill
     from softrec.models.registry import load_backbone, load_run_model
     from softrec.runs import RunDir
-    from softrec.training.distill import distill
 
     base, _ = load_backbone("tiny")
     run_dir = tmp_path / "sft"

@@ -14,8 +14,10 @@ from transformers import TrainerCallback, TrainingArguments
 from softrec.config import TrainConfig, load_config
 from softrec.models.registry import load_backbone, load_run_model
 from softrec.training.batches import Collator, EncodedDataset, encode_samples
+from softrec.training.curriculum import Curriculum, Scheduler
 from softrec.training.loss import lm_losses
-from softrec.training.trainer import SoftTrainer, accumulation_steps, train_llm
+from softrec.training.soft_trainer import SoftTrainer
+from softrec.training.trainer import accumulation_steps, train_llm
 
 
 def tiny_config(**values):
@@ -141,8 +143,11 @@ def test_finished_training_is_reused(tiny_dataset, tmp_path, caplog):
 
 
 def _soft_trainer(tmp_path, model, encoded, pad_id):
+    """A SoftTrainer whose collator reads lambda where its loss does: from the trainer's curriculum."""
     args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), report_to="none", use_cpu=True)
-    return SoftTrainer(model=model, args=args, train_dataset=EncodedDataset(encoded), data_collator=Collator(pad_id))
+    trainer = SoftTrainer(model=model, args=args, train_dataset=EncodedDataset(encoded),
+                          data_collator=Collator(pad_id, lambda: trainer.soft_lambda))
+    return trainer
 
 
 def test_soft_lambda_mixes_the_two_targets_in_one_forward(tiny_dataset, tmp_path):
@@ -157,7 +162,7 @@ def test_soft_lambda_mixes_the_two_targets_in_one_forward(tiny_dataset, tmp_path
     model.register_forward_hook(lambda *a: calls.append(1))
 
     def loss_at(lam):
-        trainer.soft_lambda = lam
+        trainer.curriculum = Curriculum(Scheduler("fixed", fixed_lambda=lam))
         calls.clear()
         batch = trainer.data_collator(encoded)
         with torch.no_grad():
@@ -181,22 +186,23 @@ def test_soft_lambda_mixes_the_two_targets_in_one_forward(tiny_dataset, tmp_path
     assert abs(float(real) - float(dist)) > 1e-3  # the test can tell the targets apart
 
 
-class FakeCurriculum(TrainerCallback):
-    """Sets lambda at epoch start and logs a distance into the epoch record, like the SOFT callback."""
+class FakeCurriculum(Curriculum):
+    """Sets lambda at epoch start and measures a distance at epoch end, like the SOFT curriculum."""
 
     def __init__(self):
-        self.trainer = None
+        super().__init__(Scheduler("sd-only"))
         self.order = []
 
-    def bind(self, trainer):
-        self.trainer = trainer
+    def on_train_begin(self, args, state, control, **kwargs):
+        pass
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.trainer.soft_lambda = 1.0 if (state.epoch or 0) < 1 else 0.25
+        self.epoch = round(state.epoch or 0) + 1
+        self.lambdas[self.epoch] = 1.0 if (state.epoch or 0) < 1 else 0.25
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.order.append("curriculum")
-        self.trainer.epoch_record["distance"] = 1.5
+        self.distances[round(state.epoch)] = 1.5
 
 
 def test_soft_training_with_a_curriculum_callback(tiny_dataset, tmp_path):
@@ -209,7 +215,7 @@ def test_soft_training_with_a_curriculum_callback(tiny_dataset, tmp_path):
 
     config = tiny_config(**{"train.method": "soft"})
     result = train(config, tiny_dataset, tmp_path / "run", distilled=distilled,
-                   callbacks=[curriculum], validator=validator)
+                   curriculum=curriculum, validator=validator)
     first, second = result.history
     assert curriculum.order == ["curriculum", "validation"] * 2
     assert first["lambda"] == 1.0 and "loss_real" not in first and first["loss_distilled"] > 0
@@ -238,7 +244,7 @@ def test_accumulation_is_capped_at_the_dataset(caplog):
 
 def test_a_tie_on_the_selection_metric_is_no_gain_by_default():
     """Reference (train.py lines 256-264): only a strictly higher HR@10 keeps an epoch/resets patience."""
-    from softrec.training.trainer import selection_key
+    from softrec.training.selection import selection_key
 
     tied = {"HR@10": 1 / 128, "NDCG@10": 0.003, "validity": 0.33}
     assert not selection_key({**tied, "NDCG@10": 0.9, "validity": 1.0}, "HR@10") > selection_key(tied, "HR@10")
@@ -246,7 +252,7 @@ def test_a_tie_on_the_selection_metric_is_no_gain_by_default():
 
 
 def test_ties_on_the_selection_metric_go_to_ndcg_then_validity_with_tie_break():
-    from softrec.training.trainer import selection_key
+    from softrec.training.selection import selection_key
 
     def key(metrics):
         return selection_key(metrics, "HR@10", tie_break=True)

@@ -6,6 +6,7 @@ buried in a stage. A run directory stores the resolved config (see `runs.py`).
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from softrec.errors import UserError
+from softrec.methods import SCHEDULERS, TRAIN_METHODS
 from softrec.suggest import did_you_mean
 
 # transformers' schedulers that need nothing beyond warmup_steps (get_scheduler's other kwargs unset)
@@ -21,6 +23,14 @@ LrScheduler = Literal["constant_with_warmup", "constant", "linear", "cosine", "c
                       "polynomial", "inverse_sqrt"]
 LR_SCHEDULERS: tuple[str, ...] = get_args(LrScheduler)
 _METRIC = re.compile(r"^(HR|NDCG)@([0-9]+)$")
+# the grounding choices (eval.grounding, every --grounding): generated text -> catalogue items
+GROUNDINGS: dict[str, str] = {"l2": "BIGRec (reference)", "trie": "constrained beams", "minilm": "sentence embeddings"}
+# source formats data.format names; softrec.data.readers.READERS has one reader per name (a test
+# checks they agree: the schema sits below the data layer and cannot import it)
+FORMATS: tuple[str, ...] = ("recbole", "windows", "d3", "amazon2023", "grouplens", "csv")
+MethodName = Literal[TRAIN_METHODS]  # type: ignore[valid-type]
+SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
+GroundingName = Literal[tuple(GROUNDINGS)]  # type: ignore[valid-type]
 
 
 def _check_metric(value: str, allowed: str) -> str:
@@ -63,10 +73,8 @@ class DataConfig(_Section):
     def _known_format(cls, value: str | None) -> str | None:
         if value is None or value == "demo":
             return value
-        from softrec.data.readers import READERS
-
-        if value not in READERS:
-            raise ValueError(f"unknown format {value!r}: expected one of {', '.join(READERS)}{did_you_mean(value, READERS)}")
+        if value not in FORMATS:
+            raise ValueError(f"unknown format {value!r}: expected one of {', '.join(FORMATS)}{did_you_mean(value, FORMATS)}")
         return value
 
     @model_validator(mode="after")
@@ -99,7 +107,7 @@ class LoraSettings(_Section):
 class TrainConfig(_Section):
     """Section 4 (SFT) and the training half of section 6 (SOFT)."""
 
-    method: Literal["sft", "soft", "soft-sd-only", "soft-fixed", "soft-linear", "sasrec", "gru4rec"] = "sft"
+    method: MethodName = "sft"  # softrec.methods.METHODS
     lora: LoraSettings = Field(default_factory=LoraSettings)
     learning_rate: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(20, ge=0)
@@ -165,7 +173,7 @@ class TrainConfig(_Section):
 class SoftConfig(_Section):
     """Section 6: self-distillation and the curriculum scheduler."""
 
-    scheduler: Literal["adaptive", "sd-only", "fixed", "linear"] = "adaptive"
+    scheduler: SchedulerName = "adaptive"  # softrec.methods.SCHEDULERS
     alpha: float = Field(1.0, gt=0, description="pace of the adaptive scheduler")
     alpha_sweep: list[float] = Field(default_factory=lambda: [100.0, 10.0, 1.0, 0.1])
     fixed_lambda: float = Field(0.5, ge=0, le=1)
@@ -180,7 +188,7 @@ class SoftConfig(_Section):
 class EvalConfig(_Section):
     """Section 5: decoding, grounding and metrics."""
 
-    grounding: Literal["l2", "trie", "minilm"] = "l2"
+    grounding: GroundingName = "l2"  # GROUNDINGS
     num_beams: int = Field(4, ge=1)
     max_new_tokens: int = Field(64, ge=1, description="reference: 64 (BIGRec), 128 (LLaRA; set by Config "
                                 "when model.backbone is llara and this is not given)")
@@ -418,3 +426,21 @@ def load_config(
         return Config.model_validate(tree)
     except ValidationError as err:
         raise UserError(_format_validation_error(err, sources)) from None
+
+
+# ---------------------------------------------------------------- command-line layers
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML settings file (sections: data, model, train, soft, eval)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override any setting, e.g. --set train.learning_rate=2e-4 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Config:
+    """defaults < --config < --set < dedicated flags (`flags` maps dotted keys to flag values)."""
+    return load_config(getattr(args, "config", None), getattr(args, "overrides", []), flags or {})

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from softrec.config import Config
 from softrec.data.dataset import PreparedDataset
+from softrec.methods import DEFAULT_SOFT, is_soft, soft_variant
 
 
 def _log(message: str) -> None:
@@ -31,43 +32,37 @@ def prepare(config: Config, out: Path) -> PreparedDataset:
 
 
 def train(config: Config, dataset: PreparedDataset, run_dir: Path, *, distilled_from: Path | None = None) -> Path:
-    """train_llm reuses a finished run with the same key and resumes an interrupted one."""
+    """The training stage (SOFT: on `distilled_from`'s self-distilled targets, with the method's own
+    curriculum); train_llm reuses a finished run with the same key and resumes an interrupted one."""
+    from softrec.evaluation.validation import validator_for
+    from softrec.inference.distill import load_distilled
     from softrec.training.trainer import train_llm
 
     _log(f"train {config.train.method}: {config.model.name} -> {run_dir}")
-    callbacks = None
-    distilled = None
-    if config.train.method.startswith("soft"):
-        from softrec.training.curriculum import soft_callbacks
-        from softrec.training.distill import load_distilled
-
-        distilled = load_distilled(distilled_from)
-        callbacks = soft_callbacks(config, dataset, run_dir, distilled_from)
+    distilled = load_distilled(distilled_from) if is_soft(config.train.method) else None
     train_llm(config, dataset, run_dir, resume=(run_dir / "checkpoints").exists(),
-              distilled=distilled, callbacks=callbacks)
+              distilled=distilled, validator=validator_for(config, dataset))
     return run_dir
 
 
 def evaluate(config: Config, dataset: PreparedDataset, run_dir: Path, split: str = "test") -> None:
-    """`softrec evaluate` on one run (it reuses a still-valid evaluation by its manifest key)."""
-    from softrec.cli import main as cli_main
-    from softrec.errors import UserError
+    """The evaluation stage on one run with its own settings and the pipeline's grounding and beams
+    (it reuses a still-valid evaluation by its manifest key)."""
+    from softrec.evaluation.stage import evaluate_run, run_config
 
     _log(f"evaluate {run_dir.name} on {split} ({config.eval.grounding} grounding)")
-    status = cli_main([
-        "evaluate", "--run-dir", str(run_dir), "--data", str(dataset.path), "--split", split,
-        "--grounding", config.eval.grounding, "--num-beams", str(config.eval.num_beams), "--no-preflight",  # run_pipeline did it once up front
-    ])
-    if status != 0:
-        raise UserError(f"{run_dir}: evaluation failed (exit status {status})")
+    run_settings = run_config(run_dir, flags={"eval.grounding": config.eval.grounding,
+                                              "eval.num_beams": config.eval.num_beams})
+    evaluate_run(run_dir, run_settings, data=dataset.path, split=split,
+                 preflight=False)  # run_pipeline did it once up front
 
 
 def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, preflight: bool = True) -> Path:
     """The whole recipe; returns OUT/report. `preflight` estimates memory/time first (refusing what
     cannot fit)."""
+    from softrec.inference.distill import distill
     from softrec.report import build_report
     from softrec.runs import claim_dir
-    from softrec.training.distill import distill
 
     out = Path(out)
     # OUT is this command's: refused (untouched) when it holds anything else than its stages
@@ -79,8 +74,8 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
     _log("distill: self-distilled targets from the SFT model")
     distill(sft_dir, dataset, config)
 
-    soft_method = config.train.method if config.train.method.startswith("soft") else "soft"
-    alphas = config.soft.alpha_sweep if sweep_alpha and soft_method == "soft" else [config.soft.alpha]
+    soft_method = soft_variant(config.train.method)
+    alphas = config.soft.alpha_sweep if sweep_alpha and soft_method == DEFAULT_SOFT else [config.soft.alpha]
     soft_runs = {}
     for alpha in alphas:
         name = "soft" if len(alphas) == 1 else f"soft-alpha{alpha:g}"
@@ -106,11 +101,10 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
 
 def _preflight(config: Config, dataset: PreparedDataset) -> None:
     """The peak stages: SOFT training (both targets per row), distillation and test evaluation."""
+    from softrec.data.subsets import training_samples
     from softrec.preflight import preflight_generation, preflight_train
-    from softrec.training.distill import training_samples
 
-    soft_method = config.train.method if config.train.method.startswith("soft") else "soft"
-    preflight_train(config.with_(train={"method": soft_method}), dataset)
+    preflight_train(config.with_(train={"method": soft_variant(config.train.method)}), dataset)
     preflight_generation(config, dataset, len(training_samples(dataset, config)), stage="distill",
                          num_beams=config.soft.distill_beams, max_new_tokens=config.soft.distill_max_new_tokens)
     preflight_generation(config, dataset, len(dataset.split("test")), stage="evaluate")
@@ -121,7 +115,7 @@ def _best_on_validation(runs: dict[str, Path], metric: str = "HR@10", tie_break:
     (`train.selection_metric`, `train.selection_tie_break`); a tie keeps the earlier run."""
     import json
 
-    from softrec.training.trainer import selection_key
+    from softrec.training.selection import selection_key
 
     def best(run_dir: Path) -> tuple[float, ...]:
         path = run_dir / "history.json"

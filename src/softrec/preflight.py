@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from softrec.errors import UserError
+from softrec.methods import is_soft
 
 GiB = 1 << 30
 SAFETY = 0.9  # refuse above this share of the available memory
@@ -66,7 +67,7 @@ class UnknownModel(UserError):
 
 
 @dataclass
-class ModelShape:
+class BackboneShape:
     params: int
     hidden: int
     layers: int
@@ -108,10 +109,10 @@ def _duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------- model shape
-def model_shape(name: str) -> ModelShape:
+def model_shape(name: str) -> BackboneShape:
     """Parameter count and dimensions without loading weights."""
     if name in KNOWN_MODELS:
-        return ModelShape(**KNOWN_MODELS[name])
+        return BackboneShape(**KNOWN_MODELS[name])
     if name == "tiny":
         from softrec.models.tiny import tiny_model
 
@@ -124,7 +125,7 @@ def model_shape(name: str) -> ModelShape:
     raise UnknownModel(f"preflight: no shape known for model '{name}' without loading it; estimate skipped")
 
 
-def _shape_from_config(config: dict[str, Any], params: int | None) -> ModelShape:
+def _shape_from_config(config: dict[str, Any], params: int | None) -> BackboneShape:
     config = config.get("text_config", config)
     hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
     heads = int(config.get("num_attention_heads", 1))
@@ -134,7 +135,7 @@ def _shape_from_config(config: dict[str, Any], params: int | None) -> ModelShape
     vocab = int(config["vocab_size"])
     if params is None:  # embeddings + attention (q, o full; k, v at kv width) + gated MLP per layer
         params = vocab * hidden + layers * (2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * inter)
-    return ModelShape(params, hidden, layers, heads, kv_dim, inter, vocab)
+    return BackboneShape(params, hidden, layers, heads, kv_dim, inter, vocab)
 
 
 def _safetensors_params(folder: Path) -> int | None:
@@ -235,7 +236,7 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
         trainable = shape.layers * len(lora.target_modules) * lora.r * (shape.hidden + max(shape.hidden, shape.kv_dim))
     else:
         trainable = shape.params
-    micro = train.micro_batch * (2 if config.train.method.startswith("soft") else 1)  # SOFT rows carry both targets
+    micro = train.micro_batch * (2 if is_soft(config.train.method) else 1)  # SOFT rows carry both targets
     per_token = 12 * shape.hidden + 2 * shape.intermediate + (shape.heads * seq if device == "cpu" else 0)
     labelled = min(seq, 48) if train.logits_at_labels_only else seq  # a title response is ~10-40 tokens
     memory = {
@@ -253,7 +254,7 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
     mean_seq = prompt_tokens(dataset, config, mean=True)
     response = TYPICAL_RESPONSE_TOKENS if train.logits_at_labels_only else mean_seq
     flops_per_token = (6 if not lora.enabled else 4) * body + 6 * head * response / mean_seq
-    if config.train.method.startswith("soft"):
+    if is_soft(config.train.method):
         flops_per_token *= 1.15  # the packed second response (measured SOFT step / SFT step: 1.09-1.16)
     from softrec.hardware import use_bf16
 

@@ -36,11 +36,13 @@ def _read_json(path: Path, default: Any = None) -> Any:
 def run_summary(run_dir: Path, split: str, grounding: str) -> dict[str, Any]:
     """Test metrics, per-epoch history and (SOFT) alpha, distances and lambdas of one run."""
     from softrec.evaluation.compare import check_evaluation
+    from softrec.evaluation.stage import evaluation_name
 
     info = _read_json(run_dir / "run.json", {})
-    eval_dir = run_dir / "eval" / f"{split}-{grounding}"
+    name = evaluation_name(split, grounding)
+    eval_dir = run_dir / "eval" / name
     if (eval_dir / "metrics.json").exists():  # a stale or tampered result never reaches a report
-        check_evaluation(run_dir, f"eval/{split}-{grounding}/metrics.json")
+        check_evaluation(run_dir, f"eval/{name}/metrics.json")
     summary: dict[str, Any] = {
         "run_dir": str(run_dir),
         "method": info.get("method"),
@@ -59,9 +61,9 @@ def run_summary(run_dir: Path, split: str, grounding: str) -> dict[str, Any]:
 def _bootstrap(baseline_dir: Path, other_dir: Path, split: str, grounding: str) -> dict[str, Any] | None:
     """Paired bootstrap of per-sample metrics, other minus baseline; None if either lacks predictions."""
     from softrec.evaluation.compare import compare_predictions
+    from softrec.evaluation.stage import evaluation_name
 
-    a = baseline_dir / "eval" / f"{split}-{grounding}" / "predictions.jsonl"
-    b = other_dir / "eval" / f"{split}-{grounding}" / "predictions.jsonl"
+    a, b = (run / "eval" / evaluation_name(split, grounding) / "predictions.jsonl" for run in (baseline_dir, other_dir))
     if not (a.exists() and b.exists()):
         return None
     return {d.metric: d.to_dict() for d in compare_predictions(a, b)}

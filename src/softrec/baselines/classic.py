@@ -35,10 +35,10 @@ from tqdm.auto import tqdm
 from softrec.config import ClassicConfig, Config
 from softrec.data.dataset import PreparedDataset, Sample
 from softrec.errors import DataFormatError, UserError
-from softrec.evaluation.metrics import aggregate
+from softrec.methods import CLASSIC_METHODS
+from softrec.metrics import aggregate
 from softrec.runs import RunDir, atomic_write_bytes, atomic_write_json, content_key
 
-CLASSIC_METHODS = ("sasrec", "gru4rec")
 WEIGHTS = "classic.safetensors"
 HPARAMS = "classic.json"
 HISTORY = "history.json"
@@ -50,9 +50,9 @@ def build_model(method: str, n_items: int, settings: ClassicConfig) -> nn.Module
     from softrec.baselines.gru4rec import GRU4Rec
     from softrec.baselines.sasrec import SASRec
 
-    classes = {"sasrec": SASRec, "gru4rec": GRU4Rec}
+    classes = {"sasrec": SASRec, "gru4rec": GRU4Rec}  # one model class per classic method
     if method not in classes:
-        raise UserError(f"train.method: '{method}' is not a classic recommender (expected sasrec or gru4rec)")
+        raise UserError(f"train.method: '{method}' is not a classic recommender (expected {' or '.join(CLASSIC_METHODS)})")
     return classes[method](
         n_items, hidden=settings.hidden, layers=settings.layers, heads=settings.heads,
         inner=settings.inner, dropout=settings.dropout, max_len=settings.max_len,
@@ -307,7 +307,7 @@ def train_classic(
     """
     method, settings = config.train.method, config.classic
     if method not in CLASSIC_METHODS:
-        raise UserError(f"train.method: '{method}' is not a classic recommender (expected sasrec or gru4rec)")
+        raise UserError(f"train.method: '{method}' is not a classic recommender (expected {' or '.join(CLASSIC_METHODS)})")
     n_items = len(dataset.catalogue)
     train, valid = dataset.split("train_full"), dataset.split("valid")
     if not train or not valid:

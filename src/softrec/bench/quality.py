@@ -161,7 +161,7 @@ class Step:
 def eval_folder(out: Path, dataset: str, method: str, limit: int | None = None) -> Path:
     """Where a row's test evaluation lands: its metrics.json and predictions.jsonl (`limit`: the
     suite's test_limit, part of the evaluation's name)."""
-    from softrec.cli.evaluate import evaluation_name
+    from softrec.evaluation.stage import evaluation_name
 
     return out / dataset / method / "eval" / evaluation_name(SPLIT, GROUNDING, limit=limit)
 
@@ -322,7 +322,7 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
     import numpy as np
 
     from softrec.evaluation.compare import load_predictions, metric_matrix, paired_bootstrap
-    from softrec.evaluation.metrics import DEFAULT_KS
+    from softrec.metrics import DEFAULT_KS
 
     seconds: dict[tuple[str, str], float] = {}
     for info in log.done.values():

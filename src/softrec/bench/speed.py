@@ -10,7 +10,7 @@ Sections (each: raw repeats, their median, and a ratio):
               (lambda 0.5: both targets in one packed forward) vs the SFT step, in seconds.
   soft_epoch  epoch time of SOFT (adaptive curriculum, including its per-epoch probe distance) vs SFT,
               both through `train_llm` on the same N samples; SOFT trains on targets that
-              `softrec.training.distill` generates from the SFT run (timed too). Validation is off
+              `softrec.inference.distill` generates from the SFT run (timed too). Validation is off
               for both (it costs both the same).
   decoding    catalogue-constrained beam search prompts/s: softrec (prompt-shared KV cache,
               catalogue-token vocabulary) vs `generate(prefix_allowed_tokens_fn=...)` over a dict
@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from softrec.cli.common import add_config_options, config_from_args
+from softrec.config import add_config_options, config_from_args
 from softrec.errors import UserError
 
 Log = Callable[[str], None]
@@ -143,7 +143,7 @@ class ModelShape:
 
     @classmethod
     def of(cls, model: Any) -> ModelShape:
-        from softrec.training.loss import causal_lm_of
+        from softrec.models.wrappers import causal_lm_of
 
         lm = causal_lm_of(model)
         head = lm.get_output_embeddings()
@@ -293,7 +293,7 @@ def compare_training(config: Any, dataset: Any, work: Path, *, samples: int, war
                      soft: bool = False, log: Log = print) -> TrainingComparison:
     """plain vs softrec (and, with `soft`, a lambda-0.5 SOFT step) on the same first-`samples`
     training samples, one pass, the setups alternating step by step."""
-    from softrec.training.trainer import subset
+    from softrec.data.subsets import subset
 
     sft = step_config(config, samples)
     chosen = subset(dataset.split("train"), samples, config.data.seed)  # what build_trainer trains on
@@ -441,8 +441,8 @@ def _epoch_config(config: Any, method: str, epochs: int, samples: int, probe_siz
 
 def section_soft_epoch(bench: Bench) -> dict[str, Any]:
     """SFT run -> distillation -> SOFT run, through the stages' own entry points."""
-    from softrec.training.curriculum import soft_callbacks
-    from softrec.training.distill import distill, load_distilled
+    from softrec.inference.distill import distill, load_distilled
+    from softrec.training.curriculum import curriculum_for
     from softrec.training.trainer import train_llm
 
     epochs, data = bench.sizes["epochs"], bench.dataset
@@ -459,9 +459,8 @@ def section_soft_epoch(bench: Bench) -> dict[str, Any]:
         distill(sft_dir, data, sft_config, progress=False)
     bench.log(f"  distillation: {n} samples in {distill_wall[0]:.1f} s")
     soft_config = _epoch_config(bench.config, "soft", epochs, n, bench.probe_size)
-    callbacks = soft_callbacks(soft_config, data, soft_dir, sft_dir)
+    curriculum = curriculum_for(soft_config, data, soft_dir)
     probe_seconds: list[float] = []
-    curriculum = callbacks[0]
     measure = curriculum.measure
 
     def timed_measure(model: Any, tokenizer: Any) -> float:
@@ -472,7 +471,7 @@ def section_soft_epoch(bench: Bench) -> dict[str, Any]:
 
     curriculum.measure = timed_measure
     with stopwatch() as soft_wall:
-        soft = train_llm(soft_config, data, soft_dir, distilled=load_distilled(sft_dir), callbacks=callbacks,
+        soft = train_llm(soft_config, data, soft_dir, distilled=load_distilled(sft_dir), curriculum=curriculum,
                          progress=False)
     bench.log(f"  SOFT: {epochs} epochs in {soft_wall[0]:.1f} s (probe distances: "
               + ", ".join(f"{s:.1f} s" for s in probe_seconds) + ")")
@@ -500,7 +499,7 @@ def section_soft_epoch(bench: Bench) -> dict[str, Any]:
 
 
 def _test_prompts(bench: Bench, tokenizer: Any) -> tuple[list[Any], list[str]]:
-    from softrec.evaluation.evaluate import sample_prompt
+    from softrec.data.prompts import sample_prompt
 
     samples = bench.dataset.split("test")[: bench.sizes["prompts"]]
     template = bench.config.model.template
@@ -508,7 +507,8 @@ def _test_prompts(bench: Bench, tokenizer: Any) -> tuple[list[Any], list[str]]:
 
 
 def section_decoding(bench: Bench) -> dict[str, Any]:
-    from softrec.evaluation.evaluate import response_end_token, title_trie
+    from softrec.data.prompts import end_token_id
+    from softrec.evaluation.evaluate import title_trie
     from softrec.inference.trie import DictTrie
     from softrec.models.registry import load_backbone
 
@@ -518,7 +518,7 @@ def section_decoding(bench: Bench) -> dict[str, Any]:
     with stopwatch() as trie_s:
         trie = title_trie(tokenizer, titles, template)
     with stopwatch() as dict_s:
-        dict_trie = DictTrie.from_titles(tokenizer, titles, response_end_token(tokenizer, template))
+        dict_trie = DictTrie.from_titles(tokenizer, titles, end_token_id(tokenizer, template))
     ev = bench.config.eval
     comp = compare_decoding(model, tokenizer, prompts, trie, dict_trie, num_beams=ev.num_beams,
                             max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, log=bench.log)
@@ -657,7 +657,7 @@ def section_generation(bench: Bench) -> dict[str, Any]:
     config = bench.config
     model, tokenizer = load_run_model(bench.sft_run) if bench.sft_run else load_backbone(config.model.name)
     samples, eval_prompts = _test_prompts(bench, tokenizer)
-    from softrec.evaluation.evaluate import sample_prompt
+    from softrec.data.prompts import sample_prompt
 
     train = bench.dataset.split("train")[: len(samples)]
     distill_prompts = [sample_prompt(bench.dataset, s, config.model.template, tokenizer) for s in train]
@@ -800,7 +800,7 @@ def resolve_data(data: Path | None, sizes: dict[str, int], seed: int, work: Path
     from softrec.data.dataset import PreparedDataset, write_prepared
     from softrec.data.protocol import prepare_dataset
     from softrec.data.readers import data_dir
-    from softrec.training.trainer import subset
+    from softrec.data.subsets import subset
 
     n_train, n_test = max(sizes["train_samples"], sizes["epoch_samples"]), sizes["prompts"]
     if data is not None:

@@ -22,6 +22,8 @@ COMMAND_MODULES: list[str] = [
     "softrec.cli.config_cmd",
     "softrec.cli.distill",
     "softrec.cli.evaluate",
+    "softrec.cli.compare",
+    "softrec.cli.recommend",
     "softrec.cli.export",
     "softrec.cli.run",
     "softrec.cli.report",

@@ -1,11 +1,13 @@
-"""Options shared by sub-commands: --config FILE and --set KEY=VALUE overrides."""
+"""Options shared by sub-commands: --config FILE and --set KEY=VALUE (`softrec.config`), decoding."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from softrec.config import Config, load_config
+from softrec.config import GROUNDINGS, add_config_options, config_from_args
+
+__all__ = ["LazyParser", "add_config_options", "add_decoding_options", "config_from_args"]
 
 
 class LazyParser(argparse.ArgumentParser):
@@ -34,18 +36,11 @@ class LazyParser(argparse.ArgumentParser):
         return super().format_usage()
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML settings file (sections: data, model, train, soft, eval)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override any setting, e.g. --set train.learning_rate=2e-4 (repeatable)",
-    )
-
-
-def config_from_args(args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Config:
-    """defaults < --config < --set < dedicated flags (`flags` maps dotted keys to flag values)."""
-    return load_config(getattr(args, "config", None), getattr(args, "overrides", []), flags or {})
+def add_decoding_options(parser: argparse.ArgumentParser) -> None:
+    """--grounding, --num-beams, --exclude-history, --data: how `evaluate` and `recommend` rank."""
+    parser.add_argument("--grounding", choices=list(GROUNDINGS),
+                        help="; ".join(f"{name} = {what}" for name, what in GROUNDINGS.items()))
+    parser.add_argument("--num-beams", type=int, help="beams (default eval.num_beams, 4)")
+    parser.add_argument("--exclude-history", action="store_true",
+                        help="drop the sample's history items from the ranking (off by default, as in the reference)")
+    parser.add_argument("--data", metavar="PREPARED_DIR", help="prepared dataset (default: the run's)")

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from softrec.data.dataset import PreparedDataset
-    from softrec.training.distill import distill, training_samples
+    from softrec.data.subsets import training_samples
+    from softrec.inference.distill import distill
 
     saved = args.run / "config.yaml"
     if args.config is None and saved.exists():

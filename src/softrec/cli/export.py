@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from softrec.models.export import export_run
+    from softrec.export import export_run
 
     out = export_run(args.run, args.out, push_to_hub=args.push_to_hub)
     print(f"exported: {out} (load with AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained)")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from softrec.config import GROUNDINGS
 from softrec.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="rebuild OUT/report from a `softrec run` directory")
     parser.add_argument("out", type=Path, metavar="DIR", help="the --out directory of `softrec run`")
-    parser.add_argument("--grounding", default="l2", choices=["l2", "trie", "minilm"],
+    parser.add_argument("--grounding", default="l2", choices=list(GROUNDINGS),
                         help="which full test evaluation (eval/test-<grounding>) to report (default l2)")
     parser.set_defaults(func=run)
 

@@ -7,6 +7,8 @@ from importlib import resources
 from pathlib import Path
 
 from softrec.cli.common import add_config_options, config_from_args
+from softrec.config import GROUNDINGS
+from softrec.methods import SOFT_METHODS
 
 
 def demo_config_path() -> Path:
@@ -27,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
                         help="pipeline directory holding data/, sft/, soft/, report/ (default runs/demo)")
     parser.add_argument("--model", help="backbone: gemma-3-270m, smollm2-135m, tiny, or a checkpoint dir")
-    parser.add_argument("--method", choices=["soft", "soft-sd-only", "soft-fixed", "soft-linear"],
+    parser.add_argument("--method", choices=list(SOFT_METHODS),
                         help="the SOFT variant trained beside SFT (default soft)")
     parser.add_argument("--alpha", type=float, help="pace of the adaptive scheduler")
     parser.add_argument("--sweep-alpha", action="store_true",
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-size", type=int, metavar="N", help="train windows sampled when preparing (data.train_size)")
     parser.add_argument("--valid-size", type=int, metavar="N", help="valid windows sampled when preparing (data.valid_size)")
     parser.add_argument("--test-size", type=int, metavar="N", help="test windows sampled when preparing (data.test_size)")
-    parser.add_argument("--grounding", choices=["l2", "trie", "minilm"], help="title -> items mapping (eval.grounding)")
+    parser.add_argument("--grounding", choices=list(GROUNDINGS), help="title -> items mapping (eval.grounding)")
     parser.add_argument("--num-beams", type=int, metavar="N", help="beams for evaluation (eval.num_beams, 4)")
     parser.add_argument("--seed", type=int, help="training seed (train.seed)")
     parser.add_argument("--no-preflight", action="store_true", help="skip the memory/time estimate and its refusal")

@@ -15,9 +15,7 @@ from typing import Any
 
 from softrec.cli.common import add_config_options, config_from_args
 from softrec.errors import UserError
-
-LLM_METHODS = ("sft", "soft", "soft-sd-only", "soft-fixed", "soft-linear")
-CLASSIC_METHODS = ("sasrec", "gru4rec")
+from softrec.methods import CLASSIC_METHODS, LLM_METHODS, METHODS, SOFT_METHODS, is_soft
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train on a prepared dataset; weights, logs, history and checkpoints go to --out.",
     )
     parser.add_argument("--method", choices=[*LLM_METHODS, *CLASSIC_METHODS], default=None,
-                        help="sft (tuning-only), soft (reference curriculum), soft-sd-only, soft-fixed, "
-                        "soft-linear, sasrec, gru4rec (default: train.method, i.e. sft)")
+                        help=", ".join(f"{n} ({METHODS[n].help})" if n in ("sft", "soft") else n
+                                       for n in (*LLM_METHODS, *CLASSIC_METHODS))
+                        + " (default: train.method, i.e. sft)")
     parser.add_argument("--data", required=True, type=Path, metavar="PREPARED_DIR",
                         help="prepared dataset (softrec data prepare)")
     parser.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run directory")
@@ -114,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     check_name(config.model.name)
     check_trackers(config.train.report_to)
     dataset = _dataset(args.data)
-    distilled, callbacks = _soft_inputs(config, dataset, args)
+    distilled = _distilled_targets(config, args)
+    from softrec.evaluation.validation import validator_for
     from softrec.preflight import preflight_train
     from softrec.training.trainer import train_llm
 
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if distilled is not None:
         info["distilled_from"] = str(args.distilled.resolve())
     result = train_llm(config, dataset, args.out, resume=args.resume, distilled=distilled,
-                       callbacks=callbacks, info=info)
+                       validator=validator_for(config, dataset), info=info)
     best = "" if result.best_metric is None else f" ({config.train.selection_metric} {result.best_metric:.4f})"
     state = "reused finished run" if result.reused else f"{len(result.history)} epochs" + (
         ", stopped early" if result.stopped_early else "")
@@ -140,19 +140,16 @@ def _dataset(path: Path) -> Any:
     return PreparedDataset.load(path)
 
 
-def _soft_inputs(config: Any, dataset: Any, args: argparse.Namespace) -> tuple[dict[str, str] | None, list]:
-    """Self-distilled targets and the curriculum callbacks for the SOFT methods (none for sft)."""
+def _distilled_targets(config: Any, args: argparse.Namespace) -> dict[str, str] | None:
+    """The self-distilled targets the SOFT methods train on (none for sft); the method's curriculum
+    is built by the training stage itself."""
     method = config.train.method
-    if method == "sft":
+    if not is_soft(method):
         if args.distilled is not None:
-            raise UserError("--distilled is only for the SOFT methods (soft, soft-sd-only, soft-fixed, soft-linear)")
-        return None, []
+            raise UserError(f"--distilled is only for the SOFT methods ({', '.join(SOFT_METHODS)})")
+        return None
     if args.distilled is None:
         raise UserError(f"--method {method} needs --distilled SFT_RUN_DIR (an SFT run after `softrec distill`)")
-    from softrec.training.distill import load_distilled
+    from softrec.inference.distill import load_distilled
 
-    distilled = load_distilled(args.distilled)
-    # ---- SOFT curriculum hook (owner: lead): callbacks that set trainer.soft_lambda per epoch.
-    from softrec.training.curriculum import soft_callbacks
-
-    return distilled, soft_callbacks(config, dataset, args.out, args.distilled)
+    return load_distilled(args.distilled)

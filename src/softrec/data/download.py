@@ -106,8 +106,9 @@ def is_known(name: str) -> bool:
 
 
 def cache_root() -> Path:
-    root = os.environ.get("SOFTREC_CACHE") or Path.home() / ".cache" / "softrec"
-    return Path(root) / "datasets"
+    from softrec.paths import cache_dir
+
+    return cache_dir(create=False) / "datasets"
 
 
 def _digests(path: Path) -> tuple[str, str]:

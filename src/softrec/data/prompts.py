@@ -109,6 +109,32 @@ class _PlaceholderTokenizer:
     softrec_item_token = "[HistoryEmb_{}]"
 
 
+def sample_prompt(dataset: Any, sample: Any, template: str = "alpaca", tokenizer: Any = None, *,
+                  start: int = 0) -> str:
+    """The prompt of one sample of a prepared dataset: its history titles from `start` on (training
+    drops the oldest first when a prompt is too long), with LLaRA's item tokens when the tokenizer
+    has them. Training, distillation, the SOFT probe and evaluation all prompt through here."""
+    history = sample.history[start:]
+    titles = dataset.titles
+    return build_prompt([titles[i] for i in history], dataset.domain, template, tokenizer, item_ids=history)
+
+
+def end_token_id(tokenizer: Any, template: str = "alpaca") -> int:
+    """The token appended to every response: the one generation stops on.
+
+    Alpaca prompts end responses with EOS (Gemma: `<eos>`, SmolLM2: `<|im_end|>`); chat prompts end a
+    model turn with the template's end-of-turn token where there is one (Gemma: `<end_of_turn>`).
+    Both are in the converted checkpoints' `generation_config.eos_token_id`.
+    """
+    if template == "chat" and "<end_of_turn>" in tokenizer.get_vocab():
+        return int(tokenizer.convert_tokens_to_ids("<end_of_turn>"))
+    if tokenizer.eos_token_id is None:
+        from softrec.errors import UserError
+
+        raise UserError("the tokenizer has no EOS token: training needs one to end each response")
+    return int(tokenizer.eos_token_id)
+
+
 def prompt_fingerprint(template: str = "alpaca") -> str:
     """A key of the prompt bytes (header, instruction, input, LLaRA placeholders, response).
 

@@ -13,10 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from softrec.errors import UserError
-from softrec.evaluation.metrics import DEFAULT_KS, sample_metrics
+from softrec.metrics import DEFAULT_KS, metric_matrix, paired_bootstrap
 from softrec.runs import MANIFEST, RunDir, read_jsonl
 
 LATEST = ("metrics.json", "predictions.jsonl")
@@ -94,30 +92,6 @@ def load_predictions(path: str | Path) -> dict[str, int | None]:
     if not ranks:
         raise UserError(f"{path}: no predictions")
     return ranks
-
-
-def metric_matrix(ranks: Sequence[int | None], ks: Sequence[int]) -> tuple[list[str], np.ndarray]:
-    rows = [sample_metrics(rank, ks) for rank in ranks]
-    names = list(rows[0])
-    return names, np.array([[row[name] for name in names] for row in rows], dtype=np.float64)
-
-
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 10_000, seed: int = 0,
-                     chunk: int = 1000) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per column of [n, m] arrays: mean diff, 2.5% and 97.5% bounds, two-sided p-value."""
-    diffs = b - a
-    n = diffs.shape[0]
-    observed = diffs.mean(axis=0)
-    rng = np.random.default_rng(seed)
-    means = np.empty((resamples, diffs.shape[1]))
-    for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        index = rng.integers(0, n, size=(size, n))
-        means[start : start + size] = diffs[index].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5], axis=0)
-    extreme = np.abs(means - observed) >= np.abs(observed) - 1e-12
-    p_value = (extreme.sum(axis=0) + 1) / (resamples + 1)
-    return observed, low, high, p_value
 
 
 def compare_predictions(path_a: str | Path, path_b: str | Path, *, ks: Sequence[int] = DEFAULT_KS,

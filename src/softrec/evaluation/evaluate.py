@@ -16,11 +16,11 @@ import torch
 
 from softrec.config import EvalConfig
 from softrec.data.dataset import PreparedDataset, Sample
-from softrec.data.prompts import build_prompt, strip_response
-from softrec.evaluation.metrics import aggregate, target_rank
+from softrec.data.prompts import end_token_id, sample_prompt, strip_response
 from softrec.inference import grounding
 from softrec.inference.generate import generate_beam_ids
 from softrec.inference.trie import TitleTrie
+from softrec.metrics import aggregate, target_rank
 
 
 @dataclass
@@ -38,30 +38,42 @@ class Ranked:
     valid: bool
 
 
+def _frozen_base_vectors(model: Any, tokenizer: Any, dataset: PreparedDataset, queries: list[str],
+                         cache_key: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Catalogue and query embeddings from the model's frozen base (BIGRec's L2 grounding)."""
+    return (grounding.catalogue_embeddings(model, tokenizer, dataset, cache_key=cache_key),
+            grounding.embed_texts(model, tokenizer, queries))
+
+
+def _minilm_vectors(model: Any, tokenizer: Any, dataset: PreparedDataset, queries: list[str],
+                    cache_key: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return grounding.minilm_catalogue(dataset), grounding.minilm_embed(queries)
+
+
+@dataclass(frozen=True)
+class Grounder:
+    """How one eval.grounding choice maps generations to catalogue items."""
+
+    vectors: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (catalogue, query) embeddings, ranked by L2
+    constrained: bool = False  # decode inside the catalogue title trie; its items rank first
+
+
+# eval.grounding (softrec.config.GROUNDINGS) -> how it grounds
+GROUNDERS: dict[str, Grounder] = {
+    "l2": Grounder(_frozen_base_vectors),
+    "trie": Grounder(_frozen_base_vectors, constrained=True),
+    "minilm": Grounder(_minilm_vectors),
+}
+
 _TRIES: dict[tuple[int, str, str], TitleTrie] = {}
-
-
-def response_end_token(tokenizer: Any, template: str) -> int:
-    """The token training appends to responses (training.batches decides; EOS if it is absent)."""
-    try:
-        from softrec.training.batches import end_token_id
-    except ImportError:
-        return int(tokenizer.eos_token_id)
-    return end_token_id(tokenizer, template)
 
 
 def title_trie(tokenizer: Any, titles: Sequence[str], template: str = "alpaca") -> TitleTrie:
     """The catalogue trie, built once per (tokenizer, catalogue, template) in this process."""
     key = (id(tokenizer), grounding.titles_checksum(titles), template)
     if key not in _TRIES:
-        _TRIES[key] = TitleTrie.from_titles(tokenizer, titles, response_end_token(tokenizer, template))
+        _TRIES[key] = TitleTrie.from_titles(tokenizer, titles, end_token_id(tokenizer, template))
     return _TRIES[key]
-
-
-def sample_prompt(dataset: PreparedDataset, sample: Sample, template: str, tokenizer: Any) -> str:
-    titles = dataset.titles
-    return build_prompt([titles[i] for i in sample.history], dataset.domain, template, tokenizer,
-                        item_ids=sample.history)  # item ids: LLaRA's placeholders, when the tokenizer has them
 
 
 def _apply_exclusion(ranking: list[int], sample: Sample, exclude_history: bool) -> list[int]:
@@ -87,9 +99,9 @@ def rank_samples(
     """Generate and ground `samples` in this process (no sharding). See the grounding module."""
     if not samples:
         return []
-    method = eval_config.grounding
+    grounder = GROUNDERS[eval_config.grounding]
     prompts = [prompt_fn(s) if prompt_fn else sample_prompt(dataset, s, template, tokenizer) for s in samples]
-    trie = title_trie(tokenizer, dataset.titles, template) if method == "trie" else None
+    trie = title_trie(tokenizer, dataset.titles, template) if grounder.constrained else None
     beams = generate_beam_ids(
         model, tokenizer, prompts, num_beams=eval_config.num_beams,
         max_new_tokens=eval_config.max_new_tokens, length_penalty=eval_config.length_penalty,
@@ -99,13 +111,8 @@ def rank_samples(
     # an empty query would be a zero-length input; a blank is a neutral stand-in
     rule = eval_config.response_rule
     queries = [strip_response(text, rule) or " " for text in generated]
-    if method == "minilm":
-        item_vectors = grounding.minilm_catalogue(dataset)
-        query_vectors = grounding.minilm_embed(queries)
-    else:
-        embedder = grounding_model if grounding_model is not None else model
-        item_vectors = grounding.catalogue_embeddings(embedder, tokenizer, dataset, cache_key=base_model_name)
-        query_vectors = grounding.embed_texts(embedder, tokenizer, queries)
+    embedder = grounding_model if grounding_model is not None else model
+    item_vectors, query_vectors = grounder.vectors(embedder, tokenizer, dataset, queries, base_model_name)
     by_distance = grounding.rank_by_distance(query_vectors, item_vectors).tolist()
     titles = set(dataset.titles)
     out = []

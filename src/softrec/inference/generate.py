@@ -33,6 +33,7 @@ from softrec.inference.beam import BeamResult, BeamSettings, CandidateFn, beam_s
 from softrec.inference.cache import PromptSharedCache
 from softrec.inference.head import ChunkedHead
 from softrec.inference.trie import DictTrie, TitleTrie
+from softrec.models.wrappers import causal_lm_of as causal_lm
 
 
 @dataclass
@@ -158,11 +159,6 @@ def decoding_model(model: Any, dtype: torch.dtype | None = None) -> Iterator[Any
     if _lora_layers(twin) and hasattr(twin, "merge_and_unload"):
         twin = twin.merge_and_unload()
     yield twin.to(dtype).eval()
-
-
-def causal_lm(model: Any) -> Any:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def trie_tokens(trie: TitleTrie, head: ChunkedHead, n: int, pad: int) -> CandidateFn:

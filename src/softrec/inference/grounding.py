@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from softrec.data.prompts import strip_response
-from softrec.models.registry import cache_dir
+from softrec.paths import cache_dir
 from softrec.runs import atomic_write_bytes, content_key
 
 EMBEDDING_VERSION = "last-token-v1"  # bump when the embedding recipe changes: old caches go stale

@@ -90,7 +90,7 @@ SOURCES: dict[str, GgufSource] = {
 
 
 def cache_root() -> Path:
-    from softrec.models.registry import cache_dir
+    from softrec.paths import cache_dir
 
     return cache_dir()
 

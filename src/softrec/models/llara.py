@@ -21,7 +21,6 @@ epoch's projector is also written as `llara.safetensors` beside the adapter (or 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,13 @@ from torch import nn
 
 from softrec.data.prompts import ITEM_TOKEN_ATTR
 from softrec.errors import UserError
+from softrec.models.wrappers import causal_lm_of
 
 log = logging.getLogger(__name__)
 
 ITEM_TOKEN = "[HistoryEmb_{}]"
 PROJECTOR = "llara_projector"
 WEIGHTS_FILE = "llara.safetensors"
-SASREC_DIR = "sasrec"
 
 
 class ItemProjector(nn.Module):
@@ -56,15 +55,9 @@ class ItemProjector(nn.Module):
 
 
 # ---------------------------------------------------------------- wiring
-def causal_lm(model: Any) -> Any:
-    from softrec.training.loss import causal_lm_of
-
-    return causal_lm_of(model)
-
-
 def projector_of(model: Any) -> ItemProjector | None:
     """The projector that forwards use now (the trained peft copy when the adapter is active)."""
-    module = getattr(causal_lm(model), PROJECTOR, None)
+    module = getattr(causal_lm_of(model), PROJECTOR, None)
     if module is None:
         return None
     if isinstance(module, ItemProjector):
@@ -120,7 +113,7 @@ def attach(model: Any, tokenizer: Any, items: torch.Tensor, *, mlp_state: dict[s
            ) -> tuple[Any, Any]:
     """Make a plain (not yet peft-wrapped) causal LM a LLaRA backbone: item tokens in the tokenizer,
     the projector as `model.llara_projector`, the embedding hooks. Returns (model, tokenizer)."""
-    lm = causal_lm(model)
+    lm = causal_lm_of(model)
     if getattr(lm, PROJECTOR, None) is not None:
         raise ValueError("this model already has a LLaRA projector")
     embedding = lm.get_input_embeddings()
@@ -138,7 +131,7 @@ def attach(model: Any, tokenizer: Any, items: torch.Tensor, *, mlp_state: dict[s
 
 def trainable_modules(model: Any) -> list[str] | None:
     """peft `modules_to_save` for this backbone: the projector trains (and is checkpointed) with LoRA."""
-    return [PROJECTOR] if getattr(causal_lm(model), PROJECTOR, None) is not None else None
+    return [PROJECTOR] if getattr(causal_lm_of(model), PROJECTOR, None) is not None else None
 
 
 # ---------------------------------------------------------------- saving and loading
@@ -173,45 +166,3 @@ def attach_saved(model: Any, tokenizer: Any, folder: str | Path) -> tuple[Any, A
 
 def has_projector(folder: str | Path) -> bool:
     return (Path(folder) / WEIGHTS_FILE).exists()
-
-
-# ---------------------------------------------------------------- training entry
-def sasrec_items(config: Any, dataset: Any, out: str | Path) -> tuple[torch.Tensor, Path]:
-    """The frozen item table: from config.model.llara_sasrec_run, else a SASRec run trained (or
-    reused) in RUN_DIR/sasrec on the same prepared data. Checks the run matches the dataset."""
-    from softrec.baselines import item_embeddings, train_classic
-
-    if config.model.llara_sasrec_run:
-        run = Path(config.model.llara_sasrec_run)
-    else:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would train into the same folder
-            raise UserError("LLaRA under torchrun: train SASRec first (softrec train --method sasrec --data "
-                            f"{dataset.path} --out DIR) and pass --sasrec-run DIR (model.llara_sasrec_run)")
-        run = Path(out) / SASREC_DIR
-        settings = config.model_copy(deep=True)
-        settings.train.method = "sasrec"
-        log.warning("LLaRA: training the SASRec item embeddings into %s", run)
-        train_classic(settings, dataset, run, progress=False)
-    info_path = run / "run.json"
-    if not info_path.exists():
-        raise UserError(f"model.llara_sasrec_run {run}: not a run directory (no run.json)")
-    from softrec.runs import read_json_object
-
-    info = read_json_object(info_path, "retrain the SASRec run")
-    if info.get("method") != "sasrec":
-        raise UserError(f"model.llara_sasrec_run {run}: method is {info.get('method')!r}, expected 'sasrec'")
-    if info.get("dataset_key") != dataset.checksum:
-        raise UserError(
-            f"model.llara_sasrec_run {run}: trained on other data (dataset_key {info.get('dataset_key')}, "
-            f"expected {dataset.checksum} of {dataset.path})"
-        )
-    items = item_embeddings(run)
-    if items.shape[0] != len(dataset.catalogue):
-        raise UserError(f"{run}: {items.shape[0]} item embeddings for a catalogue of {len(dataset.catalogue)}")
-    return items, run
-
-
-def attach_for_training(model: Any, tokenizer: Any, config: Any, dataset: Any, out: str | Path) -> tuple[Any, Any]:
-    """`build_trainer`'s hook for config.model.backbone == 'llara' (a fresh, seeded MLP)."""
-    items, _ = sasrec_items(config, dataset, out)
-    return attach(model, tokenizer, items)

@@ -28,14 +28,6 @@ def register(name: str) -> Callable[[Callable[[], ModelAndTokenizer]], Callable[
     return wrap
 
 
-def cache_dir() -> Path:
-    """Where converted checkpoints and embedding caches live (`SOFTREC_CACHE` overrides)."""
-    root = os.environ.get("SOFTREC_CACHE") or Path.home() / ".cache" / "softrec"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def available() -> list[str]:
     return sorted(_LOADERS)
 

@@ -5,8 +5,8 @@ A sample is encoded once as three token lists: the prompt (`build_prompt`), the 
 response (its raw text + the end token). Too-long samples lose their OLDEST history titles first, so
 the response (and the most recent history) is always kept.
 
-The collator lays a batch out for the current SOFT weight lambda (read when the batch is built, and
-stored in it so that the loss uses the same value):
+The collator lays a batch out for the current SOFT weight lambda (`lambda_fn`: the trainer's
+curriculum, which the loss reads too; lambda is constant within an epoch):
 - lambda == 0 (SFT) or 1 (distilled only): the usual row `prompt + response`, right-padded, with a 2D
   attention mask: the unused half costs nothing.
 - 0 < lambda < 1: ONE packed row `prompt + real + distilled` per sample. The distilled tokens get
@@ -27,10 +27,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from softrec.data.dataset import PreparedDataset, Sample
-from softrec.data.prompts import build_prompt, response_text
+from softrec.data.prompts import end_token_id, response_text, sample_prompt
 from softrec.errors import UserError
+from softrec.training.loss import IGNORE
 
-IGNORE = -100
+__all__ = ["IGNORE", "Collator", "Encoded", "EncodedDataset", "LengthGroupedSampler", "encode_sample",
+           "encode_samples", "end_token_id"]
 
 
 @dataclass(frozen=True)
@@ -44,20 +46,6 @@ class Encoded:
     def length(self) -> int:
         """Tokens this sample costs in a packed SOFT row (or a plain SFT row)."""
         return len(self.prompt_ids) + len(self.real_ids) + len(self.distilled_ids or ())
-
-
-def end_token_id(tokenizer: Any, template: str = "alpaca") -> int:
-    """The token appended to every response: the one generation stops on.
-
-    Alpaca prompts end responses with EOS (Gemma: `<eos>`, SmolLM2: `<|im_end|>`); chat prompts end a
-    model turn with the template's end-of-turn token where there is one (Gemma: `<end_of_turn>`).
-    Both are in the converted checkpoints' `generation_config.eos_token_id`.
-    """
-    if template == "chat" and "<end_of_turn>" in tokenizer.get_vocab():
-        return int(tokenizer.convert_tokens_to_ids("<end_of_turn>"))
-    if tokenizer.eos_token_id is None:
-        raise UserError("the tokenizer has no EOS token: training needs one to end each response")
-    return int(tokenizer.eos_token_id)
 
 
 def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -85,9 +73,8 @@ def encode_sample(
     distilled = None if distilled_text is None else _response_ids(tokenizer, distilled_text, end_id)
     responses = max(len(real), len(distilled or ()))
     budget = max_length - responses  # prompt tokens allowed (positions count per response)
-    titles = [dataset.titles[i] for i in sample.history]
-    for start in range(len(titles) + 1):  # drop the oldest titles until the prompt fits
-        text = build_prompt(titles[start:], dataset.domain, template, tokenizer, item_ids=sample.history[start:])
+    for start in range(len(sample.history) + 1):  # drop the oldest titles until the prompt fits
+        text = sample_prompt(dataset, sample, template, tokenizer, start=start)
         prompt = _prompt_ids(tokenizer, text)
         if len(prompt) <= budget:
             break
@@ -192,7 +179,6 @@ class Collator:
             batch["targets"] = None
         if not use_distilled:
             batch["targets_distilled"] = None
-        batch["soft_lambda"] = lam
         batch["n_tokens"] = sum(len(r["ids"]) for r in rows)
         return batch
 

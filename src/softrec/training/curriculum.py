@@ -11,8 +11,9 @@ y' the SFT model's own generation (SOFT.md section 6). Schedulers, selectable by
 - ``fixed``: a constant lambda.
 - ``linear``: 1 at epoch 1 down to 0 at the last epoch.
 
-`CurriculumCallback` applies a scheduler inside transformers' Trainer: it sets `trainer.soft_lambda`
-at each epoch start and measures d_k at each epoch end. Its state (distances and lambdas, keyed by
+`Curriculum` owns lambda: the trainer reads `curriculum.lam` (the collator, to lay a batch out, and
+the loss, to mix the two targets), and the Trainer's events drive it: it computes lambda at each epoch
+start and measures d_k at each epoch end. Its state (distances and lambdas, keyed by
 epoch so a repeated epoch overwrites rather than appends, and the probe's sample ids) lives in
 RUN_DIR/curriculum.json, so a resumed run keeps the distance history.
 
@@ -33,7 +34,28 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from softrec.methods import method
 from softrec.runs import atomic_write_json
+
+
+def _adaptive(scheduler: Scheduler, epoch: int, distances: dict[int, float]) -> float:
+    return adaptive_lambda(distances[0], distances[epoch - 1], scheduler.alpha)
+
+
+def _linear(scheduler: Scheduler, epoch: int, distances: dict[int, float]) -> float:
+    if scheduler.total_epochs <= 1:
+        return 1.0
+    return max(0.0, 1.0 - (epoch - 1) / (scheduler.total_epochs - 1))
+
+
+# scheduler name (softrec.methods.SCHEDULERS) -> lambda for epoch t (1-based) given d_0 .. d_{t-1}
+SCHEDULES: dict[str, Callable[[Scheduler, int, dict[int, float]], float]] = {
+    "adaptive": _adaptive,
+    "sd-only": lambda scheduler, epoch, distances: 1.0,
+    "fixed": lambda scheduler, epoch, distances: scheduler.fixed_lambda,
+    "linear": _linear,
+}
+NEEDS_DISTANCES = {"adaptive"}
 
 
 @dataclass(frozen=True)
@@ -47,22 +69,19 @@ class Scheduler:
 
     @property
     def needs_distances(self) -> bool:
-        return self.name == "adaptive"
+        return self.name in NEEDS_DISTANCES
 
     def __call__(self, epoch: int, distances: dict[int, float]) -> float:
         if epoch < 1:
             raise ValueError(f"epochs are 1-based, got {epoch}")
-        if self.name == "sd-only":
-            return 1.0
-        if self.name == "fixed":
-            return self.fixed_lambda
-        if self.name == "linear":
-            if self.total_epochs <= 1:
-                return 1.0
-            return max(0.0, 1.0 - (epoch - 1) / (self.total_epochs - 1))
-        if self.name == "adaptive":
-            return adaptive_lambda(distances[0], distances[epoch - 1], self.alpha)
-        raise ValueError(f"unknown scheduler '{self.name}': expected adaptive, sd-only, fixed or linear")
+        schedule = SCHEDULES.get(self.name)
+        if schedule is None:
+            raise ValueError(f"unknown scheduler '{self.name}': expected {', '.join(SCHEDULES)}")
+        return float(schedule(self, epoch, distances))
+
+    def first(self) -> float:
+        """lambda_1, before any distance is measured: d_0 / d_0 = 1 makes the adaptive one 1."""
+        return 1.0 if self.needs_distances else self(1, {})
 
 
 def adaptive_lambda(d0: float, d_prev: float, alpha: float) -> float:
@@ -73,16 +92,8 @@ def adaptive_lambda(d0: float, d_prev: float, alpha: float) -> float:
     return 1.0 if exponent >= 0 else math.exp(exponent)
 
 
-METHOD_SCHEDULERS = {
-    "soft": "adaptive",
-    "soft-sd-only": "sd-only",
-    "soft-fixed": "fixed",
-    "soft-linear": "linear",
-}
-
-
-def scheduler_for(method: str, soft_config: Any, epochs: int) -> Scheduler:
-    name = METHOD_SCHEDULERS.get(method, soft_config.scheduler)
+def scheduler_for(method_name: str, soft_config: Any, epochs: int) -> Scheduler:
+    name = method(method_name).scheduler or soft_config.scheduler
     return Scheduler(name, soft_config.alpha, soft_config.fixed_lambda, epochs)
 
 
@@ -94,37 +105,51 @@ def _completed_epochs(state: Any) -> int:
 Measure = Callable[[Any, Any], float]  # (model, tokenizer) -> mean probe distance
 
 
-class CurriculumCallback(TrainerCallback):
-    """Sets `trainer.soft_lambda` per epoch; measures d_k on the probe set when the scheduler needs it."""
+class Curriculum(TrainerCallback):
+    """The one owner of SOFT's lambda. The trainer reads `lam` (this epoch's value); the Trainer's
+    events drive it: each epoch start computes lambda from the distances so far, each epoch end (and
+    the start of training: d_0) measures the probe distance when the scheduler needs it."""
 
-    def __init__(self, scheduler: Scheduler, measure: Measure | None, state_path: str | Path):
+    def __init__(self, scheduler: Scheduler, measure: Measure | None = None, state_path: str | Path | None = None):
         if scheduler.needs_distances and measure is None:
             raise ValueError("the adaptive scheduler needs a distance measure")
         self.scheduler = scheduler
         self.measure = measure
         self.probe_ids: list[str] | None = getattr(measure, "probe_ids", None)
-        self.state_path = Path(state_path)
-        self.trainer: Any = None
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.epoch = 0  # the epoch in progress (0: training has not started)
         self.distances: dict[int, float] = {}
         self.lambdas: dict[int, float] = {}
 
+    @property
+    def lam(self) -> float:
+        """lambda of the epoch in progress (lambda_1 before the first epoch starts)."""
+        return self.lambdas.get(self.epoch, self.scheduler.first())
+
+    def record(self, epoch: int) -> dict[str, Any]:
+        """What the epoch's history row says about the curriculum."""
+        return {"lambda": self.lambdas.get(epoch), "distance": self.distances.get(epoch)}
+
+    def history(self) -> dict[str, Any]:
+        return {"distances": dict(sorted(self.distances.items())), "lambdas": dict(sorted(self.lambdas.items()))}
+
+    # state: RUN_DIR/curriculum.json
     def _load(self) -> None:
-        saved = json.loads(self.state_path.read_text(encoding="utf-8")) if self.state_path.exists() else {}
+        path = self.state_path
+        saved = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.exists() else {}
         self.distances = {int(k): v for k, v in saved.get("distances", {}).items()}
         self.lambdas = {int(k): v for k, v in saved.get("lambdas", {}).items()}
 
-    def bind(self, trainer: Any) -> None:
-        self.trainer = trainer
-
     def _save(self) -> None:
+        if self.state_path is None:
+            return
         state: dict[str, Any] = {"scheduler": self.scheduler.name, "alpha": self.scheduler.alpha,
                                  "distances": self.distances, "lambdas": self.lambdas}
         if self.probe_ids is not None:
             state["probe"] = self.probe_ids
         atomic_write_json(self.state_path, state)
 
-    def _measure(self, model: Any, epoch: int) -> None:
-        tokenizer = getattr(self.trainer, "processing_class", None)
+    def _measure(self, model: Any, tokenizer: Any, epoch: int) -> None:
         was_training = model.training
         model.eval()
         try:
@@ -133,7 +158,8 @@ class CurriculumCallback(TrainerCallback):
             model.train(was_training)
         self._save()
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    # Trainer events
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         # A resumed run (Trainer restored global_step > 0) continues the saved history; a fresh run
         # starts a new one, whatever an earlier attempt left in curriculum.json.
         if state.global_step > 0:
@@ -142,33 +168,22 @@ class CurriculumCallback(TrainerCallback):
             self.distances, self.lambdas = {}, {}
         # d_0: the untuned model. A fresh LoRA (B initialised to 0) computes exactly the base model.
         if self.scheduler.needs_distances and 0 not in self.distances:
-            self._measure(model, 0)
+            self._measure(model, processing_class, 0)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        epoch = _completed_epochs(state) + 1
-        value = self.scheduler(epoch, self.distances)
-        self.lambdas[epoch] = value
-        if self.trainer is not None:
-            self.trainer.soft_lambda = value
+        self.epoch = _completed_epochs(state) + 1
+        self.lambdas[self.epoch] = self.scheduler(self.epoch, self.distances)
         self._save()
 
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        epoch = _completed_epochs(state)
+    def on_epoch_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self.scheduler.needs_distances:
-            self._measure(model, epoch)
-        record = getattr(self.trainer, "epoch_record", None)
-        if isinstance(record, dict):
-            record["lambda"] = self.lambdas.get(epoch)
-            record["distance"] = self.distances.get(epoch)
-
-    def history(self) -> dict[str, Any]:
-        return {"distances": dict(sorted(self.distances.items())), "lambdas": dict(sorted(self.lambdas.items()))}
+            self._measure(model, processing_class, _completed_epochs(state))
 
 
 # ---------------------------------------------------------------- wiring for `softrec train --method soft*`
 def probe_samples(training: Sequence[Any], size: int, seed: int) -> list[Any]:
     """The fixed probe set S: `size` of the samples the run TRAINS on (`training`, e.g.
-    `distill.training_samples(dataset, config)`), drawn with a fixed seed; all of them when fewer."""
+    `subsets.training_samples(dataset, config)`), drawn with a fixed seed; all of them when fewer."""
     import random
 
     training = list(training)
@@ -183,10 +198,10 @@ def probe_distance(dataset: Any, config: Any) -> Measure:
     the probe set. The returned callable carries the probe's sample ids as `.probe_ids`."""
     import torch
 
-    from softrec.data.prompts import build_prompt, strip_response
+    from softrec.data.prompts import sample_prompt, strip_response
+    from softrec.data.subsets import training_samples
     from softrec.inference.generate import generate_beams
     from softrec.inference.grounding import embed_texts
-    from softrec.training.distill import training_samples
 
     probe = probe_samples(training_samples(dataset, config), config.soft.probe_size, config.soft.probe_seed)
     titles = dataset.titles
@@ -194,11 +209,7 @@ def probe_distance(dataset: Any, config: Any) -> Measure:
     cache: dict[str, torch.Tensor] = {}
 
     def measure(model: Any, tokenizer: Any) -> float:
-        prompts = [
-            build_prompt([titles[i] for i in s.history], dataset.domain, config.model.template, tokenizer,
-                         item_ids=s.history)
-            for s in probe
-        ]
+        prompts = [sample_prompt(dataset, s, config.model.template, tokenizer) for s in probe]
         beams = generate_beams(
             model, tokenizer, prompts,
             num_beams=config.soft.distill_beams,
@@ -216,8 +227,11 @@ def probe_distance(dataset: Any, config: Any) -> Measure:
     return measure
 
 
-def soft_callbacks(config: Any, dataset: Any, out: str | Path, distilled_run: Any = None) -> list[CurriculumCallback]:
-    """The callbacks a SOFT run adds to the Trainer (call `.bind(trainer)` on each once it exists)."""
+def curriculum_for(config: Any, dataset: Any, out: str | Path) -> Curriculum | None:
+    """The curriculum of config.train.method (None for a method without self-distilled targets),
+    its state in OUT/curriculum.json."""
+    if not method(config.train.method).distilled:
+        return None
     scheduler = scheduler_for(config.train.method, config.soft, config.train.epochs)
     measure = probe_distance(dataset, config) if scheduler.needs_distances else None
-    return [CurriculumCallback(scheduler, measure, Path(out) / "curriculum.json")]
+    return Curriculum(scheduler, measure, Path(out) / "curriculum.json")

@@ -21,16 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from softrec.models.wrappers import causal_lm_of
+
 IGNORE = -100
-
-
-def causal_lm_of(model: Any) -> Any:
-    """The transformers *ForCausalLM inside DDP / peft wrappers (LoRA layers stay injected)."""
-    while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
-        model = model.module  # DistributedDataParallel and friends
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()  # peft PeftModel
-    return model
 
 
 def softcap_logits(logits: torch.Tensor, config: Any) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """SOFT stage 2, self-distillation: the SFT model's own top-beam generation for every training input.
 
+Generation, not training: it runs the inference engine over the trained samples (`data.subsets`).
+
 The targets y'_i are the raw top-beam texts (reference, inference.py lines 104-105 and process.py
 line 68: decoded without special tokens, neither grounded nor stripped), stored in
 SFT_RUN_DIR/distilled.jsonl as {"sample_id", "target_text", "exact_title"}; the run's manifest records
@@ -22,7 +24,8 @@ from tqdm.auto import tqdm
 
 from softrec.config import Config
 from softrec.data.dataset import PreparedDataset, Sample
-from softrec.data.prompts import build_prompt, prompt_fingerprint, response_text, strip_response
+from softrec.data.prompts import prompt_fingerprint, response_text, sample_prompt, strip_response
+from softrec.data.subsets import training_samples
 from softrec.errors import UserError
 from softrec.runs import RunDir, content_key, path_sha256, read_jsonl, resumable_chunks, write_jsonl
 
@@ -44,13 +47,6 @@ def distill_key(run_dir: Path, dataset: PreparedDataset, config: Config) -> str:
     )
 
 
-def training_samples(dataset: PreparedDataset, config: Config) -> list[Sample]:
-    """The samples SFT/SOFT train on (train.train_samples subset): only these need a distilled target."""
-    from softrec.training.trainer import subset
-
-    return subset(dataset.split("train"), config.train.train_samples, config.data.seed)
-
-
 def load_distilled(run_dir: str | Path) -> dict[str, str]:
     """sample_id -> self-distilled response text (used verbatim as the training response)."""
     path = Path(run_dir) / DISTILLED
@@ -68,11 +64,7 @@ def _generate_targets(
     from softrec.inference.generate import generate_beams
 
     titles = dataset.titles
-    prompts = [
-        build_prompt([titles[i] for i in s.history], dataset.domain, config.model.template, tokenizer,
-                     item_ids=s.history)
-        for s in samples
-    ]
+    prompts = [sample_prompt(dataset, s, config.model.template, tokenizer) for s in samples]
     soft = config.soft
     if soft.distill_mode == "sample":
         return _sample(model, tokenizer, prompts, soft.distill_max_new_tokens, config.train.seed)

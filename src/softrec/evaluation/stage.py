@@ -1,0 +1,308 @@
+"""The evaluation stage: one call evaluates a run directory (`evaluate_run`).
+
+`softrec evaluate`, the pipeline and the benchmarks all go through it. It works under `torchrun`
+(gloo on CPU): every rank evaluates its shard, rank 0 writes the files and prints. Results go to
+RUN_DIR/eval/<split>-<grounding>[-limitN][-beamsN...]/ (`evaluation_name`: the suffixes name what
+differs from the full evaluation) and the latest evaluation is copied to RUN_DIR/metrics.json and
+RUN_DIR/predictions.jsonl. A rerun with the same settings, data and weights reuses the recorded
+result (manifest key) unless `force`. LLM evaluations run in resumable chunks (`EVAL_CHUNK`).
+
+How a run is ranked depends on run.json's method (`softrec.methods`): classic recommenders score
+the catalogue, LLM runs (and ICL runs, the untuned base with a few-shot prompt) generate and ground.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from softrec.config import Config
+from softrec.errors import UserError
+from softrec.methods import is_classic
+
+# LLM evaluations run in chunks of this many samples, each kept under eval/<name>.parts/ until the
+# result is written, so a killed evaluation redoes only its unfinished chunk. A multiple of the
+# generation batch size and of the world size keeps batches (and so results) as in one pass.
+EVAL_CHUNK = 256
+LATEST = ("metrics.json", "predictions.jsonl")
+
+
+# ---------------------------------------------------------------- distributed
+@contextlib.contextmanager
+def process_group() -> Iterator[tuple[int, int]]:
+    """(rank, world); joins the gloo process group torchrun describes when WORLD_SIZE > 1."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        yield (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        return
+    dist.init_process_group("gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+# ---------------------------------------------------------------- naming
+def evaluation_name(split: str, grounding: str, *, limit: int | None = None, beams: int | None = None,
+                    max_new_tokens: int | None = None, length_penalty: float | None = None,
+                    exclude_history: bool = False) -> str:
+    """The folder under RUN_DIR/eval/ of one evaluation. The full evaluation with the run's own
+    decoding settings is `<split>-<grounding>` (what `softrec report` reads); anything else that changes
+    its numbers (a limit, other beams, ...) is in the name, so a quick rerun never overwrites it."""
+    name = f"{split}-{grounding}"
+    name += f"-limit{limit}" if limit else ""
+    name += f"-beams{beams}" if beams is not None else ""
+    name += f"-maxtok{max_new_tokens}" if max_new_tokens is not None else ""
+    name += f"-lp{length_penalty:g}" if length_penalty is not None else ""
+    return name + ("-exclhist" if exclude_history else "")
+
+
+def _name_for(run_dir: Path, config: Config, split: str, limit: int | None) -> str:
+    """evaluation_name with the decoding settings that differ from the run's saved config.yaml."""
+    from softrec.config import load_config
+
+    ev = config.eval
+    saved = ev  # a run without a readable config.yaml: nothing to differ from but the limit
+    if (run_dir / "config.yaml").exists():
+        with contextlib.suppress(UserError):
+            saved = load_config(run_dir / "config.yaml").eval
+
+    def changed(field: str) -> Any:
+        return getattr(ev, field) if getattr(ev, field) != getattr(saved, field) else None
+
+    return evaluation_name(split, ev.grounding, limit=limit, beams=changed("num_beams"),
+                           max_new_tokens=changed("max_new_tokens"), length_penalty=changed("length_penalty"),
+                           exclude_history=bool(changed("exclude_history")))
+
+
+# ---------------------------------------------------------------- what a run is
+def run_info(run_dir: Path) -> dict[str, Any]:
+    from softrec.runs import RunDir
+
+    if not (run_dir / "run.json").is_file():
+        raise UserError(f"{run_dir}: not a softrec run directory (no run.json)")
+    return RunDir(run_dir).info()
+
+
+def run_config(run_dir: Path | None, config_path: str | Path | None = None, overrides: Sequence[str] = (),
+               flags: dict[str, Any] | None = None) -> Config:
+    """defaults < the run's saved config.yaml (or `config_path`) < `overrides` (KEY=VALUE) < `flags`."""
+    from softrec.config import load_config
+
+    if config_path is None and run_dir is not None and (run_dir / "config.yaml").exists():
+        config_path = run_dir / "config.yaml"
+    return load_config(config_path, list(overrides), flags or {})
+
+
+def run_dataset(path: str | Path | None, info: dict[str, Any]) -> Any:
+    """The prepared dataset at `path` (default: the run's), refused when it is not the data the run
+    was trained on."""
+    from softrec.data.dataset import PreparedDataset
+
+    path = path or info.get("dataset")
+    if not path:
+        raise UserError("--data: no prepared dataset given and run.json names none")
+    dataset = PreparedDataset.load(path)
+    trained_on = info.get("dataset_key")
+    if trained_on and info.get("method") != "icl" and dataset.checksum != trained_on:
+        # same directory re-prepared (another k-core, seed, sizes) or another dataset: the run's
+        # item ids and titles mean something else there, so its metrics would be silently wrong
+        raise UserError(
+            f"{dataset.path}: dataset key {dataset.checksum} differs from the run's ({trained_on}); "
+            "the data changed since training. Evaluate with the data the run was trained on, or retrain"
+        )
+    return dataset
+
+
+def _load_llm(run_dir: Path, info: dict[str, Any]) -> tuple[Any, Any, Any | None]:
+    """(model, tokenizer, grounding_model); full fine-tuning needs the untuned base for grounding."""
+    from softrec.models.registry import load_backbone, load_run_model
+
+    if info.get("method") == "icl":
+        model, tokenizer = load_backbone(info["base_model"])
+        return model, tokenizer, None
+    model, tokenizer = load_run_model(run_dir)
+    base = load_backbone(info["base_model"])[0] if (run_dir / "model").is_dir() else None
+    return model, tokenizer, base
+
+
+def _prompt_fn(info: dict[str, Any], dataset: Any, template: str, tokenizer: Any) -> Callable | None:
+    if info.get("method") != "icl":
+        return None
+    from softrec.baselines.icl import icl_prompt_fn
+
+    return icl_prompt_fn(dataset, int(info.get("shots", 0)), seed=int(info.get("seed", 42)),
+                         template=template, tokenizer=tokenizer)
+
+
+def _weights_fingerprint(run_dir: Path, info: dict[str, Any]) -> str:
+    from softrec.runs import path_sha256
+
+    if not is_classic(info.get("method")) and info.get("method") != "icl":
+        from softrec.models.registry import check_run_weights
+
+        check_run_weights(run_dir, info)  # before any work: deleted or foreign weights are refused
+    for name in ("adapter", "model", "classic.safetensors"):  # classic: retraining changes results too
+        if (run_dir / name).exists():
+            return path_sha256(run_dir / name)
+    return str(info.get("base_model"))
+
+
+def rank_run(run_dir: Path, info: dict[str, Any], dataset: Any, samples: Sequence[Any], config: Config,
+             progress: bool, parts: Path | None = None) -> Any:
+    """EvalResult for `samples`, dispatching on run.json's method; LLM runs resume from `parts`."""
+    from softrec.evaluation.evaluate import EvalResult, evaluate_scores, summarize
+
+    if is_classic(info.get("method")):
+        from softrec.baselines import load_ranker
+
+        return evaluate_scores(load_ranker(run_dir)(samples), samples, config.eval)
+    model, tokenizer, grounding_model = _load_llm(run_dir, info)
+    template = info.get("template") or config.model.template
+
+    def run(chunk: Sequence[Any]) -> Any:
+        from softrec.evaluation import (
+            evaluate,  # looked up at call time (tests replace evaluate_model)
+        )
+
+        return evaluate.evaluate_model(
+            model, tokenizer, dataset, chunk, config.eval, template=template,
+            base_model_name=info.get("base_model"), progress=progress,
+            prompt_fn=_prompt_fn(info, dataset, template, tokenizer), grounding_model=grounding_model,
+        )
+
+    if parts is None:
+        return run(samples)
+    from softrec.runs import resumable_chunks
+
+    rank = int(os.environ.get("RANK", "0"))
+    predictions = resumable_chunks(parts, len(samples), EVAL_CHUNK, lambda a, b: run(samples[a:b]).predictions,
+                                   write=rank == 0)
+    return EvalResult(summarize(predictions, config.eval.ks), predictions)
+
+
+# ---------------------------------------------------------------- ICL runs
+def start_icl_run(out: Path, data: str | Path, *, model: str, shots: int, seed: int, config: Config) -> Path:
+    """Create the run directory of a guidance-only (ICL) baseline: the untuned `model` with `shots`
+    demonstrations; call inside `process_group()` (rank 0 writes, every rank waits)."""
+    from softrec.config import as_prepared
+    from softrec.data.dataset import PreparedDataset
+    from softrec.runs import RunDir
+
+    dataset = PreparedDataset.load(data)
+    if _rank() == 0:
+        with RunDir(out) as run:
+            run.update_info(base_model=model, method="icl", shots=shots, seed=seed,
+                            dataset=str(Path(data).resolve()), dataset_key=dataset.checksum,
+                            template=config.model.template)
+            run.save_config(as_prepared(config, dataset), inputs={"dataset": dataset.checksum})
+    _barrier()
+    return out
+
+
+# ---------------------------------------------------------------- results
+def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: dict[str, Any],
+                   inputs: dict[str, Any]) -> Path:
+    from softrec.runs import RunDir, atomic_write_json, write_jsonl
+
+    with RunDir(run_dir) as run:
+        folder = Path("eval") / name
+        payload = {**result.metrics, "eval": settings}
+        atomic_write_json(run.path / folder / "metrics.json", payload)
+        write_jsonl(run.path / folder / "predictions.jsonl", result.predictions)
+        run.record_many({str(folder / f): {"inputs": inputs} for f in LATEST}, key)
+        _publish_latest(run, folder, key)
+    return run_dir / folder
+
+
+def _publish_latest(run: Any, folder: Path, key: str) -> None:
+    """Copy eval/<name>/ to the run's top level; both copies are recorded in one manifest write
+    (after both are written), so a kill between them leaves a pair `compare` refuses."""
+    from softrec.runs import atomic_write_bytes
+
+    for file in LATEST:
+        atomic_write_bytes(run.path / file, (run.path / folder / file).read_bytes())
+    inputs = run.record_inputs(str(folder / "predictions.jsonl"))
+    run.record_many({f: {"source": str(folder / f), "inputs": inputs} for f in LATEST}, key)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    shown = [k for k in ("HR@1", "HR@10", "HR@50", "NDCG@10", "NDCG@50", "validity") if k in metrics]
+    return "  ".join(f"{k}={metrics[k]:.4f}" for k in shown) + f"  n={metrics.get('n')}"
+
+
+# ---------------------------------------------------------------- the stage
+def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None = None, split: str = "test",
+                 limit: int | None = None, force: bool = False, progress: bool = True, preflight: bool = True,
+                 say: Callable[[str], None] = print) -> Path:
+    """Evaluate RUN_DIR on `split` of `data` (default: the run's dataset) with `config.eval` (see the
+    module docstring); returns RUN_DIR/eval/<name>. `config` is usually `run_config(run_dir, ...)`:
+    the run's own settings with the caller's changes. Rank 0 reports through `say`."""
+    from softrec.data.prompts import prompt_fingerprint
+    from softrec.runs import RunDir, content_key
+
+    run_dir = Path(run_dir)
+    with process_group() as (rank, _world):
+        info = run_info(run_dir)
+        dataset = run_dataset(data, info)
+        samples = dataset.split(split)[:limit] if limit else dataset.split(split)
+        name = _name_for(run_dir, config, split, limit)
+        settings = {**config.eval.model_dump(mode="json"), "split": split, "limit": limit,
+                    "dataset": str(dataset.path), "dataset_key": dataset.checksum,
+                    "method": info.get("method"), "base_model": info.get("base_model"),
+                    "prompt": prompt_fingerprint(config.model.template)}
+        weights = _weights_fingerprint(run_dir, info)
+        key = content_key(settings, weights, info.get("shots"))
+        has_weights = any((run_dir / n).exists() for n in RunDir.WEIGHTS)  # icl: the untuned base
+        inputs = {"weights": weights if has_weights else None, "dataset": dataset.checksum,
+                  "decoding": content_key(settings)}
+        folder = Path("eval") / name
+        reuse = not force and all(RunDir(run_dir).valid(str(folder / f), key) for f in LATEST)
+        if reuse:
+            if rank == 0:
+                with RunDir(run_dir) as run:
+                    _publish_latest(run, folder, key)
+                metrics = json.loads((run_dir / folder / "metrics.json").read_text())
+                say(f"up to date (use --force to recompute): {run_dir / folder}")
+                say(format_metrics(metrics))
+            return run_dir / folder
+        if rank == 0:  # a read-only run directory fails here, not after the evaluation
+            from softrec.runs import probe_writable
+
+            probe_writable(run_dir / "eval")
+        if not is_classic(info.get("method")):
+            from softrec.preflight import preflight_generation
+
+            preflight_generation(config, dataset, len(samples), stage="evaluate", skip=not preflight,
+                                 model=info.get("base_model"))
+        parts = run_dir / "eval" / f"{name}.parts"
+        result = rank_run(run_dir, info, dataset, samples, config, progress=progress, parts=parts / key)
+        if rank == 0:
+            where = _write_results(run_dir, name, key, result, settings, inputs)
+            import shutil
+
+            shutil.rmtree(parts, ignore_errors=True)  # after the result is written, never before
+            say(format_metrics(result.metrics))
+            say(f"wrote {where / 'metrics.json'} and {where / 'predictions.jsonl'}")
+            say(f"latest copied to {run_dir / 'metrics.json'} and {run_dir / 'predictions.jsonl'}")
+        _barrier()
+    return run_dir / folder
