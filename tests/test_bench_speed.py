@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from softrec.bench.speed import ModelShape, batch_step, matmul_peak
+from softrec.bench.speed.flops import FlopShape, matmul_peak
+from softrec.bench.speed.training import batch_step
 
 SECTIONS = ("train", "soft_epoch", "decoding", "evaluation", "mfu")
 
@@ -53,10 +54,10 @@ def test_quick_run_writes_every_section(tmp_path, tiny_dataset):
 
 def test_step_flops_on_a_known_shape():
     # 2-layer LoRA model: body N = 1000, LoRA 10, head V*d = 500, L*d_attn = 8
-    shape = ModelShape(body=1000, lora=10, head=500, attention=8, full_finetune=False)
+    shape = FlopShape(body=1000, lora=10, head=500, attention=8, full_finetune=False)
     # two rows of 3 and 5 tokens, 4 labelled positions
     assert shape.step_flops(tokens=8, labelled=4, squares=9 + 25) == 4 * 1000 * 8 + 6 * 10 * 8 + 4 * 500 * 4 + 6 * 8 * 34
-    full = ModelShape(body=1000, lora=0, head=500, attention=8, full_finetune=True)
+    full = FlopShape(body=1000, lora=0, head=500, attention=8, full_finetune=True)
     assert full.step_flops(8, 4, 34) == 6 * 1000 * 8 + 6 * 500 * 4 + 6 * 8 * 34
 
 
@@ -67,7 +68,7 @@ def test_model_shape_counts_the_tiny_model(tiny_backbone):
 
     model = get_peft_model(tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                     task_type="CAUSAL_LM"))
-    shape = ModelShape.of(model)
+    shape = FlopShape.of(model)
     config = model.get_base_model().config  # hidden 64, intermediate 128, 2 layers, 4 heads, 2 kv heads
     head_dim = 64 // 4
     per_layer = 64 * 64 + 2 * 64 * 2 * head_dim + 64 * 64 + 3 * 64 * 128  # q, k+v, o, gate/up/down
