@@ -10,15 +10,13 @@ from fixtures import datafiles
 
 from softrec.config import DataConfig
 from softrec.data.dataset import PreparedDataset
-from softrec.data.protocol import (
+from softrec.data.protocol import prepare_dataset
+from softrec.data.titles import build_items, normalise_title, sort_ids
+from softrec.data.windowing import (
     Window,
-    build_items,
     carve_latest,
     k_core,
-    normalise_title,
-    prepare_dataset,
     sample_indices,
-    sort_ids,
     split_loo,
     split_time,
     user_windows,
