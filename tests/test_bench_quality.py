@@ -97,7 +97,12 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     assert "soft/sft" in payload["results"]["demo"]["gains"]
     text = (out / "results.md").read_text()
     assert "BIGRec-SOFT" in text and "softrec distill --run" in text and "Relative gain" in text
-    assert (out / "results.png").stat().st_size > 0
+    import matplotlib.image
+    import numpy as np
+
+    image = matplotlib.image.imread(out / "results.png")  # a PNG that decodes, not just a non-empty file
+    assert image.shape[:2] == (540, 1560)  # the 13 x 4.5 in figure at 120 dpi
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20  # bars, error bars, text: not blank
     assert {p.name for p in (tmp_path / "saved").iterdir()} == {"results.json", "results.md", "results.png", "predictions"}
     import gzip
 

@@ -46,7 +46,13 @@ def test_run_pipeline_end_to_end_then_rerun_reuses(tmp_path, capsys):
     assert "soft vs sft" in report["comparisons"]
     text = (out / "report" / "report.md").read_text()
     assert "| sft |" in text and "| soft |" in text and "lambda" in text
-    assert (out / "report" / "curriculum.png").stat().st_size > 0
+    import matplotlib.image
+    import numpy as np
+
+    for plot in ("curriculum.png", "training.png"):  # PNGs that decode, not just non-empty files
+        image = matplotlib.image.imread(out / "report" / plot)
+        assert image.shape[:2] == (480, 1200), plot  # the 10 x 4 in figures at 120 dpi
+        assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20, plot  # lines and text: not blank
     assert len((out / "sft" / "distilled.jsonl").read_text().splitlines()) == 16
 
     # a rerun trains nothing: every artefact is still valid
