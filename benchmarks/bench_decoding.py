@@ -12,7 +12,7 @@ Both use the same batches of prompts, and they take turns batch by batch. The sc
 beams' items, in order) is identical, prints prompts/s of each and their ratio, and ends with the
 line `speedup: <ratio>`.
 
-The measurement itself lives in `softrec.bench.speed` (`compare_decoding`), which
+The measurement itself lives in `softrec.bench.speed.decoding` (`compare_decoding`), which
 `softrec bench speed` runs too; this script keeps the command the committed results cite.
 """
 
@@ -77,7 +77,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     from softrec.bench import cpu_model
-    from softrec.bench.speed import compare_decoding, stopwatch
+    from softrec.bench.speed.decoding import compare_decoding
+    from softrec.bench.timing import stopwatch
     from softrec.data.prompts import build_prompt
     from softrec.inference.trie import DictTrie, TitleTrie
     from softrec.models.registry import load_backbone

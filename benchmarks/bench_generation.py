@@ -79,7 +79,7 @@ def main() -> int:
 
     from softrec.bench import machine
     from softrec.bench.generation import compare_stage, memory_bandwidth
-    from softrec.bench.speed import matmul_peak
+    from softrec.bench.speed.flops import matmul_peak
     from softrec.data.prompts import build_prompt, strip_response
     from softrec.inference import grounding
     from softrec.inference.generate import decode_dtype

@@ -19,7 +19,7 @@ are dropped. It prints the median tokens/s of each and their ratio; the last lin
 `speedup: <ratio>`. --soft-cost also times a SOFT step (lambda 0.5: both targets, one packed forward)
 against the SFT step on the same samples.
 
-The measurement itself lives in `softrec.bench.speed` (`compare_training`), which
+The measurement itself lives in `softrec.bench.speed.training` (`compare_training`), which
 `softrec bench speed` runs too; this script keeps the command the committed results cite.
 """
 
@@ -62,7 +62,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     from softrec.bench import cpu_model
-    from softrec.bench.speed import compare_training, step_summary
+    from softrec.bench.speed.training import compare_training, step_summary
     from softrec.config import DataConfig, load_config
     from softrec.data.protocol import prepare_dataset
     from softrec.hardware import cpu_has_bf16

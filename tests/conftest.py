@@ -63,3 +63,20 @@ def tiny_backbone():
 @pytest.fixture()
 def tiny_dataset(tmp_path):
     return make_tiny_dataset(tmp_path / "prepared")
+
+
+@pytest.fixture()
+def sft_run(tmp_path):
+    """A run directory holding a fresh (untrained) LoRA adapter on the tiny model: what distillation
+    and SOFT read from an SFT run."""
+    from peft import LoraConfig, get_peft_model
+
+    from softrec.models.registry import load_backbone
+    from softrec.runs import RunDir
+
+    model, _ = load_backbone("tiny")
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    run_dir = tmp_path / "sft"
+    peft_model.save_pretrained(run_dir / "adapter")
+    RunDir(run_dir).update_info(base_model="tiny", method="sft")
+    return run_dir

@@ -31,10 +31,6 @@ LAYERS: list[tuple[str, list[str]]] = [
 
 MAX_LINES = 500
 # Being split by a parallel change (issue #16); this allow-list goes once that lands.
-BEING_SPLIT = {"bench/speed.py", "bench/quality.py", "runs.py", "data/readers/base.py", "data/protocol.py"}
-# bench/generation.py borrows bench/speed.py's stopwatch while speed.py calls generation.py: the same
-# parallel change splits them; this allow-list goes with it.
-CYCLES_BEING_SPLIT = [["softrec.bench.generation", "softrec.bench.speed"]]
 
 
 def module_name(path: Path) -> str:
@@ -138,7 +134,7 @@ def test_imports_only_point_down():
 
 
 def test_no_import_cycles():
-    found = [c for c in cycles(graph()) if c not in CYCLES_BEING_SPLIT]
+    found = cycles(graph())
     assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
@@ -147,7 +143,7 @@ def test_source_files_stay_small():
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE).as_posix()
         lines = len(path.read_text(encoding="utf-8").splitlines())
-        if lines > MAX_LINES and relative not in BEING_SPLIT:
+        if lines > MAX_LINES:
             long.append(f"{relative}: {lines} lines")
     assert not long, f"files over {MAX_LINES} lines (split them by concern):\n" + "\n".join(long)
 

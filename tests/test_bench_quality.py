@@ -10,6 +10,7 @@ import types
 import pytest
 
 from softrec.bench import quality
+from softrec.bench.quality import execution, report, results, suites
 from softrec.cli import main as cli_main
 
 
@@ -53,18 +54,18 @@ def test_unknown_method_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_relative_gain_and_its_average():
-    rows = {m: {"metrics": {g: {"value": v} for g in quality.GAIN_METRICS}} for m, v in (("sft", 0.04), ("soft", 0.05))}
+    rows = {m: {"metrics": {g: {"value": v} for g in suites.GAIN_METRICS}} for m, v in (("sft", 0.04), ("soft", 0.05))}
     rows["sft"]["metrics"]["HR@1"]["value"] = 0.0
-    gains = quality._gains(rows)["soft/sft"]
+    gains = results._gains(rows)["soft/sft"]
     assert gains["HR@10"] == pytest.approx(25.0) and gains["HR@1"] is None
-    average = quality.average_gains({"a": {"gains": {"soft/sft": gains}}})["soft/sft"]
+    average = results.average_gains({"a": {"gains": {"soft/sft": gains}}})["soft/sft"]
     assert average["mean_percent"] == pytest.approx(25.0) and average["undefined"] == 1 and average["terms"] == 9
 
 
 def test_gain_sections_put_the_headline_soft_vs_sft_first():
-    gains = {pair: {m: 1.0 for m in quality.GAIN_METRICS} for pair in ("llara-soft/llara-sft", "soft-sd-only/sft", "soft/sft")}
+    gains = {pair: {m: 1.0 for m in suites.GAIN_METRICS} for pair in ("llara-soft/llara-sft", "soft-sd-only/sft", "soft/sft")}
     averages = {pair: {"mean_percent": 1.0, "terms": 10, "undefined": 0} for pair in gains}
-    headings = [line for line in quality._gain_lines({"d": {"gains": gains}}, averages) if line.startswith("### ")]
+    headings = [line for line in report._gain_lines({"d": {"gains": gains}}, averages) if line.startswith("### ")]
     assert headings == ["### BIGRec-SOFT vs BIGRec-SFT", "### BIGRec-SOFT-sd-only vs BIGRec-SFT", "### LLaRA-SOFT vs LLaRA-SFT"]
 
 
@@ -76,7 +77,7 @@ def _in_process(monkeypatch, calls):
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stdout):
             return types.SimpleNamespace(returncode=cli_main(argv[argv.index("softrec") + 1:]))
 
-    monkeypatch.setattr(quality, "subprocess", types.SimpleNamespace(run=run, STDOUT=subprocess.STDOUT))
+    monkeypatch.setattr(execution, "subprocess", types.SimpleNamespace(run=run, STDOUT=subprocess.STDOUT))
 
 
 def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeypatch):
@@ -96,7 +97,12 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     assert "soft/sft" in payload["results"]["demo"]["gains"]
     text = (out / "results.md").read_text()
     assert "BIGRec-SOFT" in text and "softrec distill --run" in text and "Relative gain" in text
-    assert (out / "results.png").stat().st_size > 0
+    import matplotlib.image
+    import numpy as np
+
+    image = matplotlib.image.imread(out / "results.png")  # a PNG that decodes, not just a non-empty file
+    assert image.shape[:2] == (540, 1560)  # the 13 x 4.5 in figure at 120 dpi
+    assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20  # bars, error bars, text: not blank
     assert {p.name for p in (tmp_path / "saved").iterdir()} == {"results.json", "results.md", "results.png", "predictions"}
     import gzip
 

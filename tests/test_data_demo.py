@@ -8,7 +8,7 @@ import pytest
 
 from softrec.cli import main
 from softrec.data.demo import generate_interactions, load_books
-from softrec.data.protocol import normalise_title
+from softrec.data.titles import normalise_title
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,13 @@ from fixtures import datafiles
 
 from softrec.config import DataConfig
 from softrec.data.dataset import PreparedDataset
-from softrec.data.protocol import (
+from softrec.data.protocol import prepare_dataset
+from softrec.data.titles import build_items, normalise_title, sort_ids
+from softrec.data.windowing import (
     Window,
-    build_items,
     carve_latest,
     k_core,
-    normalise_title,
-    prepare_dataset,
     sample_indices,
-    sort_ids,
     split_loo,
     split_time,
     user_windows,
@@ -113,6 +111,9 @@ def test_prepare_every_format(tmp_path, fmt):
     stats = dataset.stats()
     for key in ("users", "items", "interactions", "train", "valid", "test"):
         assert isinstance(stats[key], int) and stats[key] > 0, key
+    for split in ("train", "valid", "test"):  # the counts describe the files written, not just any number
+        assert stats[split] == len(dataset.split(split)), split
+    assert stats["items"] == len(dataset.catalogue)
     assert stats["users"] == 6
     assert len(dataset.titles) == len(set(dataset.titles)) == stats["items"]
     for split in ("train", "valid", "test"):

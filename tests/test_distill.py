@@ -7,22 +7,6 @@ import json
 import pytest
 
 from softrec.config import load_config
-from softrec.runs import RunDir
-
-
-@pytest.fixture()
-def sft_run(tmp_path, tiny_backbone):
-    """A run directory holding a fresh (untrained) LoRA adapter on the tiny model."""
-    from peft import LoraConfig, get_peft_model
-
-    from softrec.models.registry import load_backbone
-
-    model, _ = load_backbone("tiny")
-    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
-    run_dir = tmp_path / "sft"
-    peft_model.save_pretrained(run_dir / "adapter")
-    RunDir(run_dir).update_info(base_model="tiny", method="sft")
-    return run_dir
 
 
 def _config():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+
+import pytest
 
 from softrec.cli import main
 
@@ -19,9 +22,23 @@ def test_run_pipeline_end_to_end_then_rerun_reuses(tmp_path, capsys):
     assert main(args) == 0
     report = json.loads((out / "report" / "metrics.json").read_text())
     assert set(report["methods"]) == {"sft", "soft"}
-    for method in report["methods"].values():
-        assert method["metrics"]["n"] == 6
-        assert 0.0 <= method["metrics"]["HR@10"] <= 1.0
+    tested = {}
+    for name, method in report["methods"].items():
+        # the report's metrics are the ones its predictions give, recomputed here from the ranked ids
+        [predictions] = (out / name / "eval").glob("test-*/predictions.jsonl")
+        rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+        tested[name] = [r["sample_id"] for r in rows]
+        ranks = []
+        for r in rows:
+            shown = r["ranked"].index(r["target"]) if r["target"] in r["ranked"] else None
+            assert shown == r["target_rank"] or (shown is None and (r["target_rank"] or 0) >= len(r["ranked"]))
+            ranks.append(r["target_rank"])
+        hits = [rank is not None and rank < 10 for rank in ranks]
+        assert method["metrics"]["n"] == len(rows) == 6
+        assert method["metrics"]["HR@10"] == pytest.approx(sum(hits) / 6)
+        assert method["metrics"]["NDCG@10"] == pytest.approx(
+            sum(1 / math.log2(rank + 2) for rank, hit in zip(ranks, hits, strict=True) if hit) / 6)
+    assert tested["sft"] == tested["soft"], "both methods are evaluated on the same test samples"
     soft = report["methods"]["soft"]
     assert soft["alpha"] == 1.0
     assert set(soft["lambda"]) == {"1", "2"} and soft["lambda"]["1"] == 1.0
@@ -29,7 +46,13 @@ def test_run_pipeline_end_to_end_then_rerun_reuses(tmp_path, capsys):
     assert "soft vs sft" in report["comparisons"]
     text = (out / "report" / "report.md").read_text()
     assert "| sft |" in text and "| soft |" in text and "lambda" in text
-    assert (out / "report" / "curriculum.png").stat().st_size > 0
+    import matplotlib.image
+    import numpy as np
+
+    for plot in ("curriculum.png", "training.png"):  # PNGs that decode, not just non-empty files
+        image = matplotlib.image.imread(out / "report" / plot)
+        assert image.shape[:2] == (480, 1200), plot  # the 10 x 4 in figures at 120 dpi
+        assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20, plot  # lines and text: not blank
     assert len((out / "sft" / "distilled.jsonl").read_text().splitlines()) == 16
 
     # a rerun trains nothing: every artefact is still valid

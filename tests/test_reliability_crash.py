@@ -123,22 +123,6 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(tiny_dataset,
     assert steps == sorted(steps)
 
 
-@pytest.fixture()
-def sft_run(tmp_path):
-    """A run directory with a fresh LoRA adapter on the tiny model (what distillation reads)."""
-    from peft import LoraConfig, get_peft_model
-
-    from softrec.models.registry import load_backbone
-    from softrec.runs import RunDir
-
-    model, _ = load_backbone("tiny")
-    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
-    run_dir = tmp_path / "sft"
-    peft_model.save_pretrained(run_dir / "adapter")
-    RunDir(run_dir).update_info(base_model="tiny", method="sft")
-    return run_dir
-
-
 DISTILL = ["--beams", "2", "--max-new-tokens", "6", "--set", "eval.batch_size=4"]
 
 

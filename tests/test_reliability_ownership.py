@@ -379,13 +379,13 @@ def _fail_with(code):
 
 def test_read_only_run_directory_fails_before_the_evaluation(trained, monkeypatch, capsys):
     import errno
+    import tempfile
 
     import softrec.evaluation.evaluate as evaluation
-    import softrec.runs as runs
 
     called = []
     monkeypatch.setattr(evaluation, "evaluate_model", lambda *a, **k: called.append(1))
-    monkeypatch.setattr(runs.tempfile, "mkstemp", _fail_with(errno.EROFS))
+    monkeypatch.setattr(tempfile, "mkstemp", _fail_with(errno.EROFS))  # every atomic write's temporary file
     capsys.readouterr()
     assert main(["evaluate", "--run", str(trained), *EVAL]) == 2
     assert "read-only file system" in _error_line(capsys)

@@ -1,7 +1,7 @@
 """Typed settings: one schema for every stage, layered as defaults < YAML file < CLI overrides.
 
-Every number from the SOFT reference protocol (../shared/SOFT.md) is a default here, never a constant
-buried in a stage. A run directory stores the resolved config (see `runs.py`).
+Every number from the SOFT reference protocol (Tang et al. 2025, arXiv 2505.20771, and the authors' code, github.com/sssth/Self-Optimized-Fine-Tuning) is a default here, never a constant
+buried in a stage. A run directory stores the resolved config (see `softrec.runs`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Section 2 of SOFT.md: filtering, windows, splits and samples."""
+    """The reference data protocol (origin_data/amazon_process.py, process.py): filtering, windows, splits and samples."""
 
     dataset: str = Field("demo", description="a dataset NAME (demo, ml-100k, ...) or a DIR")
     format: str | None = Field(None, description="reader name; None = detect from the files")
@@ -211,7 +211,7 @@ class EvalConfig(_Section):
 
 
 class ClassicConfig(_Section):
-    """Classic sequential recommenders (SASRec, GRU4Rec; section 1 of SOFT.md), trained on the whole
+    """Classic sequential recommenders (SASRec, GRU4Rec: the paper's traditional baselines), trained on the whole
     training pool (train_full). Defaults follow RecBole's SASRec: 64-d, 2 layers, 2 heads, CE loss."""
 
     hidden: int = Field(64, ge=1, description="item embedding / model width (LLaRA reads these 64-d vectors)")

@@ -1,4 +1,4 @@
-"""Guidance-only baseline (SOFT.md section 1): in-context learning with the untuned LLM.
+"""Guidance-only baseline (the paper's guidance-only baselines): in-context learning with the untuned LLM.
 
 K demonstrations are drawn once, seeded, from the train split and placed before the query in the
 same Alpaca prompt the tuned models read; K = 0 is exactly the zero-shot reference prompt.

@@ -91,7 +91,7 @@ def compare_stage(model: Any, tokenizer: Any, prompts: Sequence[str], *, num_bea
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Plain `generate` and the engine on the same prompts; `after(top_beams)` (grounding) is timed
     with each. Returns prompts/s of both, their ratio, identical top beams and the engine's FLOPs."""
-    from softrec.bench.speed import stopwatch as timed
+    from softrec.bench.timing import stopwatch as timed
     from softrec.inference.generate import (
         causal_lm,
         decode_dtype,

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 from softrec.errors import UserError
 
-# Stages appear here only once they exist.
 COMMAND_MODULES: list[str] = [
     "softrec.cli.bench",
     "softrec.cli.data",

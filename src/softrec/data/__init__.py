@@ -18,7 +18,7 @@ from softrec.data.dataset import Domain, Item, PreparedDataset, Sample, write_pr
 
 _LAZY = {
     "prepare_dataset": "softrec.data.protocol",
-    "normalise_title": "softrec.data.protocol",
+    "normalise_title": "softrec.data.titles",
     "read_source": "softrec.data.readers",
     "detect_format": "softrec.data.readers",
     "locate": "softrec.data.readers",

@@ -1,4 +1,4 @@
-"""Prompt templates (SOFT.md section 3): the reference Alpaca prompt and a chat-template variant.
+"""Prompt templates (the reference's train.py / process.py): the reference Alpaca prompt and a chat-template variant.
 
 `alpaca` is byte for byte the reference TRAINING text (Self-Optimized-Fine-Tuning@69d5a85 train.py
 `generate_prompt` lines 302-311 with process.py `construct_instruction` lines 84-95): one space after

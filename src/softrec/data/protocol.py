@@ -1,4 +1,4 @@
-"""The data protocol (SOFT.md section 2): a source -> one prepared-dataset directory.
+"""The data protocol (the reference's origin_data/amazon_process.py and process.py): a source -> one prepared-dataset directory.
 
 Steps, each a setting in `DataConfig` (reference defaults in brackets):
 
@@ -31,221 +31,38 @@ checksums and settings; a rerun produces byte-identical files.
 
 from __future__ import annotations
 
-import html
 import json
 import os
-import random
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from softrec.config import DataConfig
 from softrec.data.dataset import SPLITS, Domain, Item, PreparedDataset, Sample, write_prepared
 from softrec.data.readers.base import SourceData
+from softrec.data.titles import build_items, sort_ids, titled_catalogue
+from softrec.data.windowing import (
+    Window,
+    carve_latest,
+    k_core,
+    sample_indices,
+    split_loo,
+    split_time,
+    time_key,
+    user_windows,
+    windows_from_log,
+    with_positions,
+)
 from softrec.errors import UserError
 
 PROTOCOL_VERSION = 5  # 5: exact-duplicate interaction rows dropped (reference). Bump when the same inputs and settings would give different files
 Log = Callable[[str], None]
-
-
-class Window(NamedTuple):
-    """One (history, target) sample before sampling; `row` orders windows that tie in time."""
-
-    user: str
-    history: tuple[int, ...]
-    target: int
-    timestamp: float | None
-    row: int
-    position: int = 0  # index among the user's windows in its pool (0 = earliest)
-    of: int = 1  # how many windows the user has in that pool
-
-
-# ------------------------------------------------------------------ titles and items
-_SPACE = re.compile(r"\s+")
-
-
-def normalise_title(text: Any) -> str:
-    """HTML-unescape (repeatedly, for double-escaped text) and collapse whitespace; '' if no title."""
-    if not isinstance(text, str):
-        return ""
-    for _ in range(3):
-        unescaped = html.unescape(text)
-        if unescaped == text:
-            break
-        text = unescaped
-    return _SPACE.sub(" ", text).strip()
-
-
-def sort_ids(keys: Iterable[str]) -> list[str]:
-    """Source ids in a stable order: numeric when all are integers, else as strings."""
-    keys = list(keys)
-    if all(k.lstrip("-").isdigit() for k in keys):
-        return sorted(keys, key=int)
-    return sorted(keys)
-
-
-def _clean(value: Any) -> Any:
-    """A catalogue extra as plain JSON, or None when empty."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str):
-        value = value.strip()
-    if isinstance(value, list | tuple | np.ndarray):
-        value = [_clean(v) for v in value]
-    return value if value not in ("", []) else None
-
-
-def titled_catalogue(catalogue: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Normalised titles; first row wins for a repeated id; items with no title removed."""
-    counts = {"catalogue_rows": len(catalogue)}
-    frame = catalogue.drop_duplicates("item", keep="first").copy()
-    counts["duplicate_item_ids"] = len(catalogue) - len(frame)
-    frame["title"] = [normalise_title(t) for t in frame["title"]]
-    has_title = frame["title"] != ""
-    counts["items_without_title"] = int((~has_title).sum())
-    return frame[has_title], counts
-
-
-def _year(extra: dict[str, Any]) -> str | None:
-    for key in ("year", "release_year"):
-        if extra.get(key) not in (None, ""):
-            return str(extra[key])
-    date = str(extra.get("release_date") or "")
-    return date[-4:] if date[-4:].isdigit() else None
-
-
-def build_items(frame: pd.DataFrame, keys: Sequence[str]) -> tuple[list[Item], list[dict[str, Any]]]:
-    """Items with ids 0..n-1 in `keys` order; duplicate titles made unique (module docstring)."""
-    rows = frame.set_index("item").loc[list(keys)]
-    extras_cols = [c for c in rows.columns if c != "title"]
-    items: list[Item] = []
-    taken: set[str] = set()
-    first_with: dict[str, int] = {}
-    duplicates = []
-    for item_id, (key, record) in enumerate(zip(keys, rows.to_dict("records"), strict=True)):
-        extra = {"source_id": key}
-        for column in extras_cols:
-            value = _clean(record[column])
-            if value is not None:
-                extra[column] = value
-        title = record["title"]
-        if title in first_with:
-            original, year = title, _year(extra)
-            distinct = year is not None and year != _year(items[first_with[original]].extra)
-            title = f"{original} ({year})" if distinct and f"{original} ({year})" not in taken else None
-            number = 2
-            while title is None or title in taken:
-                title, number = f"{original} ({number})", number + 1
-            extra.update(duplicate_of=first_with[original], original_title=original)
-            duplicates.append({"item_id": item_id, "duplicate_of": first_with[original], "title": title})
-        else:
-            first_with[title] = item_id
-        taken.add(title)
-        items.append(Item(item_id, title, extra))
-    return items, duplicates
-
-
-# ------------------------------------------------------------------ k-core and windows
-def k_core(inter: pd.DataFrame, k: int) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Iteratively drop users and items with fewer than `k` interactions until none is left."""
-    rounds = 0
-    if k > 1:
-        while True:
-            users = inter["user"].map(inter["user"].value_counts())
-            items = inter["item"].map(inter["item"].value_counts())
-            keep = (users >= k) & (items >= k)
-            if bool(keep.all()):
-                break
-            inter = inter[keep.to_numpy()]
-            rounds += 1
-    return inter, {"k": k, "rounds": rounds}
-
-
-def user_windows(length: int, history_len: int, stride: int, min_history: int) -> list[tuple[int, int]]:
-    """(start, target) positions in a sequence of `length`: history = seq[start:target]."""
-    if length <= history_len + 1:
-        return [(0, length - 1)] if length - 1 >= min_history else []
-    targets = range(length - 1, history_len - 1, -stride)
-    return [(t - history_len, t) for t in reversed(targets)]
-
-
-def windows_from_log(inter: pd.DataFrame, ids: dict[str, int], config: DataConfig) -> tuple[list[Window], int]:
-    """Chronological windows per user; also returns how many users were too short for one."""
-    codes, names = pd.factorize(inter["user"], sort=True)
-    order = np.lexsort((np.arange(len(inter)), inter["timestamp"].to_numpy(), codes))
-    users = codes[order]
-    items = np.array([ids[i] for i in inter["item"].to_numpy()[order]], dtype=np.int64)
-    times = inter["timestamp"].to_numpy()[order]
-    bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
-    out, too_short = [], 0
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        spans = user_windows(int(hi - lo), config.history_len, config.stride, config.min_history)
-        too_short += not spans
-        seq, user = items[lo:hi].tolist(), str(names[users[lo]])
-        for position, (start, target) in enumerate(spans):
-            out.append(Window(user, tuple(seq[start:target]), seq[target],
-                              float(times[lo + target]), len(out), position, len(spans)))
-    return out, too_short
-
-
-def _with_positions(windows: list[Window]) -> list[Window]:
-    """Fill each window's position among its user's windows (in time order) in this pool."""
-    per_user: dict[str, list[int]] = {}
-    for index in sorted(range(len(windows)), key=lambda i: time_key(windows[i])):
-        per_user.setdefault(windows[index].user, []).append(index)
-    out = list(windows)
-    for indices in per_user.values():
-        for position, index in enumerate(indices):
-            out[index] = out[index]._replace(position=position, of=len(indices))
-    return out
-
-
-def time_key(window: Window) -> tuple[float, float]:
-    """Chronological order; without timestamps, a user's later windows count as later."""
-    if window.timestamp is None:
-        return (float(window.position - window.of), float(window.row))
-    return (window.timestamp, float(window.row))
-
-
-# ------------------------------------------------------------------ splits and samples
-def split_time(windows: list[Window], ratios: Sequence[float]) -> dict[str, list[Window]]:
-    ordered = sorted(windows, key=time_key)
-    n = len(ordered)
-    cut1, cut2 = int(n * ratios[0]), int(n * (ratios[0] + ratios[1]))
-    return {"train": ordered[:cut1], "valid": ordered[cut1:cut2], "test": ordered[cut2:]}
-
-
-def split_loo(windows: list[Window]) -> dict[str, list[Window]]:
-    """Per user: last window -> test, the one before -> valid, the rest -> train."""
-    out: dict[str, list[Window]] = {s: [] for s in SPLITS}
-    for w in _with_positions(windows):
-        from_end = w.of - 1 - w.position
-        out["test" if from_end == 0 else "valid" if from_end == 1 else "train"].append(w)
-    return {s: sorted(ws, key=time_key) for s, ws in out.items()}
-
-
-def carve_latest(windows: list[Window], share: float) -> tuple[list[Window], list[Window]]:
-    """(earlier, latest) with `share` of the windows in the latest part."""
-    ordered = sorted(_with_positions(windows), key=time_key)
-    cut = len(ordered) - int(round(len(ordered) * share))
-    return ordered[:cut], ordered[cut:]
-
-
-def sample_indices(n: int, size: int | None, seed: int) -> list[int]:
-    """A seeded sample of range(n), kept in order; everything when size is None or >= n."""
-    if size is None or size >= n:
-        return list(range(n))
-    return sorted(random.Random(seed).sample(range(n), size))
+# The steps' parts: titles and item ids (steps 1, 3) in `titles`; k-core, windows, splits and
+# samples (steps 2, 4-6) in `windowing`; here the statistics, the two source kinds and the whole.
 
 
 # ------------------------------------------------------------------ stats helpers
@@ -379,7 +196,7 @@ def _from_windows(source: SourceData, config: DataConfig) -> _Prepared:
                 continue
             pool.append(Window(str(user), tuple(history), ids[keys_[-1]], _stamp(stamp), row))
             untruncated[row] = titled_items
-        pools[split] = _with_positions(pool)
+        pools[split] = with_positions(pool)
     if config.split == "loo":
         # forget per-pool positions: without timestamps, file order (train, valid, test) is time order
         pools = split_loo([w._replace(position=0, of=1) for pool in pools.values() for w in pool])

@@ -1,4 +1,4 @@
-"""Grounding generated text to catalogue items: full rankings (SOFT.md section 5).
+"""Grounding generated text to catalogue items: full rankings (the reference's encode.py and evaluate_batch.py).
 
 Three methods, one output (a full ranking of item ids per sample, best first):
 - `l2` (BIGRec, the SOFT reference): the top beam's text, unquoted, is embedded with the FROZEN base

@@ -1,4 +1,4 @@
-"""Catalogue title trie and the constrained-decoding logits processor (SOFT.md section 5).
+"""Catalogue title trie and the constrained-decoding logits processor (the reference's inference.py).
 
 The model answers with `response_text(title)` followed by EOS, so the trie holds the token ids of the
 WHOLE tokenized response plus EOS. Tokenizing the response as one string matters: a BPE tokenizer

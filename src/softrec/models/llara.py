@@ -1,4 +1,4 @@
-"""LLaRA backbone (SOFT.md section 7): each history title is followed by an item token whose INPUT
+"""LLaRA backbone (LLaRA, Liao et al. 2024; the reference's train_llara.py and inference_llara.py): each history title is followed by an item token whose INPUT
 embedding is MLP(e_item), e_item the frozen 64-d SASRec embedding of that item.
 
 How the item reaches the model: the tokenizer gets one added special token per catalogue item,

@@ -1,7 +1,7 @@
 """SOFT's curriculum: how much weight the self-distilled targets get in each epoch.
 
 The loss of epoch t is  (1 - lambda_t) * CE(x -> y) + lambda_t * CE(x -> y'),  y the real target and
-y' the SFT model's own generation (SOFT.md section 6). Schedulers, selectable by name:
+y' the SFT model's own generation (the paper's method section; reference trainer/soft_trainer.py and trainer/soft_trainer_utils.py). Schedulers, selectable by name:
 
 - ``adaptive`` (the reference):  lambda_t = min(exp(alpha * (d_{t-1} / d_0 - 1)), 1), where d_k is
   the mean L2 distance, on a fixed probe set, between the grounding embedding of the model's top-beam
@@ -193,7 +193,7 @@ def probe_samples(training: Sequence[Any], size: int, seed: int) -> list[Any]:
 
 
 def probe_distance(dataset: Any, config: Any) -> Measure:
-    """d_k: mean L2 distance between the grounding embeddings (frozen base model, SOFT.md section 5)
+    """d_k: mean L2 distance between the grounding embeddings (frozen base model, as the reference's encode.py and evaluate_batch.py)
     of the model's top-beam generation (read by `eval.response_rule`) and of the true title, over
     the probe set. The returned callable carries the probe's sample ids as `.probe_ids`."""
     import torch

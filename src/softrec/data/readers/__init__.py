@@ -21,13 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from softrec.data.readers import amazon2023, d3, generic, grouplens, recbole, windows
-from softrec.data.readers.base import (
-    SourceData,
-    find_file,
-    header_fields,
-    input_checksums,
-    strip_invisible,
-)
+from softrec.data.readers.base import SourceData, strip_invisible
+from softrec.data.readers.files import find_file, input_checksums
+from softrec.data.readers.tables import header_fields
 from softrec.errors import UserError
 
 READERS: dict[str, Callable[[Path, str], SourceData]] = {

@@ -7,7 +7,7 @@
   `main_category`, `store`, ...).
 
 Items are keyed by `parent_asin` (as the SOFT reference does). Timestamps become unix seconds.
-Items whose metadata has no title are dropped by the protocol (and counted), as SOFT.md requires.
+Items whose metadata has no title are dropped by the protocol (and counted), as the reference protocol requires.
 Files are streamed, so multi-GB categories fit in memory as integer codes.
 """
 
@@ -21,15 +21,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from softrec.data.dataset import Domain
-from softrec.data.readers.base import (
-    SourceData,
-    check_regular,
-    domain_for,
-    iter_lines,
-    load_json,
-    numeric,
-    read_table,
-)
+from softrec.data.readers.base import SourceData, domain_for
+from softrec.data.readers.files import check_regular, iter_lines
+from softrec.data.readers.jsontext import load_json
+from softrec.data.readers.tables import numeric, read_table
 from softrec.errors import DataFormatError, UserError
 
 REVIEW_FIELDS = ("user_id", "parent_asin", "timestamp")

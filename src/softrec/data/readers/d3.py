@@ -16,21 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from softrec.data.readers.base import (
-    SourceData,
-    check_json_ids,
-    check_known,
-    check_unique_ids,
-    domain_for,
-    fail_at,
-    find_file,
-    id_lists,
-    json_line,
-    load_json,
-    read_table,
-    read_text,
-    require_values,
-)
+from softrec.data.readers.base import SourceData, check_json_ids, check_unique_ids, domain_for
+from softrec.data.readers.files import find_file, read_text
+from softrec.data.readers.jsontext import json_line, load_json
+from softrec.data.readers.tables import check_known, fail_at, id_lists, read_table, require_values
 from softrec.errors import DataFormatError, UserError
 
 REQUIRED = ["user_id", "history_item_id", "item_id"]

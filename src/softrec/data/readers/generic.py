@@ -17,17 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from softrec.data.readers.base import (
-    SourceData,
-    check_spelling,
-    check_unique_ids,
-    domain_for,
-    fail_at,
-    header_fields,
-    numeric,
-    read_table,
-    require_values,
-)
+from softrec.data.readers.base import SourceData, check_spelling, check_unique_ids, domain_for
+from softrec.data.readers.tables import fail_at, header_fields, numeric, read_table, require_values
 from softrec.errors import UserError
 
 ALIASES = {

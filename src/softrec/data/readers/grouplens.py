@@ -13,21 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from softrec.data.readers.base import (
+from softrec.data.readers.base import SourceData, check_spelling, check_unique_ids, domain_for
+from softrec.data.readers.files import (
     MAX_INFLATE_RATIO,
-    SourceData,
     check_regular,
-    check_spelling,
-    check_unique_ids,
     decode,
-    domain_for,
-    fail_at,
     inflate_limit,
-    numeric,
-    read_table,
-    require_values,
     too_large,
 )
+from softrec.data.readers.tables import fail_at, numeric, read_table, require_values
 from softrec.errors import DataFormatError, UserError
 
 GENRES = (

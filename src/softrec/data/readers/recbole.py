@@ -11,16 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from softrec.data.readers.base import (
-    SourceData,
-    check_spelling,
-    check_unique_ids,
-    domain_for,
-    numeric,
-    read_table,
-    read_text,
-    require_values,
-)
+from softrec.data.readers.base import SourceData, check_spelling, check_unique_ids, domain_for
+from softrec.data.readers.files import read_text
+from softrec.data.readers.tables import numeric, read_table, require_values
 from softrec.errors import DataFormatError, UserError
 
 TITLE_FIELDS = ("movie_title", "title", "item_name", "book_title", "name")

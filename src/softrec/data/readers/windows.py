@@ -13,20 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from softrec.data.readers.base import (
-    SourceData,
-    check_json_ids,
-    check_known,
-    domain_for,
-    find_file,
-    id_lists,
-    json_line,
-    load_json,
-    numeric,
-    read_table,
-    read_text,
-    require_values,
-)
+from softrec.data.readers.base import SourceData, check_json_ids, domain_for
+from softrec.data.readers.files import find_file, read_text
+from softrec.data.readers.jsontext import json_line, load_json
+from softrec.data.readers.tables import check_known, id_lists, numeric, read_table, require_values
 from softrec.errors import DataFormatError, UserError
 
 TITLE_FILES = ("id2name4Rec.json", "id2name.json")

@@ -1,0 +1,130 @@
+"""`softrec bench quality`: every method on the shared datasets, one results table.
+
+    softrec bench quality --suite cpu-small --out DIR [--datasets ...] [--methods ...] [--dry-run]
+    softrec bench quality --suite gpu --out DIR [--launcher "torchrun --nproc_per_node 4"]
+
+Methods: ICL zero- and few-shot (untuned backbone), SASRec, GRU4Rec, SFT, SOFT and SOFT-sd-only on
+the BIGRec backbone, and SFT and SOFT on the LLaRA backbone. Every step is a `softrec` command, run
+as a user would run it (the results list them verbatim), into DIR/<dataset>/<method>/. All methods of
+a dataset are evaluated on the same test samples, full ranking, l2 grounding for the LLM rows.
+
+Results: DIR/results.json (per dataset and method: the test metrics, each with its 95% bootstrap
+interval, and the paired bootstrap difference against SFT), DIR/results.md (the table, the relative
+gain of SOFT over SFT per dataset and metric and on average, the commands) and DIR/results.png.
+
+Resumable: finished steps are recorded in DIR/steps.json and skipped; an interrupted step is rerun,
+and `softrec train` picks up its last checkpoint (`--resume`), evaluation and distillation their
+finished chunks. Suites (sizes stated in results.md):
+  cpu-small  Gemma 3 270M, LoRA; SFT/SOFT on 128 training samples for 2 epochs (effective batch 16),
+             validation on 32, test on the first 100 of the 1000 prepared test samples; classic models
+             on the whole training pool, at most 50 epochs. Hours on 2 CPU cores. Intervals are wide:
+             this scale checks that everything runs and shows magnitudes; it cannot detect SOFT's effect.
+  gpu        the reference protocol: 4096/512/1000 samples, 7 epochs, effective batch 256, bf16,
+             5-shot ICL, classic models with their defaults. Runs unchanged on one GPU or several
+             (--launcher "torchrun --nproc_per_node N").
+  smoke      the tiny random model on the built-in demo data, a few minutes: checks an install, nothing more.
+
+This module is the command; its parts: `suites` (suites and methods), `planning` (the commands, in
+order), `execution` (running them, DIR/steps.json), `results` (collecting metrics, intervals, gains) and
+`report` (results.md, results.png, saved predictions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from softrec.bench.quality.execution import StepLog, execute
+from softrec.bench.quality.planning import plan
+from softrec.bench.quality.report import markdown, plot, save_predictions
+from softrec.bench.quality.results import average_gains, collect
+from softrec.bench.quality.suites import GROUNDING, METHODS, SPLIT, SUITES, alpha_method
+from softrec.config import EvalConfig
+from softrec.errors import UserError
+
+
+def _setting(sets: tuple[str, ...], key: str, default: Any) -> Any:
+    values = [v.split("=", 1)[1] for v in sets if v.startswith(f"{key}=")]
+    return values[-1] if values else default
+
+
+# ---- CLI -------------------------------------------------------------------------------------------
+
+def _choice_list(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown or not chosen:
+        raise UserError(f"{flag}: unknown {unknown or value!r}; choose from {', '.join(allowed)}")
+    return chosen
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", default="cpu-small", choices=sorted(SUITES))
+    parser.add_argument("--out", required=True, type=Path, help="folder for the runs and results.{json,md,png}")
+    parser.add_argument("--datasets", help="comma-separated subset (default: the suite's: ml-100k, amazon-books, "
+                        "amazon-industrial), looked up like `softrec data prepare --dataset`")
+    parser.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--model", help="LLM backbone instead of the suite's (registry name or HF dir)")
+    parser.add_argument("--launcher", default="", help="prefix for LLM training/evaluation, e.g. "
+                        "'torchrun --nproc_per_node 4' (runs `... -m softrec ...`)")
+    parser.add_argument("--save", type=Path, help="also copy results.{json,md,png} to this folder "
+                        "(e.g. benchmarks/results/quality-cpu-small-DATE)")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and stop")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rebuild the results from the finished rows in --out")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import os
+    import shutil
+
+    from softrec.bench import machine
+    from softrec.runs import atomic_write_json, atomic_write_text
+
+    suite = SUITES[args.suite]
+    if args.model:
+        suite = dataclasses.replace(suite, model=args.model)
+    # any NAME or DIR `softrec data prepare --dataset` resolves is a dataset; no fixed list to check against
+    datasets = [d.strip() for d in (args.datasets or "").split(",") if d.strip()] or list(suite.datasets)
+    methods = _choice_list(args.methods, METHODS, "--methods") if args.methods else list(suite.methods or METHODS)
+    if suite.alphas and "soft" in methods:
+        methods[methods.index("soft"):methods.index("soft") + 1] = [alpha_method(a) for a in suite.alphas]
+    out = args.out.resolve()
+    steps = plan(suite, out, datasets, methods, shlex.split(args.launcher))
+    if args.dry_run:
+        print("\n".join(step.command for step in steps))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    print(f"softrec bench quality: {len(steps)} steps; {suite.scale()}\n  log: {out / 'bench.log'}", flush=True)
+    log = StepLog(out) if args.report_only else execute(steps, out, env)
+    results = collect(suite, out, datasets, methods, log, resamples=args.resamples)
+    if not results:
+        raise UserError(f"{out}: no finished evaluations to report")
+    payload = {
+        "suite": dataclasses.asdict(suite), "scale": suite.scale(), "split": SPLIT, "grounding": GROUNDING,
+        "num_beams": _setting(suite.llm_sets, "eval.num_beams", EvalConfig().num_beams), "out": str(out),
+        "command": shlex.join(["softrec", *sys.argv[1:]]) if sys.argv and "softrec" in sys.argv[0] else
+        shlex.join(["softrec", "bench", "quality", "--suite", args.suite, "--out", str(args.out)]),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+        "steps": [{"command": command, **info} for command, info in log.done.items() if info["dataset"] in datasets],
+        "results": results, "average_gains": average_gains(results),
+    }
+    atomic_write_json(out / "results.json", payload)
+    atomic_write_text(out / "results.md", markdown(payload))
+    plot(results, out / "results.png")
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        for name in ("results.json", "results.md", "results.png"):
+            if (out / name).exists():
+                shutil.copyfile(out / name, args.save / name)
+        save_predictions(out, args.save, results, suite.test_limit)
+    print(f"results: {out / 'results.md'}")
+    return 0

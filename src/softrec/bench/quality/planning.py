@@ -1,0 +1,117 @@
+"""The plan: every `softrec` command a suite runs, per dataset and method, dependencies first."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from softrec.bench.quality.suites import GROUNDING, SPLIT, Suite, alpha_of
+
+
+@dataclass
+class PlannedStep:
+    """One `softrec` command of the plan, and the file that exists once it has run."""
+
+    kind: str  # prepare | train-classic | train-llm | distill | evaluate-llm | evaluate-classic
+    dataset: str
+    owner: str  # the method whose row this step's time counts towards
+    argv: list[str]
+    output: Path  # exists once the step has run
+    launcher: list[str] = field(default_factory=list)
+
+    @property
+    def command(self) -> str:
+        return shlex.join([*self.launcher, *(["softrec"] if not self.launcher else ["-m", "softrec"]), *self.argv])
+
+
+def eval_folder(out: Path, dataset: str, method: str, limit: int | None = None) -> Path:
+    """Where a row's test evaluation lands: its metrics.json and predictions.jsonl (`limit`: the
+    suite's test_limit, part of the evaluation's name)."""
+    from softrec.evaluation.stage import evaluation_name
+
+    return out / dataset / method / "eval" / evaluation_name(SPLIT, GROUNDING, limit=limit)
+
+
+def _sets(values: tuple[str, ...] | list[str]) -> list[str]:
+    return [part for value in values for part in ("--set", value)]
+
+
+def plan(suite: Suite, out: Path, datasets: list[str], methods: list[str], launcher: list[str]) -> list[PlannedStep]:
+    """Every step of every requested (dataset, method), dependencies first, each once."""
+    steps: dict[str, PlannedStep] = {}
+    for name in datasets:
+        for step in _DatasetPlan(suite, out, name, launcher).steps(methods):
+            steps.setdefault(step.command, step)
+    return list(steps.values())
+
+
+class _DatasetPlan:
+    """The steps of one dataset: a method's row pulls in what it needs (SFT teacher, SASRec items)."""
+
+    def __init__(self, suite: Suite, out: Path, name: str, launcher: list[str]):
+        self.suite, self.name, self.launcher, self.bench_out = suite, name, launcher, out
+        self.data, self.root = out / "data" / name, out / name
+        evaluation = ["--split", SPLIT, "--grounding", GROUNDING, "--quiet", "--no-preflight"]
+        self.evaluation = evaluation + (["--limit", str(suite.test_limit)] if suite.test_limit else [])
+        self.llm_eval = self.evaluation + _sets(suite.llm_sets)
+        train = ["--data", str(self.data), "--model", suite.model, "--epochs", str(suite.epochs),
+                 "--effective-batch", str(suite.effective_batch), "--micro-batch", str(suite.micro_batch)]
+        train += ["--train-samples", str(suite.train_size)] if suite.train_size else []
+        train += ["--valid-samples", str(suite.valid_size)] if suite.valid_size else []
+        self.llm_train = train + _sets(suite.llm_sets)
+        self.llara = ["--backbone", "llara", "--sasrec-run", str(self.root / "sasrec")]
+        self.out: list[PlannedStep] = []
+
+    def step(self, kind: str, owner: str, argv: list[str], output: Path, launcher: bool = False) -> None:
+        self.out.append(PlannedStep(kind, self.name, owner, argv, output, self.launcher if launcher else []))
+
+    def metrics(self, method: str) -> Path:
+        return eval_folder(self.bench_out, self.name, method, self.suite.test_limit) / "metrics.json"
+
+    def classic(self, method: str) -> None:
+        run = self.root / method
+        self.step("train-classic", method, ["train", "--method", method, "--data", str(self.data), "--out", str(run),
+                                            *_sets(self.suite.classic_sets)], run / "classic.safetensors")
+        self.step("evaluate-classic", method, ["evaluate", "--run-dir", str(run), "--data", str(self.data),
+                                               *self.evaluation], self.metrics(method))
+
+    def icl(self, method: str) -> None:
+        shots = 0 if method == "icl-0" else self.suite.shots
+        self.step("evaluate-llm", method, [
+            "evaluate", "--method", "icl", "--shots", str(shots), "--model", self.suite.model, "--data", str(self.data),
+            "--out", str(self.root / method), *self.llm_eval], self.metrics(method), launcher=True)
+
+    def llm(self, method: str, train_args: list[str], teacher: str | None = None) -> None:
+        run = self.root / method
+        if teacher:
+            self.step("distill", method, ["distill", "--run-dir", str(self.root / teacher), "--data", str(self.data),
+                                          *_sets(self.suite.llm_sets)], self.root / teacher / "distilled.jsonl")
+            train_args = [*train_args, "--distilled", str(self.root / teacher)]
+        cap = ["--epochs", str(self.suite.soft_epochs)] if teacher and self.suite.soft_epochs else []
+        self.step("train-llm", method, ["train", *train_args, "--out", str(run), *self.llm_train, *cap],
+                  run / "history.json", launcher=True)
+        self.step("evaluate-llm", method, ["evaluate", "--run-dir", str(run), "--data", str(self.data),
+                                           *self.llm_eval], self.metrics(method), launcher=True)
+
+    def steps(self, methods: list[str]) -> list[PlannedStep]:
+        self.step("prepare", "data", ["data", "prepare", "--dataset", self.name, "--out", str(self.data)],
+                  self.data / "dataset.json")
+        for method in methods:
+            if method in ("sasrec", "gru4rec"):
+                self.classic(method)
+            elif method in ("icl-0", "icl-k"):
+                self.icl(method)
+            elif method in ("sft", "soft", "soft-sd-only") or alpha_of(method) is not None:
+                self.llm("sft", ["--method", "sft"])
+                if alpha_of(method) is not None:
+                    self.llm(method, ["--method", "soft", "--alpha", f"{alpha_of(method):g}"], teacher="sft")
+                elif method != "sft":
+                    self.llm(method, ["--method", method], teacher="sft")
+            else:  # llara-sft, llara-soft: SASRec's item embeddings, projected
+                self.classic("sasrec")
+                self.llm("llara-sft", ["--method", "sft", *self.llara])
+                if method == "llara-soft":
+                    self.llm("llara-soft", ["--method", "soft", *self.llara], teacher="llara-sft")
+        return self.out
+

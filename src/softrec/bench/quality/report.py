@@ -1,0 +1,174 @@
+"""results.md (the table, gains, validation curves, commands), results.png and the saved predictions."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from softrec.bench.quality.planning import eval_folder
+from softrec.bench.quality.suites import (
+    GAIN_METRICS,
+    LABELS,
+    SOFT_PAIRS,
+    TABLE_METRICS,
+    WITH_INTERVAL,
+    label,
+)
+
+
+def _cell(metric: dict[str, float] | None, interval: bool) -> str:
+    if not metric:
+        return "-"
+    return f"{metric['value']:.4f}" + (f" [{metric['low']:.4f}, {metric['high']:.4f}]" if interval else "")
+
+
+def _diff_cell(diff: dict[str, float] | None) -> str:
+    if not diff:
+        return "-"
+    return f"{diff['diff']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}] p={diff['p']:.2f}"
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    from softrec.bench import describe
+
+    suite, results = payload["suite"], payload["results"]
+    lines = [
+        f"# softrec quality benchmark: suite `{suite['name']}`", "",
+        f"Scale: {payload['scale']}.", "",
+        f"Run {payload['finished']} on {describe(payload['machine'])}.", "",
+        f"Full ranking over each catalogue; LLM rows generate with {payload['num_beams']}-beam search and are "
+        "grounded by L2 distance (BIGRec). HR@10 and NDCG@10 cells: value [95% bootstrap interval] (all "
+        "intervals are in results.json); 'vs SFT': paired bootstrap difference against BIGRec-SFT (for "
+        "LLaRA-SOFT: against LLaRA-SFT) on the same samples [95% interval] and its two-sided p.",
+        "",
+    ]
+    if suite["test_limit"] and suite["test_limit"] < 1000:
+        lines += [f"**At {suite['test_limit']} test samples per dataset these intervals are wide: the table shows "
+                  "that every method runs and the magnitudes; it cannot confirm or refute SOFT's claimed gain "
+                  "(about 1000-2000 samples are needed at HR@10 near 0.05). Use `--suite gpu` for that.**", ""]
+    for name, dataset in results.items():
+        lines += [f"## {name} ({dataset['n']} test samples)", "",
+                  "| method | " + " | ".join(TABLE_METRICS) + " | validity | HR@10 vs SFT | NDCG@10 vs SFT | seconds |",
+                  "|---|" + "---|" * (len(TABLE_METRICS) + 4)]
+        for row in dataset["methods"].values():
+            cells = [_cell(row["metrics"].get(m), m in WITH_INTERVAL) for m in TABLE_METRICS]
+            validity = row["summary"].get("validity")
+            vs = row.get("vs_sft", {})
+            lines.append(f"| {row['label']} | " + " | ".join(cells) +
+                         f" | {validity if validity is None else f'{validity:.3f}'} | {_diff_cell(vs.get('HR@10'))} | "
+                         f"{_diff_cell(vs.get('NDCG@10'))} | {row['seconds']:.0f} |")
+        lines.append("")
+    lines += _gain_lines(results, payload["average_gains"])
+    lines += _history_lines(results)
+    out = payload["out"]
+    lines += ["## Commands", "", "```sh", f"# {payload['command']}", f"OUT={shlex.quote(out)}"]
+    lines += [s["command"].replace(out, "$OUT") for s in payload["steps"]]
+    lines += ["```", "", "seconds: wall time of the row's own steps (training, distillation for SOFT rows, "
+              "evaluation), as recorded when they ran.", ""]
+    return "\n".join(lines)
+
+
+def _gain_lines(results: dict[str, Any], averages: dict[str, Any]) -> list[str]:
+    found = {pair for d in results.values() for pair in d["gains"]}
+    pairs = [(soft, sft) for soft, sft in SOFT_PAIRS.items() if f"{soft}/{sft}" in found]  # headline first
+    if not pairs:
+        return []
+    lines = ["## Relative gain of SOFT over SFT (%)", "",
+             "(value - SFT) / SFT x 100 per dataset and metric; the paper reports +37.59% on average. "
+             "'n/a' where SFT scored 0.", ""]
+    for soft, sft in pairs:
+        pair = f"{soft}/{sft}"
+        lines += [f"### {LABELS[soft]} vs {LABELS[sft]}", "", "| dataset | " + " | ".join(GAIN_METRICS) + " |",
+                  "|---|" + "---:|" * len(GAIN_METRICS)]
+        for name, dataset in results.items():
+            gains = dataset["gains"].get(pair)
+            if gains:
+                cells = ["n/a" if gains[m] is None else f"{gains[m]:+.1f}" for m in GAIN_METRICS]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if pair in averages:
+            a = averages[pair]
+            lines += ["", f"Average over datasets and metrics: **{a['mean_percent']:+.1f}%** "
+                      f"({a['terms']} terms, {a['undefined']} undefined)."]
+        lines.append("")
+    return lines
+
+
+def _history_lines(results: dict[str, Any]) -> list[str]:
+    """Every LLM run's validation curve (the teacher's included) and, for SOFT, lambda and d_k per epoch."""
+    lines = []
+    for name, dataset in results.items():
+        runs = {m: r for m, r in dataset["methods"].items() if r.get("history") and m != "soft"}
+        if not runs:
+            continue
+        lines += [f"## Validation curves: {name}", "",
+                  "Per epoch: validation HR@10 / validity, and for SOFT runs lambda and d_k; * marks the kept epoch.", "",
+                  "| run | " + " | ".join(f"epoch {i}" for i in range(1, 1 + max(len(r["history"]) for r in runs.values()))) + " |",
+                  "|---|" + "---|" * max(len(r["history"]) for r in runs.values())]
+        for row in runs.values():
+            cells = []
+            for e in row["history"]:
+                cell = f"{e.get('HR@10', float('nan')):.4f} / {e.get('validity', float('nan')):.2f}"
+                if "lambda" in e:
+                    cell += f", λ {e['lambda']:.2f}" + (f", d {e['distance']:.1f}" if e.get("distance") is not None else "")
+                cells.append(cell + (" *" if e.get("best") else ""))
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        if "soft" in dataset["methods"] and "chosen" in dataset["methods"]["soft"]:
+            lines += ["", f"SOFT row: {dataset['methods']['soft']['chosen']} (best validation HR@10, then NDCG@10, validity)."]
+        lines.append("")
+    return lines
+
+
+def plot(results: dict[str, Any], path: Path) -> Path | None:
+    """Grouped bars of HR@10 and NDCG@10 per dataset and method, with their bootstrap intervals."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from softrec.runs import atomic_write_bytes
+
+    if not results:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), squeeze=False)
+    methods = list(dict.fromkeys(m for d in results.values() for m in d["methods"]))
+    width = 0.8 / max(len(methods), 1)
+    for ax, metric in zip(axes[0], ("HR@10", "NDCG@10"), strict=True):
+        for i, method in enumerate(methods):
+            xs, ys, errs = [], [], [[], []]
+            for x, dataset in enumerate(results.values()):
+                row = dataset["methods"].get(method)
+                if row:
+                    m = row["metrics"][metric]
+                    xs.append(x + (i - (len(methods) - 1) / 2) * width)
+                    ys.append(m["value"])
+                    errs[0].append(m["value"] - m["low"])
+                    errs[1].append(m["high"] - m["value"])
+            ax.bar(xs, ys, width, yerr=errs, capsize=2, label=label(method))
+        ax.set_xticks(range(len(results)), [f"{n}\n(n={d['n']})" for n, d in results.items()])
+        ax.set_ylabel(f"test {metric}")
+        ax.set_title(f"{metric} with 95% bootstrap intervals")
+    axes[0][1].legend(fontsize=7, ncols=2)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_predictions(out: Path, save: Path, results: dict[str, Any], limit: int | None) -> None:
+    """Every row's per-sample predictions, gzipped, so the table can be recomputed without softrec."""
+    import gzip
+
+    folder = save / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, dataset in results.items():
+        for method in dataset["methods"]:
+            source = eval_folder(out, name, dataset["methods"][method].get("chosen", method), limit) / "predictions.jsonl"
+            if source.exists():
+                # mtime 0: the same predictions give the same bytes, so a rebuilt table diffs clean
+                with gzip.GzipFile(folder / f"{name}-{method}.jsonl.gz", "wb", mtime=0) as fh:
+                    fh.write(source.read_bytes())
+

@@ -1,0 +1,128 @@
+"""The results of finished rows: test metrics with bootstrap intervals, paired differences against
+SFT, the alpha sweep's chosen row, relative gains."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from softrec.bench.quality.execution import StepLog
+from softrec.bench.quality.planning import eval_folder
+from softrec.bench.quality.suites import GAIN_METRICS, SOFT_PAIRS, SPLIT, Suite, alpha_of, label
+from softrec.errors import UserError
+
+
+def _interval(values: Any) -> dict[str, float]:
+    return {"low": float(values[0]), "high": float(values[1])}
+
+
+def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], log: StepLog,
+            resamples: int = 10_000) -> dict[str, Any]:
+    """Per dataset and method: test metrics with 95% bootstrap intervals, paired differences vs SFT."""
+    import numpy as np
+
+    from softrec.evaluation.compare import load_predictions, metric_matrix, paired_bootstrap
+    from softrec.metrics import DEFAULT_KS
+
+    seconds: dict[tuple[str, str], float] = {}
+    for info in log.done.values():
+        key = (info["dataset"], info["owner"])
+        seconds[key] = seconds.get(key, 0.0) + info["seconds"]
+    results: dict[str, Any] = {}
+    for name in datasets:
+        rows: dict[str, Any] = {}
+        ranks: dict[str, dict[str, int | None]] = {}
+        for method in methods:
+            folder = eval_folder(out, name, method, suite.test_limit)
+            if not (folder / "predictions.jsonl").exists():
+                continue
+            ranks[method] = load_predictions(folder / "predictions.jsonl")
+            rows[method] = {"label": label(method), "run_dir": str(out / name / method),
+                            "seconds": round(seconds.get((name, method), 0.0), 1),
+                            "summary": json.loads((folder / "metrics.json").read_text())}
+        if not rows:
+            continue
+        ids = sorted(next(iter(ranks.values())))
+        for method, method_ranks in ranks.items():
+            if sorted(method_ranks) != ids:
+                raise UserError(f"{out / name / method}: its predictions cover other {SPLIT} samples than "
+                                f"{next(iter(ranks))}'s; rerun its evaluation with the suite's settings")
+        matrices = {}
+        for method, method_ranks in ranks.items():
+            names, matrices[method] = metric_matrix([method_ranks[i] for i in ids], DEFAULT_KS)
+        zeros = np.zeros_like(next(iter(matrices.values())))
+        for method, matrix in matrices.items():
+            mean, low, high, _ = paired_bootstrap(zeros, matrix, resamples=resamples)
+            rows[method]["metrics"] = {n: {"value": float(mean[j]), **_interval((low[j], high[j]))}
+                                       for j, n in enumerate(names)}
+            baseline = SOFT_PAIRS.get(method, "sft")  # LLaRA-SOFT against LLaRA-SFT, the rest against SFT
+            if baseline in matrices and method != "sft":
+                diff, low, high, p = paired_bootstrap(matrices[baseline], matrix, resamples=resamples)
+                rows[method]["vs_sft"] = {n: {"diff": float(diff[j]), **_interval((low[j], high[j])),
+                                              "p": float(p[j])} for j, n in enumerate(names)}
+                rows[method]["vs_sft_baseline"] = baseline
+        for method in rows:
+            rows[method]["history"] = _history(out / name / method)
+        _choose_alpha(rows)
+        results[name] = {"n": len(ids), "methods": rows, "gains": _gains(rows)}
+    return results
+
+
+def _history(run: Path) -> list[dict[str, Any]] | None:
+    """Per epoch of an LLM run: validation HR@10 / NDCG@10 / validity, lambda and d_k (SOFT), best."""
+    path = run / "history.json"
+    if not path.exists():
+        return None
+    keep = ("epoch", "best", "lambda", "distance", "train_loss")
+    return [{**{k: e[k] for k in keep if k in e},
+             **{k: e["valid"][k] for k in ("HR@10", "NDCG@10", "validity") if k in e.get("valid", {})}}
+            for e in json.loads(path.read_text(encoding="utf-8"))]
+
+
+def _validation_key(row: dict[str, Any]) -> tuple[float, float, float]:
+    """A run's best epoch on validation, ordered as epoch selection orders it (HR@10, NDCG@10, validity)."""
+    best = [e for e in row.get("history") or [] if e.get("best")] or [{}]
+    return tuple(float(best[-1].get(k, float("-inf"))) for k in ("HR@10", "NDCG@10", "validity"))
+
+
+def _choose_alpha(rows: dict[str, Any]) -> None:
+    """The reported SOFT row of an alpha sweep: the run best on validation (test metrics never looked at)."""
+    import copy
+
+    sweep = [m for m in rows if alpha_of(m) is not None]
+    if not sweep or "soft" in rows:
+        return
+    chosen = max(sweep, key=lambda m: (_validation_key(rows[m]), -sweep.index(m)))
+    rows["soft"] = {**copy.deepcopy(rows[chosen]), "label": f"BIGRec-SOFT (alpha={alpha_of(chosen):g}, chosen on validation)",
+                    "chosen_from": {m: _validation_key(rows[m]) for m in sweep}, "chosen": chosen}
+
+
+def _gains(rows: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Relative gain (%) of each SOFT row over its SFT row, per metric (None where SFT scored 0)."""
+    gains = {}
+    for soft, sft in SOFT_PAIRS.items():
+        if soft in rows and sft in rows:
+            pair = {}
+            for metric in GAIN_METRICS:
+                base, value = rows[sft]["metrics"][metric]["value"], rows[soft]["metrics"][metric]["value"]
+                pair[metric] = 100.0 * (value - base) / base if base > 0 else None
+            gains[f"{soft}/{sft}"] = pair
+    return gains
+
+
+def average_gains(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The paper's headline: the mean relative gain over datasets and metrics (defined ones only)."""
+    pooled: dict[str, list[float]] = {}
+    skipped: dict[str, int] = {}
+    for dataset in results.values():
+        for pair, gains in dataset["gains"].items():
+            for value in gains.values():
+                if value is None:
+                    skipped[pair] = skipped.get(pair, 0) + 1
+                else:
+                    pooled.setdefault(pair, []).append(value)
+    return {pair: {"mean_percent": statistics.fmean(values), "terms": len(values), "undefined": skipped.get(pair, 0)}
+            for pair, values in pooled.items()}
+

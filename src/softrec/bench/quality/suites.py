@@ -1,0 +1,107 @@
+"""The suites of `softrec bench quality` (sizes, models, settings) and the methods, the table's rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METHODS = ("sasrec", "gru4rec", "icl-0", "icl-k", "sft", "llara-sft", "soft", "soft-sd-only", "llara-soft")
+LABELS = {
+    "icl-0": "ICL zero-shot", "icl-k": "ICL few-shot", "sasrec": "SASRec", "gru4rec": "GRU4Rec",
+    "sft": "BIGRec-SFT", "soft": "BIGRec-SOFT", "soft-sd-only": "BIGRec-SOFT-sd-only",
+    "llara-sft": "LLaRA-SFT", "llara-soft": "LLaRA-SOFT",
+}
+# SOFT row -> the SFT row it is measured against (relative gain, paired bootstrap)
+SOFT_PAIRS = {"soft": "sft", "soft-sd-only": "sft", "llara-soft": "llara-sft"}
+TABLE_METRICS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
+WITH_INTERVAL = ("HR@10", "NDCG@10")  # the others' intervals are in results.json
+GAIN_METRICS = tuple(f"{m}@{k}" for m in ("HR", "NDCG") for k in (1, 5, 10, 20, 50))
+SPLIT, GROUNDING = "test", "l2"
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    datasets: tuple[str, ...]
+    model: str
+    train_size: int | None  # LLM training on a seeded subset of the prepared 4096 (None = all)
+    valid_size: int | None
+    test_limit: int | None  # the first N of the prepared 1000 test samples (None = all)
+    epochs: int
+    effective_batch: int
+    micro_batch: int
+    shots: int
+    llm_sets: tuple[str, ...] = ()
+    classic_sets: tuple[str, ...] = ()
+    alphas: tuple[float, ...] = ()  # SOFT's alpha sweep: one run each, the row "soft" is chosen on validation
+    methods: tuple[str, ...] = ()  # the suite's default rows (empty: every method)
+    soft_epochs: int | None = None  # SOFT runs' epoch cap when it differs from the teacher's
+
+    def scale(self) -> str:
+        train = self.train_size or "all 4096"
+        valid = self.valid_size or "all 512"
+        test = self.test_limit or "all 1000"
+        return (f"suite `{self.name}`: {self.model} with LoRA; LLM training on {train} samples for at most "
+                f"{self.epochs} epochs (effective batch {self.effective_batch}), validation on {valid}, "
+                f"test on {test} samples per dataset; ICL few-shot with {self.shots} demonstrations; classic "
+                f"models on the whole training pool; extra settings: {', '.join(self.llm_sets + self.classic_sets) or 'none'}"
+                + (f"; SOFT alpha swept over {', '.join(f'{a:g}' for a in self.alphas)}, chosen on validation"
+                   if self.alphas else ""))
+
+    def rows(self) -> list[str]:
+        """The suite's methods, the alpha sweep's runs in place of a single SOFT run."""
+        chosen = list(self.methods or METHODS)
+        if self.alphas and "soft" in chosen:
+            at = chosen.index("soft")
+            chosen[at:at + 1] = [alpha_method(a) for a in self.alphas]
+        return chosen
+
+
+def alpha_method(alpha: float) -> str:
+    return f"soft-a{alpha:g}"
+
+
+def alpha_of(method: str) -> float | None:
+    return float(method.removeprefix("soft-a")) if method.startswith("soft-a") else None
+
+
+def label(method: str) -> str:
+    alpha = alpha_of(method)
+    return f"BIGRec-SOFT alpha={alpha:g}" if alpha is not None else LABELS[method]
+
+
+SUITES = {
+    "cpu-small": Suite(
+        "cpu-small", ("ml-100k", "amazon-books", "amazon-industrial"), "gemma-3-270m",
+        train_size=128, valid_size=32, test_limit=100, epochs=2, effective_batch=16, micro_batch=8, shots=3,
+        llm_sets=("train.warmup_steps=2", "soft.probe_size=16", "soft.distill_max_new_tokens=32",
+                  "eval.max_new_tokens=32"),
+        classic_sets=("classic.epochs=50", "classic.patience=5"),
+    ),
+    # A properly trained teacher, the alpha sweep, 1000 test samples on the two Amazon sets. Measured on
+    # a 2-core AMD EPYC: training ~105 tokens/s (~32 min per epoch of 1024 samples), beam search ~2 s a
+    # prompt; about 20 h of machine time per dataset, run across sessions (steps.json resumes it).
+    "cpu-medium": Suite(
+        "cpu-medium", ("amazon-books", "amazon-industrial"), "gemma-3-270m",
+        train_size=1024, valid_size=256, test_limit=None, epochs=7, effective_batch=32, micro_batch=8, shots=3,
+        # every epoch's checkpoint kept: the teachers after 1, 2, ... epochs for "when does SOFT help"
+        llm_sets=("train.warmup_steps=4", "train.patience=2", "train.save_total_limit=8"),
+        classic_sets=("classic.epochs=100", "classic.patience=10"),
+        alphas=(1.0, 10.0, 100.0),
+        methods=("sasrec", "gru4rec", "sft", "soft", "soft-sd-only"),
+        soft_epochs=4,
+    ),
+    "gpu": Suite(
+        "gpu", ("ml-100k", "amazon-books", "amazon-industrial"), "gemma-3-270m",
+        train_size=None, valid_size=None, test_limit=None, epochs=7, effective_batch=256, micro_batch=16, shots=5,
+        llm_sets=("train.bf16=on",),
+    ),
+    # a minutes-long check of an install: the tiny random model on the built-in demo; numbers meaningless
+    "smoke": Suite(
+        "smoke", ("demo",), "tiny",
+        train_size=16, valid_size=4, test_limit=8, epochs=1, effective_batch=8, micro_batch=4, shots=2,
+        llm_sets=("train.warmup_steps=0", "train.bf16=off", "soft.probe_size=4", "soft.distill_max_new_tokens=8",
+                  "eval.max_new_tokens=8", "eval.num_beams=2"),
+        classic_sets=("classic.epochs=2",),
+    ),
+}
+
