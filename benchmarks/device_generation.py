@@ -2,7 +2,8 @@
 
     python3 benchmarks/device_generation.py --kit .devkit --out $OUT      # on the device (H200)
     .venv/bin/python benchmarks/device_generation.py --device cpu --layers 2 --prompts 4 \\
-        --max-new-tokens 8 --engine-prompts 8 --engine-batches 8,4 --out /tmp/devgen   # a CPU smoke run
+        --max-new-tokens 8 --engine-prompts 8 --engine-batches 8,4 --constrained-prompts 2 \\
+        --engine-dtype float32 --out /tmp/devgen      # a CPU smoke run (~3 min on 2 cores)
 
 The kit (`benchmarks/device_kit.py` builds it) holds Gemma 3 270M's config and tokenizer and real
 BIGRec prompts, not its weights: the model is the real architecture with seeded random weights
