@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-slow lint bench-quality bench-speed
+.PHONY: setup run test test-slow lint bench-quality bench-speed devkit
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ bench-quality: setup
 
 bench-speed: setup
 	$(VENV)/bin/softrec bench speed --out runs/bench-speed $(ARGS)
+
+# The kit for a lent GPU (docs/scaling.md, "Generation on a GPU"): wheels, model files, prompts, the command.
+devkit: setup
+	$(PY) benchmarks/device_kit.py $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

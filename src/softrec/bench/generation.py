@@ -73,6 +73,11 @@ class FlopCounter:
     def __exit__(self, *exc: Any) -> None:
         self.handle.remove()
 
+    def __deepcopy__(self, memo: dict) -> FlopCounter:
+        # The engine decodes a deep copy when its dtype is not the model's (bf16 on a GPU or an AMX
+        # CPU); the copy's hook must count here, not into a copy of this counter.
+        return self
+
     def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
