@@ -209,7 +209,6 @@ def main() -> int:
     from softrec.bench.generation import FlopCounter, Shape
     from softrec.inference import head as head_module
     from softrec.inference.generate import (
-        causal_lm,
         decoding_model,
         generate_baseline,
         generate_beam_ids,
@@ -217,6 +216,7 @@ def main() -> int:
         stop_token_ids,
     )
     from softrec.inference.trie import DictTrie, TitleTrie
+    from softrec.models.wrappers import causal_lm_of
 
     tokenizer = load_tokenizer(kit)
     prompts_all = [json.loads(line)["prompt"] for line in (kit / "prompts.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -325,7 +325,7 @@ def main() -> int:
         with decoding_model(model, engine_dtype) as twin:
             merged = twin
     engine_prompts = prompts_all[: args.engine_prompts]
-    counter_target = causal_lm(merged).model
+    counter_target = causal_lm_of(merged).model
     shape = Shape.of(merged)
     rate = None  # prompts/s of the last measurement, to estimate the next
     throughput = sections.setdefault("throughput", {})
