@@ -47,6 +47,11 @@ def load_model(args: argparse.Namespace):
 
     if args.run:
         return load_run_model(args.run)
+    if args.adapter:  # a peft adapter folder, e.g. a training checkpoint of a run still in progress
+        from peft import PeftModel
+
+        model, tokenizer = load_backbone(args.model)
+        return PeftModel.from_pretrained(model, args.adapter).eval(), tokenizer
     from peft import LoraConfig, get_peft_model
 
     model, tokenizer = load_backbone(args.model)
@@ -65,6 +70,7 @@ def main() -> int:
     parser.add_argument("--data", help="a prepared dataset directory")
     parser.add_argument("--dataset", default=str(SHARED / "amazon-books"), help="a source to prepare")
     parser.add_argument("--run", help="a trained run directory (its adapter); default: a seeded LoRA")
+    parser.add_argument("--adapter", help="a peft adapter folder on --model (e.g. RUN/checkpoints/checkpoint-N)")
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--prompts", type=int, default=16, help="prompts per stage")
     parser.add_argument("--beams", type=int, default=4)
@@ -123,7 +129,7 @@ def main() -> int:
     results = {
         "machine": info,
         "command": "python benchmarks/bench_generation.py " + shlex.join(sys.argv[1:]),
-        "settings": {"model": args.model, "adapter": args.run or "seeded LoRA r=8 q/v, B ~ N(0, 0.01)",
+        "settings": {"model": args.model, "adapter": args.run or args.adapter or "seeded LoRA r=8 q/v, B ~ N(0, 0.01)",
                      "dataset": dataset.name, "beams": args.beams, "max_new_tokens": args.max_new_tokens,
                      "plain_batch": 8, "engine_batch": args.engine_batch or "engine default"},
         "roofline": {"matmul_gflop_per_s": peak, "memory_gb_per_s": bandwidth},
