@@ -97,12 +97,8 @@ def compare_stage(model: Any, tokenizer: Any, prompts: Sequence[str], *, num_bea
     """Plain `generate` and the engine on the same prompts; `after(top_beams)` (grounding) is timed
     with each. Returns prompts/s of both, their ratio, identical top beams and the engine's FLOPs."""
     from softrec.bench.timing import stopwatch as timed
-    from softrec.inference.generate import (
-        causal_lm,
-        decode_dtype,
-        generate_beam_ids,
-        generate_plain,
-    )
+    from softrec.inference.generate import decode_dtype, generate_beam_ids, generate_plain
+    from softrec.models.wrappers import causal_lm_of
 
     settings = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
     engine_kwargs = {"batch_size": engine_batch} if engine_batch else {}
@@ -111,7 +107,7 @@ def compare_stage(model: Any, tokenizer: Any, prompts: Sequence[str], *, num_bea
         if after:
             after([b.texts[0] for b in plain])
     log(f"  plain generate: {len(prompts)} prompts in {plain_s[0]:.1f} s")
-    with FlopCounter(causal_lm(model).model, Shape.of(model)) as counter, timed() as engine_s:
+    with FlopCounter(causal_lm_of(model).model, Shape.of(model)) as counter, timed() as engine_s:
         engine = generate_beam_ids(model, tokenizer, prompts, dtype=dtype, **engine_kwargs, **settings)
         if after:
             after([b.texts[0] for b in engine])

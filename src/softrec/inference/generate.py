@@ -33,7 +33,7 @@ from softrec.inference.beam import BeamResult, BeamSettings, CandidateFn, beam_s
 from softrec.inference.cache import PromptSharedCache
 from softrec.inference.head import ChunkedHead
 from softrec.inference.trie import DictTrie, TitleTrie
-from softrec.models.wrappers import causal_lm_of as causal_lm
+from softrec.models.wrappers import causal_lm_of
 
 
 @dataclass
@@ -144,7 +144,7 @@ def decoding_model(model: Any, dtype: torch.dtype | None = None) -> Iterator[Any
     restored bit for bit afterwards (peft's unmerge subtracts, which drifts); another dtype decodes
     a merged copy, the caller's model untouched. LLaRA's embedding hooks stay on the original."""
     current = next(model.parameters()).dtype
-    if dtype is None or dtype == current or hasattr(causal_lm(model), "llara_projector"):
+    if dtype is None or dtype == current or hasattr(causal_lm_of(model), "llara_projector"):
         saved = [(layer, layer.get_base_layer().weight.detach().clone()) for layer in _lora_layers(model)]
         try:
             for layer, _ in saved:
@@ -216,27 +216,24 @@ def _prefill(body: Any, input_ids: torch.Tensor, mask: torch.Tensor, cache: Prom
     slots), so the shared prefill is used only when the whole sequence fits inside the window.
     """
     rows, width = input_ids.shape
+    lengths = mask.sum(-1)
     shared = shared_prefix_length(input_ids, mask)
     window = getattr(body.config, "sliding_window", None)
     if shared < MIN_SHARED_PREFIX or (window and width + max_new_tokens >= window):
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # generate's rule for left padding
-        first = body(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                     use_cache=True).last_hidden_state[:, -1]
-        return first, mask, positions
-    start = int(width - mask[0].sum())  # where the first prompt's tokens begin
-    prefix = input_ids[:1, start : start + shared]
-    body(input_ids=prefix, position_ids=torch.arange(shared, device=prefix.device)[None], cache=cache,
-         use_cache=True)
-    cache.repeat_rows(rows)
+        shared = 0  # a plain prefill: the whole prompt is the "rest"
+    if shared:
+        start = int(width - lengths[0])  # where the first prompt's tokens begin
+        prefix = input_ids[:1, start : start + shared]
+        body(input_ids=prefix, position_ids=torch.arange(shared, device=prefix.device)[None], cache=cache,
+             use_cache=True)
+        cache.repeat_rows(rows)
     # the rest of each prompt, left-padded: drop the prefix columns from each row's real tokens
     keep = torch.ones_like(mask, dtype=torch.bool)
-    lengths = mask.sum(-1)
-    columns = (width - lengths)[:, None] + torch.arange(shared, device=mask.device)
-    keep.scatter_(1, columns, False)
+    keep.scatter_(1, (width - lengths)[:, None] + torch.arange(shared, device=mask.device), False)
     rest_ids = input_ids[keep].view(rows, width - shared)
     rest_mask = mask[keep].view(rows, width - shared)
     full_mask = torch.cat([rest_mask.new_ones((rows, shared)), rest_mask], dim=1)
-    positions = shared + (rest_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = shared + (rest_mask.long().cumsum(-1) - 1).clamp(min=0)  # generate's rule for left padding
     first = body(input_ids=rest_ids, attention_mask=full_mask, position_ids=positions, cache=cache,
                  use_cache=True).last_hidden_state[:, -1]
     return first, full_mask, positions
@@ -245,7 +242,7 @@ def _prefill(body: Any, input_ids: torch.Tensor, mask: torch.Tensor, cache: Prom
 def _decode_batch(model: Any, encoded: dict[str, torch.Tensor], settings: BeamSettings,
                   trie: TitleTrie | None) -> list[BeamResult]:
     """Prefill every prompt once, then beam search with a cache that grows in place."""
-    lm = causal_lm(model)
+    lm = causal_lm_of(model)
     body, head = lm.model, ChunkedHead(lm)
     device, k = lm.device, settings.num_beams
     input_ids = encoded["input_ids"].to(device)
