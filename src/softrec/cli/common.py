@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from softrec.config import GROUNDINGS, add_config_options, config_from_args
+from softrec.config import GROUNDINGS
 
-__all__ = ["LazyParser", "add_config_options", "add_decoding_options", "config_from_args"]
+__all__ = ["LazyParser", "add_decoding_options"]
 
 
 class LazyParser(argparse.ArgumentParser):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from softrec.cli.common import add_config_options, config_from_args
+from softrec.config import add_config_options, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

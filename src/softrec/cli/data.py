@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from softrec.cli.common import add_config_options, config_from_args
+from softrec.config import add_config_options, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

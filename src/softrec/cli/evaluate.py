@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from softrec.cli.common import add_config_options, add_decoding_options, config_from_args
+from softrec.cli.common import add_decoding_options
+from softrec.config import add_config_options, config_from_args
 from softrec.errors import UserError
 
 

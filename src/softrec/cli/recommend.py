@@ -8,7 +8,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from softrec.cli.common import add_config_options, add_decoding_options
+from softrec.cli.common import add_decoding_options
+from softrec.config import add_config_options
 from softrec.errors import UserError
 
 

@@ -6,8 +6,7 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
-from softrec.cli.common import add_config_options, config_from_args
-from softrec.config import GROUNDINGS
+from softrec.config import GROUNDINGS, add_config_options, config_from_args
 from softrec.methods import SOFT_METHODS
 
 

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from softrec.cli.common import add_config_options, config_from_args
+from softrec.config import add_config_options, config_from_args
 from softrec.errors import UserError
 from softrec.methods import CLASSIC_METHODS, LLM_METHODS, METHODS, SOFT_METHODS, is_soft
 
