@@ -53,10 +53,11 @@ Log = Callable[[str], None]
 REFERENCE_TRAIN, REFERENCE_PROBE = 4096, 256  # the reference's training samples and probe-set size
 
 # Sizes: the default run (minutes on a 2-core CPU with Gemma 3 270M) and --quick (a smoke run).
-# Unconstrained beam search (distillation, the probe, evaluation) is the slow part on a CPU: about
-# 10-20 s a prompt for Gemma 3 270M when it runs to 64 new tokens.
+# Unconstrained beam search (distillation, the probe, evaluation) is the slow part on a CPU: plain
+# `generate` takes about 8 s a prompt for Gemma 3 270M running to 64 new tokens. The engine's batch
+# is the configuration's default (eval.batch_size): at 2 prompts a batch it ran 4x slower a prompt.
 DEFAULTS = {"train_samples": 32, "epoch_samples": 16, "micro_batch": 8, "warmup": 1, "epochs": 2,
-            "prompts": 8, "batch_size": 2, "repeats": 3, "matmul_size": 2048}
+            "prompts": 16, "batch_size": 32, "repeats": 3, "matmul_size": 2048}
 QUICK = {"train_samples": 4, "epoch_samples": 2, "micro_batch": 2, "warmup": 1, "epochs": 1,
          "prompts": 2, "batch_size": 1, "repeats": 2, "matmul_size": 512}
 

@@ -75,9 +75,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             f"{m['plain']['mfu']['median']:.2%} (plain HF Trainer)", format_ratio(m["ratio"]),
             f"vs peak {m['softrec']['peak_dtype']} (softrec) / {m['plain']['peak_dtype']} (plain); achieved "
             f"{format_number(m['softrec']['achieved_gflops']['median'])} / {format_number(m['plain']['achieved_gflops']['median'])} GFLOP/s"))
+        bf16 = peaks.get("bfloat16")  # timed only where a compared step ran in bf16
         rows.append((
-            "matmul peak GFLOP/s", f"{format_number(peaks['bfloat16']['median'])} bf16",
-            f"{format_number(peaks['float32']['median'])} fp32", format_ratio(ratio(peaks["bfloat16"]["median"], peaks["float32"]["median"])),
+            "matmul peak GFLOP/s", f"{format_number(bf16['median'])} bf16" if bf16 else "- (no bf16 step)",
+            f"{format_number(peaks['float32']['median'])} fp32",
+            format_ratio(ratio(bf16["median"], peaks["float32"]["median"])) if bf16 else "-",
             f"{peaks['float32']['size']}^2 matmuls, median of {len(peaks['float32']['repeats'])} repeats, "
             f"{m['threads']} threads"))
     return rows

@@ -232,7 +232,10 @@ def section_mfu(bench: Bench) -> dict[str, Any]:
         raise RuntimeError("the mfu section needs the train section's steps")
     size, repeats = bench.sizes["matmul_size"], bench.sizes["repeats"]
     peaks = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    # only the dtypes the compared steps ran in: a bf16 matmul on a CPU without bf16 hardware is
+    # emulated (~0.3 GFLOP/s on a Zen 3), and timing it cost minutes for a number nothing used
+    used = sorted({"bfloat16" if bf16 else "float32" for bf16 in bench.train.bf16.values()} | {"float32"})
+    for dtype in (getattr(torch, name) for name in used):
         peak = matmul_peak(dtype, size, repeats)
         peaks[peak["dtype"]] = peak
         bench.log(f"  {peak['dtype']} matmul {size}^2: median {peak['median']:.1f} GFLOP/s over {repeats} repeats")
