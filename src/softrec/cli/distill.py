@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from softrec.config import add_config_options, config_from_args
+from softrec.config import DISTILL_MODES, add_config_options, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", "--run", dest="run", required=True, type=Path, metavar="RUN_DIR",
                         help="the SFT run directory")
     parser.add_argument("--data", required=True, type=Path, metavar="PREPARED_DIR", help="prepared dataset directory")
-    parser.add_argument("--mode", choices=["raw", "grounded", "sample"],
-                        help="raw = the top beam as generated (reference); grounded = its catalogue title; sample")
+    parser.add_argument("--mode", choices=list(DISTILL_MODES),
+                        help="; ".join(f"{name} = {text}" for name, text in DISTILL_MODES.items()))
     parser.add_argument("--num-beams", "--beams", dest="beams", type=int, metavar="N",
                         help="beam width (soft.distill_beams, reference 4)")
     parser.add_argument("--max-new-tokens", type=int, metavar="N", help="soft.distill_max_new_tokens (reference 64)")
