@@ -135,6 +135,13 @@ class TrainConfig(_Section):
     )
     validate_every_epoch: bool = True
     save_total_limit: int = Field(2, ge=1)
+    keep_epoch_adapters: bool = Field(
+        True, description="LoRA: save every epoch's adapter (a few MB, no optimizer state) to RUN_DIR/epochs/epoch-N, "
+        "the teachers of `softrec distill --epoch N`; checkpoints/ keeps only the last save_total_limit"
+    )
+    keep_epoch_models: bool = Field(
+        False, description="full fine-tuning: save every epoch's whole model there too (hundreds of MB each)"
+    )
     selection_metric: str = Field(
         "HR@10", description="validation metric that picks the best epoch (and the best alpha of a sweep): "
         "HR@K, NDCG@K (K in eval.ks) or validity"
