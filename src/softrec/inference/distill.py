@@ -10,6 +10,9 @@ reference (`config.DISTILL_MODES`): `quoted` cuts the top beam after its first c
 run-on '"A"\n"B"...' becomes '"A"'), `grounded` snaps each generation to its nearest catalogue title
 (L2 grounding) and `sample` draws one sampled continuation instead of beam search.
 
+The teacher is the run's best weights; to distil from another epoch or adapter, `softrec.runs.teacher_run`
+first makes a teacher run directory holding a copy of it (distilled.jsonl then lands there).
+
 Work is done in chunks, each written atomically under distilled.parts/: a killed run keeps the
 finished chunks and redoes only the unfinished one.
 """
