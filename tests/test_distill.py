@@ -70,3 +70,51 @@ def test_distill_covers_only_the_training_subset(sft_run, tiny_dataset):
     ids = [json.loads(line)["sample_id"] for line in path.read_text().splitlines()]
     expected = [s.sample_id for s in subset(tiny_dataset.split("train"), 3, config.data.seed)]
     assert ids == expected and len(ids) == 3 < len(tiny_dataset.split("train"))
+
+
+@pytest.mark.parametrize(("text", "cut"), [
+    ('"Dune"\n"Dune Messiah"\n"', '"Dune"'),  # the run-on of an undertrained teacher
+    ('"Dune"', '"Dune"'),
+    ('"Dune" and "Emma"', '"Dune"'),
+    (' "Dune"\n"Emma"', ' "Dune"'),  # leading spaces are no title
+    ('Dune"\n"Emma"', 'Dune"'),  # no opening quote: the first quote closes
+    ('"Dune Messiah', '"Dune Messiah'),  # no closing quote: as generated
+    ("", ""),
+    ('""\n"Emma"', '""'),
+])
+def test_first_quoted_cuts_after_the_first_closing_quote(text, cut):
+    from softrec.inference.distill import first_quoted
+
+    assert first_quoted(text) == cut
+    assert first_quoted(cut) == cut
+
+
+def test_quoted_mode_keeps_one_quoted_title_per_target(sft_run, tiny_dataset, monkeypatch):
+    """`--mode quoted`: the raw top beams, cut; another key than raw's, so a switch regenerates."""
+    from softrec.inference import distill as stage
+    from softrec.inference import generate
+
+    raw = ['"Dune"\n"Emma"\n"', '"Hamlet, Prince', 'Kim"\n"Ubik"']
+    monkeypatch.setattr(generate, "generate_beams", lambda model, tokenizer, prompts, **kw: [
+        [raw[i % len(raw)], "other beam"] for i in range(len(prompts))])
+    config = load_config(None, ["soft.distill_mode=quoted", "soft.distill_beams=2", "eval.batch_size=4"])
+    path = stage.distill(sft_run, tiny_dataset, config, progress=False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["target_text"] for r in rows} == {'"Dune"', '"Hamlet, Prince', 'Kim"'}
+    assert all(r["target_text"].lstrip().lstrip('"').count('"') <= 1 for r in rows)  # at most one closing quote
+    # the run-ons became catalogue titles (raw's whole-text rule reads them as one long non-title)
+    assert [r["exact_title"] for r in rows] == [r["target_text"] != '"Hamlet, Prince' for r in rows]
+    assert stage.distill_key(sft_run, tiny_dataset, config) != stage.distill_key(sft_run, tiny_dataset, _config())
+
+
+def test_the_schema_and_the_cli_accept_exactly_the_distill_modes():
+    """config.DISTILL_MODES is the one list: soft.distill_mode and `softrec distill --mode` follow it."""
+    from typing import get_args
+
+    from softrec.cli import build_parser
+    from softrec.config import DISTILL_MODES, SoftConfig
+
+    assert get_args(SoftConfig.model_fields["distill_mode"].annotation) == tuple(DISTILL_MODES)
+    distill = build_parser()._subparsers._group_actions[0].choices["distill"]
+    mode = next(a for a in distill._actions if "--mode" in a.option_strings)
+    assert list(mode.choices) == list(DISTILL_MODES) and "quoted" in DISTILL_MODES

@@ -32,8 +32,8 @@ def train(config, dataset, out, **kwargs):
     return train_llm(config, dataset, out, progress=False, **kwargs)
 
 
-def adapter(out):
-    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+def adapter(out, folder="adapter"):
+    return load_file(str(out / folder / "adapter_model.safetensors"))
 
 
 def lora_size(model, tokenizer):
@@ -129,6 +129,19 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_dataset, tm
         assert rb["valid"]["HR@10"] == pytest.approx(ra["valid"]["HR@10"], abs=1e-5)
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [s for s in steps if s <= 6] == sorted(s for s in steps if s <= 6)  # no duplicated steps
+    # every epoch's adapter kept (the teachers of issue #15), the resumed run's equal to the straight one's
+    for epoch in (1, 2):
+        a, b = adapter(tmp_path / "a", f"epochs/epoch-{epoch}"), adapter(tmp_path / "b", f"epochs/epoch-{epoch}")
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6)
+        assert sorted(p.name for p in (tmp_path / "b" / "epochs" / f"epoch-{epoch}").iterdir()) == [
+            "README.md", "adapter_config.json", "adapter_model.safetensors"]  # peft's own; no optimizer state
+    first, second = adapter(tmp_path / "a", "epochs/epoch-1"), adapter(tmp_path / "a", "epochs/epoch-2")
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    assert all(torch.equal(second[k], v) for k, v in adapter(tmp_path / "a").items())  # best epoch: 2 (lora_size grows)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())["artefacts"]
+    key = json.loads((tmp_path / "b" / "run.json").read_text())["train_key"]
+    assert [manifest[f"epochs/epoch-{e}"]["key"] for e in (1, 2)] == [key, key]
 
 
 def test_finished_training_is_reused(tiny_dataset, tmp_path, caplog):
@@ -137,9 +150,13 @@ def test_finished_training_is_reused(tiny_dataset, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         again = train(config, tiny_dataset, tmp_path / "run")
     assert again.reused and not first.reused and again.best_epoch == first.best_epoch
+    kept = tiny_config(**{"train.epochs": 1, "train.validate_every_epoch": False, "train.keep_epoch_adapters": False})
+    assert train(kept, tiny_dataset, tmp_path / "run").reused  # where copies go is no training setting
+    old_epoch = (tmp_path / "run" / "epochs" / "epoch-1").stat().st_ino
     changed = train(tiny_config(**{"train.epochs": 1, "train.seed": 7, "train.validate_every_epoch": False}),
                     tiny_dataset, tmp_path / "run")
     assert not changed.reused
+    assert (tmp_path / "run" / "epochs" / "epoch-1").stat().st_ino != old_epoch  # the new training's own
 
 
 def _soft_trainer(tmp_path, model, encoded, pad_id):
@@ -228,6 +245,7 @@ def test_full_fine_tuning_saves_model_dir(tiny_dataset, tmp_path):
     config = tiny_config(**{"train.epochs": 1, "train.lora.enabled": False, "train.validate_every_epoch": False})
     result = train(config, tiny_dataset, tmp_path / "run")
     assert result.weights_dir.name == "model" and (result.weights_dir / "model.safetensors").exists()
+    assert not (tmp_path / "run" / "epochs").exists()  # whole models per epoch only with train.keep_epoch_models
     model, _ = load_run_model(tmp_path / "run")
     base, _ = load_backbone("tiny")
     assert not torch.equal(model.lm_head.weight, base.lm_head.weight)

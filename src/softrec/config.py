@@ -28,9 +28,17 @@ GROUNDINGS: dict[str, str] = {"l2": "BIGRec (reference)", "trie": "constrained b
 # source formats data.format names; softrec.data.readers.READERS has one reader per name (a test
 # checks they agree: the schema sits below the data layer and cannot import it)
 FORMATS: tuple[str, ...] = ("recbole", "windows", "d3", "amazon2023", "grouplens", "csv")
+# SOFT's distilled-target rules (soft.distill_mode, `softrec distill --mode`; inference/distill.py applies them)
+DISTILL_MODES: dict[str, str] = {
+    "raw": "the top beam as generated (reference)",
+    "quoted": 'the top beam cut after its first closing quote ("A"\\n"B" -> "A"); no closing quote: as generated',
+    "grounded": "the top beam's nearest catalogue title (L2 grounding)",
+    "sample": "one sampled continuation (top-p 0.9) instead of beam search",
+}
 MethodName = Literal[TRAIN_METHODS]  # type: ignore[valid-type]
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 GroundingName = Literal[tuple(GROUNDINGS)]  # type: ignore[valid-type]
+DistillMode = Literal[tuple(DISTILL_MODES)]  # type: ignore[valid-type]
 
 
 def _check_metric(value: str, allowed: str) -> str:
@@ -127,6 +135,13 @@ class TrainConfig(_Section):
     )
     validate_every_epoch: bool = True
     save_total_limit: int = Field(2, ge=1)
+    keep_epoch_adapters: bool = Field(
+        True, description="LoRA: save every epoch's adapter (a few MB, no optimizer state) to RUN_DIR/epochs/epoch-N, "
+        "the teachers of `softrec distill --epoch N`; checkpoints/ keeps only the last save_total_limit"
+    )
+    keep_epoch_models: bool = Field(
+        False, description="full fine-tuning: save every epoch's whole model there too (hundreds of MB each)"
+    )
     selection_metric: str = Field(
         "HR@10", description="validation metric that picks the best epoch (and the best alpha of a sweep): "
         "HR@K, NDCG@K (K in eval.ks) or validity"
@@ -182,7 +197,8 @@ class SoftConfig(_Section):
     distill_beams: int = Field(4, ge=1)
     distill_max_new_tokens: int = Field(64, ge=1, description="also the probe's decoding length; reference: "
                                         "64 (BIGRec), 128 (LLaRA; set by Config like eval.max_new_tokens)")
-    distill_mode: Literal["raw", "grounded", "sample"] = "raw"
+    distill_mode: DistillMode = Field("raw", description="the self-distilled target: " + "; ".join(
+        f"{name} = {text}" for name, text in DISTILL_MODES.items()))
 
 
 class EvalConfig(_Section):

@@ -6,8 +6,12 @@ The targets y'_i are the raw top-beam texts (reference, inference.py lines 104-1
 line 68: decoded without special tokens, neither grounded nor stripped), stored in
 SFT_RUN_DIR/distilled.jsonl as {"sample_id", "target_text", "exact_title"}; the run's manifest records
 their provenance (key over adapter checksum, decoding settings and data key; share of exact titles). Options beside the
-reference: `grounded` snaps each generation to its nearest catalogue title (L2 grounding) and
-`sample` draws one sampled continuation instead of beam search.
+reference (`config.DISTILL_MODES`): `quoted` cuts the top beam after its first closing quote (a
+run-on '"A"\n"B"...' becomes '"A"'), `grounded` snaps each generation to its nearest catalogue title
+(L2 grounding) and `sample` draws one sampled continuation instead of beam search.
+
+The teacher is the run's best weights; to distil from another epoch or adapter, `softrec.runs.teacher_run`
+first makes a teacher run directory holding a copy of it (distilled.jsonl then lands there).
 
 Work is done in chunks, each written atomically under distilled.parts/: a killed run keeps the
 finished chunks and redoes only the unfinished one.
@@ -74,6 +78,8 @@ def _generate_targets(
         dtype=config.eval.dtype, progress=True,
     )
     texts = [b[0] if b else "" for b in beams]
+    if soft.distill_mode == "quoted":
+        return [first_quoted(t) for t in texts]
     if soft.distill_mode == "grounded":
         from softrec.inference.grounding import catalogue_embeddings, embed_texts
 
@@ -82,6 +88,16 @@ def _generate_targets(
         nearest = ((emb[:, None, :] - catalogue[None, :, :]) ** 2).sum(-1).argmin(dim=1)
         texts = [response_text(titles[int(i)]) for i in nearest]
     return texts
+
+
+def first_quoted(text: str) -> str:
+    """`text` cut right after its first closing quote: '"Title A"\n"Title B"' -> '"Title A"'. An
+    opening quote (after leading spaces) is skipped; a text with no closing quote stays as generated."""
+    start = len(text) - len(text.lstrip())
+    if text.startswith('"', start):
+        start += 1
+    end = text.find('"', start)
+    return text if end < 0 else text[: end + 1]
 
 
 def _sample(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:

@@ -12,7 +12,8 @@ directories are created with the permissions the umask allows (not mkstemp's 060
 
 The parts, one concern each: `files` (atomic writes, JSON, permissions, OS errors), `ownership`
 (markers, `claim_dir`, `atomic_dir`, locks), `provenance` (checksums, content keys, environment),
-`rundir` (`RunDir` and its manifest), `chunks` (resumable chunked work). Import from
+`rundir` (`RunDir` and its manifest), `chunks` (resumable chunked work), `teacher` (a training's
+per-epoch weights, and teacher run directories made from them or any adapter). Import from
 `softrec.runs`: every public name is here.
 """
 
@@ -47,11 +48,13 @@ from softrec.runs.ownership import (
 )
 from softrec.runs.provenance import content_key, environment, file_sha256, git_commit, path_sha256
 from softrec.runs.rundir import MANIFEST, RunDir
+from softrec.runs.teacher import EPOCHS, epoch_weights, kept_epochs, teacher_run
 
 __all__ = [
-    "LOCK", "MANIFEST", "MARKER", "RunDir", "acquire_lock", "apply_umask", "atomic_dir", "atomic_write_bytes",
-    "atomic_write_json", "atomic_write_text", "check_replaceable", "claim_dir", "clean_leftovers", "content_key",
-    "current_umask", "dir_lock", "dir_mode", "dumps_json", "environment", "file_mode", "file_sha256", "git_commit",
-    "os_error", "path_sha256", "probe_writable", "read_json_object", "read_jsonl", "read_marker",
-    "resumable_chunks", "write_jsonl",
+    "EPOCHS", "LOCK", "MANIFEST", "MARKER", "RunDir", "acquire_lock", "apply_umask", "atomic_dir",
+    "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_replaceable", "claim_dir",
+    "clean_leftovers", "content_key", "current_umask", "dir_lock", "dir_mode", "dumps_json", "environment",
+    "epoch_weights", "file_mode", "file_sha256", "git_commit", "kept_epochs", "os_error", "path_sha256",
+    "probe_writable", "read_json_object", "read_jsonl", "read_marker", "resumable_chunks", "teacher_run",
+    "write_jsonl",
 ]

@@ -4,7 +4,9 @@ Trainer checkpoints (weights, optimizer, scheduler, RNG, callback state) go to R
 `CheckpointSealCallback` seals each with its files' checksums so `last_complete_checkpoint` skips a
 damaged one. `JsonlLogCallback` appends every log line to RUN_DIR/logs/metrics.jsonl
 (`truncate_jsonl` drops lines past the checkpoint a resume continues from). `weights_saver` writes
-the best epoch's adapter (or full model) with what a user needs beside it (models/card.py).
+the best epoch's adapter (or full model) with what a user needs beside it (models/card.py);
+`EpochWeightsCallback` keeps every epoch's weights in RUN_DIR/epochs/epoch-N, the teachers of the
+"when does SOFT help" study (issue #15), which checkpoints/ (the last `save_total_limit`) loses.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
-from softrec.runs import atomic_dir
+from softrec.runs import RunDir, atomic_dir, epoch_weights
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +111,7 @@ def weights_saver(out: Path, lora: bool) -> Callable[[Any, Any], None]:
     def save(model: Any, tokenizer: Any) -> None:
         target = out / ("adapter" if lora else "model")
         with atomic_dir(target) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            if not lora and tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            from softrec.models.llara import save_projector
-
-            save_projector(model, tmp)  # LLaRA backbone: its item projector beside the weights
+            _save_weights(model, tokenizer, tmp, lora)
             from softrec.models.card import describe_adapter
 
             try:  # base identity, tokenizer, prompt template, model card: loadable without softrec
@@ -123,3 +120,34 @@ def weights_saver(out: Path, lora: bool) -> Callable[[Any, Any], None]:
                 log.warning("%s: could not write the model card (%s: %s)", out, type(exc).__name__, exc)
 
     return save
+
+
+def _save_weights(model: Any, tokenizer: Any, folder: Path, lora: bool) -> None:
+    """The adapter (or whole model, with the tokenizer load_run_model reads beside it) into `folder`."""
+    model.save_pretrained(folder, safe_serialization=True)
+    if not lora and tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    from softrec.models.llara import save_projector
+
+    save_projector(model, folder)  # LLaRA backbone: its item projector beside the weights
+
+
+class EpochWeightsCallback(TrainerCallback):
+    """At every epoch end, on the main process: the weights alone (no optimizer state, no model card)
+    into RUN_DIR/epochs/epoch-N, written whole (`atomic_dir`) and recorded in the manifest under run.json's
+    train_key, so `softrec.runs.teacher_run` can check them. A resumed training that redoes an epoch
+    replaces its folder; a fresh one starts without them (trainer._clear_previous_attempt)."""
+
+    def __init__(self, out: Path, lora: bool):
+        self.out = Path(out)
+        self.lora = lora
+
+    def on_epoch_end(self, args, state: TrainerState, control: TrainerControl, model=None, processing_class=None,
+                     **kwargs):
+        if not state.is_world_process_zero or model is None:
+            return
+        epoch = int(round(state.epoch or 0))
+        with atomic_dir(self.out / epoch_weights(epoch)) as tmp:
+            _save_weights(model, processing_class, tmp, self.lora)
+        run = RunDir(self.out)  # the training holds the run's lock: no other writer of the manifest
+        run.record(epoch_weights(epoch), str(run.info().get("train_key")), epoch=epoch)

@@ -9,8 +9,9 @@ stops early after `patience` epochs without gain.
 
 Resume: Trainer checkpoints (weights, optimizer, scheduler, RNG, callback state) go to
 RUN_DIR/checkpoints after every `checkpoint_every` optimizer steps and at each epoch end
-(`checkpoints.py`); a finished training with the same key is reused. Under torchrun / accelerate
-launch the Trainer does DDP; only rank 0 writes run files.
+(`checkpoints.py`); a finished training with the same key is reused. Every epoch's adapter alone
+also goes to RUN_DIR/epochs/epoch-N (`train.keep_epoch_adapters`), the teachers `softrec distill
+--epoch N` reads. Under torchrun / accelerate launch the Trainer does DDP; only rank 0 writes run files.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from softrec.config import Config, TrainConfig, as_prepared
 from softrec.data.dataset import PreparedDataset
 from softrec.data.subsets import training_samples
 from softrec.hardware import use_bf16
-from softrec.runs import RunDir, atomic_write_json, content_key
+from softrec.runs import EPOCHS, RunDir, atomic_write_json, content_key
 from softrec.training.batches import Collator, EncodedDataset, encode_samples
 from softrec.training.checkpoints import (
     CheckpointSealCallback,
+    EpochWeightsCallback,
     JsonlLogCallback,
     last_complete_checkpoint,
     truncate_jsonl,
@@ -120,7 +122,8 @@ def training_key(config: Config, dataset: PreparedDataset, distilled: dict[str, 
 
     settings = config.model_dump(mode="json")
     settings.pop("data", None)
-    settings["train"].pop("report_to", None)  # where logs go never changes the weights
+    for name in ("report_to", "keep_epoch_adapters", "keep_epoch_models"):  # where logs and extra copies go
+        settings["train"].pop(name, None)  # never changes the weights (nor the keys of runs made before them)
     return content_key(settings, dataset.checksum, content_key(sorted((distilled or {}).items())),
                        prompt_fingerprint(config.model.template))
 
@@ -208,6 +211,9 @@ def build_trainer(
     all_callbacks: list[TrainerCallback] = [*([curriculum] if curriculum is not None else []), *(callbacks or []),
                                             epoch_cb, JsonlLogCallback(out / "logs" / "metrics.jsonl"),
                                             CheckpointSealCallback()]
+    lora = train_cfg.lora.enabled
+    if train_cfg.keep_epoch_adapters if lora else train_cfg.keep_epoch_models:  # a whole model per epoch: opt-in
+        all_callbacks.append(EpochWeightsCallback(out, lora))
     if args.process_index == 0:
         all_callbacks += _tracker_callbacks(train_cfg.report_to, out)
     trainer = SoftTrainer(
@@ -350,7 +356,8 @@ def _train_llm(
         log.warning("%s: no checkpoint to resume from; starting from the beginning", out)
     if checkpoint is None and is_main_process():
         _clear_previous_attempt(out)
-        for name in (weights_name, "history.json"):  # recorded again when this training finishes
+        stale = [name for name in run.manifest()["artefacts"] if name.startswith(f"{EPOCHS}/")]
+        for name in (weights_name, "history.json", *stale):  # recorded again when this training finishes
             run.invalidate(name)
     elif checkpoint is not None and is_main_process():
         step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
@@ -416,7 +423,9 @@ def _clear_previous_attempt(out: Path) -> None:
 
     # and the resumable chunks of evaluations/distillations of the previous weights, which no key
     # made from the new weights can ever match (a killed run left them behind)
-    for name in (CHECKPOINTS, "logs", "distilled.parts", *(str(p.relative_to(out)) for p in out.glob("eval/*.parts"))):
+    # the previous attempt's epoch weights are no teachers of this training
+    for name in (CHECKPOINTS, "logs", EPOCHS, "distilled.parts",
+                 *(str(p.relative_to(out)) for p in out.glob("eval/*.parts"))):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("history.json",):
         (out / name).unlink(missing_ok=True)

@@ -83,8 +83,8 @@ SUITES = {
     "cpu-medium": Suite(
         "cpu-medium", ("amazon-books", "amazon-industrial"), "gemma-3-270m",
         train_size=1024, valid_size=256, test_limit=None, epochs=7, effective_batch=32, micro_batch=8, shots=3,
-        # the last 8 checkpoints kept (one per optimizer step, for resume): too few to keep every
-        # epoch's teacher for "when does SOFT help"; copy an epoch's last checkpoint out while it exists
+        # the last 8 checkpoints kept (one per optimizer step, for resume); every epoch's teacher for
+        # "when does SOFT help" (#15) is kept apart in RUN_DIR/epochs/epoch-N (train.keep_epoch_adapters)
         llm_sets=("train.warmup_steps=4", "train.patience=2", "train.save_total_limit=8"),
         classic_sets=("classic.epochs=100", "classic.patience=10"),
         alphas=(1.0, 10.0, 100.0),
