@@ -25,6 +25,11 @@ class PromptSharedCache(DynamicCache):
     - growing: `expand_for_beams` preallocates room for the new tokens, so each step writes its
       keys and values in place instead of concatenating a new cache.
     The values seen by attention are exactly those of a plain `DynamicCache`.
+
+    Refilling (`append_prompts`, `trim`): prompts prefilled later join the batch as new rows. Every
+    row keeps its own keys at its own positions; the rows are only aligned on their last column,
+    with masked zero columns on the left of the shorter ones, so attention sees what it would see
+    for that row alone. Columns masked in every row are dropped when prompts leave.
     """
 
     def __init__(self, config: Any):
@@ -106,3 +111,41 @@ class PromptSharedCache(DynamicCache):
             keys, values = (buffer.index_select(0, rows.to(buffer.device)) for buffer in room)
             self._room[index] = (keys, values)
             layer.keys, layer.values = keys[:, :, :length], values[:, :, :length]
+
+    def can_append(self) -> bool:
+        """Every layer writes in place (no layer whose window slides), so rows can be merged."""
+        return all(index in self._room for index, layer in enumerate(self.layers)
+                   if getattr(layer, "is_initialized", False))
+
+    def append_prompts(self, other: PromptSharedCache, num_beams: int, extra: int) -> int:
+        """Append `other`'s prompts (one prefilled row each) as `num_beams` rows each, right-aligned
+        with this cache's rows, with room for `extra` more tokens; returns the new column count."""
+        old_length = self.layers[0].keys.shape[-2]
+        columns = max(old_length, other.layers[0].keys.shape[-2])
+        for index, (layer, new) in enumerate(zip(self.layers, other.layers, strict=True)):
+            new_length = new.keys.shape[-2]
+            buffers = []
+            for old, added in ((layer.keys, new.keys), (layer.values, new.values)):
+                rows, heads, _, dim = old.shape
+                buffer = old.new_zeros((rows + added.shape[0] * num_beams, heads, columns + extra, dim))
+                buffer[:rows, :, columns - old_length : columns] = old
+                buffer[rows:, :, columns - new_length : columns] = added.repeat_interleave(num_beams, dim=0)
+                buffers.append(buffer)
+            self._room[index] = (buffers[0], buffers[1])
+            layer.keys, layer.values = buffers[0][:, :, :columns], buffers[1][:, :, :columns]
+            if layer.is_sliding:
+                layer.cumulative_length = columns
+        # the old rows' beams share their (shifted) prefill; the new rows' share everything so far
+        self.shared_length += columns - old_length
+        return columns
+
+    def trim(self, columns: int) -> None:
+        """Drop the first `columns` columns (masked in every row)."""
+        for index, layer in enumerate(self.layers):
+            keys, values = self._room[index]
+            length = layer.keys.shape[-2] - columns
+            self._room[index] = (keys[:, :, columns:], values[:, :, columns:])
+            layer.keys, layer.values = keys[:, :, columns : columns + length], values[:, :, columns : columns + length]
+            if layer.is_sliding:
+                layer.cumulative_length = length
+        self.shared_length = max(0, self.shared_length - columns)

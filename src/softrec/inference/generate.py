@@ -8,7 +8,9 @@ evaluation, `recommend`, ICL. Beam search, optionally constrained to catalogue t
 - prompts are sorted by length into large batches (little padding, the LM head's weights read once
   per step for many rows) and prefilled once, not once per beam;
 - the KV cache grows in place and only its generated tail is reordered (`cache.py`);
-- a prompt leaves the batch as soon as its beams are final;
+- a prompt leaves the batch as soon as its beams are final, and (unconstrained decoding) the next
+  prompts of the queue take its slots, so the batch stays full instead of ending as a few rows
+  that read the whole model per step;
 - the LM head runs over vocabulary chunks, reduced on the fly to each row's log-normaliser and
   best tokens (`head.py`), instead of a [rows, vocabulary] logits tensor read back several times;
 - constrained decoding ranks only the tokens that continue a title (`trie_tokens`).
@@ -76,9 +78,13 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> dict[str, torch.Te
     return tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special)
 
 
-def _length_sorted_batches(tokenizer: Any, prompts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+def _length_order(prompts: Sequence[str]) -> list[int]:
     lengths = [len(p) for p in prompts]  # characters: a cheap, monotone stand-in for tokens
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+    return sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
+
+
+def _length_sorted_batches(tokenizer: Any, prompts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+    order = _length_order(prompts)
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
 
@@ -239,39 +245,96 @@ def _prefill(body: Any, input_ids: torch.Tensor, mask: torch.Tensor, cache: Prom
     return first, full_mask, positions
 
 
-def _decode_batch(model: Any, encoded: dict[str, torch.Tensor], settings: BeamSettings,
-                  trie: TitleTrie | None) -> list[BeamResult]:
-    """Prefill every prompt once, then beam search with a cache that grows in place."""
-    lm = causal_lm_of(model)
-    body, head = lm.model, ChunkedHead(lm)
-    device, k = lm.device, settings.num_beams
-    input_ids = encoded["input_ids"].to(device)
-    mask = encoded["attention_mask"].to(device)
-    cache = PromptSharedCache(lm.config)
-    first, mask, positions = _prefill(body, input_ids, mask, cache, settings.max_new_tokens)
-    cache.expand_for_beams(k, settings.max_new_tokens)
-    state = {"mask": mask.repeat_interleave(k, dim=0), "position": (positions[:, -1] + 1).repeat_interleave(k)}
+class _Batch:
+    """One running batch of beam search: the KV cache and each row's attention mask and next
+    position, prefilled once and refilled with new prompts as others finish."""
 
-    def step(tokens: torch.Tensor) -> torch.Tensor:
-        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((tokens.shape[0], 1))], dim=1)
-        out = body(input_ids=tokens[:, None], attention_mask=state["mask"], position_ids=state["position"][:, None],
-                   cache=cache, use_cache=True)
-        state["position"] = state["position"] + 1
+    def __init__(self, lm: Any, settings: BeamSettings):
+        self.lm, self.body, self.settings = lm, lm.model, settings
+        self.window = getattr(self.body.config, "sliding_window", None)
+        self.cache = PromptSharedCache(lm.config)
+        self.mask = self.position = torch.empty(0)
+
+    def _run_prompts(self, encoded: dict[str, torch.Tensor], cache: PromptSharedCache) -> tuple[torch.Tensor, ...]:
+        device = self.lm.device
+        return _prefill(self.body, encoded["input_ids"].to(device), encoded["attention_mask"].to(device), cache,
+                        self.settings.max_new_tokens)
+
+    def start(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Prefill the first prompts; their last hidden states [prompts, hidden]."""
+        k = self.settings.num_beams
+        first, mask, positions = self._run_prompts(encoded, self.cache)
+        self.cache.expand_for_beams(k, self.settings.max_new_tokens)
+        # the attention mask and positions are the same for every beam of a prompt: only the cache moves
+        self.mask, self.position = mask.repeat_interleave(k, dim=0), (positions[:, -1] + 1).repeat_interleave(k)
+        return first
+
+    def admit(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Prefill more prompts and append their rows; None when the cache cannot take them
+        (a layer whose window would slide), and the prompts are left for a later batch."""
+        columns = max(self.mask.shape[1], encoded["input_ids"].shape[1])
+        fits = not self.window or columns + self.settings.max_new_tokens < self.window
+        if not (fits and self.cache.can_append()):
+            return None
+        k, added = self.settings.num_beams, PromptSharedCache(self.lm.config)
+        first, mask, positions = self._run_prompts(encoded, added)
+        columns = self.cache.append_prompts(added, k, self.settings.max_new_tokens)
+
+        def left_padded(m: torch.Tensor) -> torch.Tensor:
+            return torch.cat([m.new_zeros((m.shape[0], columns - m.shape[1])), m], dim=1)
+
+        self.mask = torch.cat([left_padded(self.mask), left_padded(mask).repeat_interleave(k, dim=0)])
+        self.position = torch.cat([self.position, (positions[:, -1] + 1).repeat_interleave(k)])
+        return first
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((tokens.shape[0], 1))], dim=1)
+        out = self.body(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.position[:, None],
+                        cache=self.cache, use_cache=True)
+        self.position = self.position + 1
         return out.last_hidden_state[:, -1]
 
-    def keep(prompts: torch.Tensor) -> None:
-        cache.select_prompts(prompts, k)
+    def keep(self, prompts: torch.Tensor) -> None:
+        k = self.settings.num_beams
+        self.cache.select_prompts(prompts, k)
         rows = (prompts[:, None] * k + torch.arange(k, device=prompts.device)).reshape(-1)
-        state["mask"], state["position"] = state["mask"][rows], state["position"][rows]
+        self.mask, self.position = self.mask[rows], self.position[rows]
+        unused = int(self.mask.int().argmax(dim=1).min())  # leading columns masked in every row
+        if unused and self.cache.can_append():
+            self.cache.trim(unused)
+            self.mask = self.mask[:, unused:]
 
-    n = settings.beams_to_keep
+
+def _decode(lm: Any, prompts: Sequence[str], tokenizer: Any, settings: BeamSettings, batch_size: int,
+            trie: TitleTrie | None, record: Callable[[int, BeamResult], None], refill: bool) -> None:
+    """Beam search over all prompts in length order, in batches of `batch_size` prompts whose
+    finished slots are refilled from the queue (unconstrained decoding only: the trie reads each
+    row's tokens, which refilled rows do not align)."""
+    head, n = ChunkedHead(lm), settings.beams_to_keep
     if trie is None:
         def candidates(generated: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return head.top(hidden, n)
     else:
         candidates = trie_tokens(trie, head, n, settings.pad_id)
-    # the attention mask and positions are the same for every beam of a prompt: only the cache moves
-    return beam_search(first, step, candidates, settings, reorder=cache.reorder_cache, keep=keep)
+    order = _length_order(prompts)
+    start = 0
+    while start < len(order):
+        batch, admitted = _Batch(lm, settings), order[start : start + batch_size]
+        start += len(admitted)
+
+        def admit(count: int, batch: _Batch = batch, admitted: list[int] = admitted) -> torch.Tensor | None:
+            nonlocal start
+            chosen = order[start : start + count]
+            first = batch.admit(encode_prompts(tokenizer, [prompts[i] for i in chosen])) if chosen else None
+            if first is not None:
+                admitted += chosen
+                start += len(chosen)
+            return first
+
+        first = batch.start(encode_prompts(tokenizer, [prompts[i] for i in admitted]))
+        beam_search(first, batch.step, candidates, settings, reorder=batch.cache.reorder_cache, keep=batch.keep,
+                    record=lambda index, result, admitted=admitted: record(admitted[index], result),
+                    admit=admit if refill and trie is None else None)
 
 
 @torch.inference_mode()
@@ -287,24 +350,31 @@ def generate_beam_ids(
     constrain_to: TitleTrie | None = None,
     progress: bool = False,
     dtype: str = "auto",
+    refill: bool = True,
 ) -> list[Beams]:
     """Per prompt, every beam's token ids (up to and including the stop token) and text, best first.
 
     The same beams as `model.generate(num_beams=..., early_stopping=False, do_sample=False)` on the
-    same model (see beam.py), with LoRA folded in and `dtype` ("auto": bf16 where native).
+    same model (see beam.py), with LoRA folded in and `dtype` ("auto": bf16 where native). `refill`
+    (unconstrained decoding): finished prompts' slots take the next prompts instead of idling.
     """
+    from tqdm.auto import tqdm
+
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs tokenizer.padding_side == 'left'")
     stops = tuple(stop_token_ids(model, tokenizer))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     settings = BeamSettings(num_beams, max_new_tokens, length_penalty, stops, pad)
-    with decoding_model(model, decode_dtype(dtype, model.device)) as decoder:
+    results: list[Beams | None] = [None] * len(prompts)
+    with decoding_model(model, decode_dtype(dtype, model.device)) as decoder, \
+            tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
 
-        def decode(encoded: dict[str, torch.Tensor]) -> list[Beams]:
-            found = _decode_batch(decoder, encoded, settings, constrain_to)
-            return [Beams(r.token_ids, tokenizer.batch_decode(r.token_ids, skip_special_tokens=True)) for r in found]
+        def record(index: int, found: BeamResult) -> None:
+            results[index] = Beams(found.token_ids, tokenizer.batch_decode(found.token_ids, skip_special_tokens=True))
+            bar.update(1)
 
-        return _run_batches(tokenizer, prompts, batch_size, progress, decode)
+        _decode(causal_lm_of(decoder), prompts, tokenizer, settings, batch_size, constrain_to, record, refill)
+    return results  # type: ignore[return-value]
 
 
 def generate_beams(
