@@ -11,6 +11,9 @@ a dataset are evaluated on the same test samples, full ranking, l2 grounding for
 Results: DIR/results.json (per dataset and method: the test metrics, each with its 95% bootstrap
 interval, and the paired bootstrap difference against SFT), DIR/results.md (the table, the relative
 gain of SOFT over SFT per dataset and metric and on average, the commands) and DIR/results.png.
+Study rows soft-t{E}-{rule} (#15, "when does SOFT help?"): SOFT at the suite's study_alpha on targets
+that SFT's epoch E (or `best`) distils by rule raw|quoted|grounded; paired with SFT like the SOFT
+rows, kept out of the average gain, with their teacher's facts and DIR/study.png.
 
 Resumable: finished steps are recorded in DIR/steps.json and skipped; an interrupted step is rerun,
 and `softrec train` picks up its last checkpoint (`--resume`), evaluation and distillation their
@@ -42,7 +45,16 @@ from softrec.bench.quality.execution import StepLog, execute
 from softrec.bench.quality.planning import plan
 from softrec.bench.quality.report import markdown, plot, save_predictions
 from softrec.bench.quality.results import average_gains, collect
-from softrec.bench.quality.suites import GROUNDING, METHODS, SPLIT, SUITES, alpha_method
+from softrec.bench.quality.study import study_plot
+from softrec.bench.quality.suites import (
+    GROUNDING,
+    METHODS,
+    SPLIT,
+    STUDY_PATTERN,
+    SUITES,
+    alpha_method,
+    known,
+)
 from softrec.config import EvalConfig
 from softrec.errors import UserError
 
@@ -54,11 +66,11 @@ def _setting(sets: tuple[str, ...], key: str, default: Any) -> Any:
 
 # ---- CLI -------------------------------------------------------------------------------------------
 
-def _choice_list(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+def _methods(value: str) -> list[str]:
     chosen = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [v for v in chosen if v not in allowed]
+    unknown = [v for v in chosen if not known(v)]
     if unknown or not chosen:
-        raise UserError(f"{flag}: unknown {unknown or value!r}; choose from {', '.join(allowed)}")
+        raise UserError(f"--methods: unknown {unknown or value!r}; choose from {', '.join(METHODS)} or {STUDY_PATTERN}")
     return chosen
 
 
@@ -67,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder for the runs and results.{json,md,png}")
     parser.add_argument("--datasets", help="comma-separated subset (default: the suite's: ml-100k, amazon-books, "
                         "amazon-industrial), looked up like `softrec data prepare --dataset`")
-    parser.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)} (default: the suite's), "
+                        f"and study rows {STUDY_PATTERN}")
     parser.add_argument("--model", help="LLM backbone instead of the suite's (registry name or HF dir)")
     parser.add_argument("--launcher", default="", help="prefix for LLM training/evaluation, e.g. "
                         "'torchrun --nproc_per_node 4' (runs `... -m softrec ...`)")
@@ -93,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         suite = dataclasses.replace(suite, model=args.model)
     # any NAME or DIR `softrec data prepare --dataset` resolves is a dataset; no fixed list to check against
     datasets = [d.strip() for d in (args.datasets or "").split(",") if d.strip()] or list(suite.datasets)
-    methods = _choice_list(args.methods, METHODS, "--methods") if args.methods else list(suite.methods or METHODS)
+    methods = _methods(args.methods) if args.methods else list(suite.methods or METHODS)
     if suite.alphas and "soft" in methods:
         methods[methods.index("soft"):methods.index("soft") + 1] = [alpha_method(a) for a in suite.alphas]
     out = args.out.resolve()
@@ -120,9 +133,11 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(out / "results.json", payload)
     atomic_write_text(out / "results.md", markdown(payload))
     plot(results, out / "results.png")
+    if study_plot(results, out / "study.png") is None:
+        (out / "study.png").unlink(missing_ok=True)  # an earlier report's plot would describe other rows
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
-        for name in ("results.json", "results.md", "results.png"):
+        for name in ("results.json", "results.md", "results.png", "study.png"):
             if (out / name).exists():
                 shutil.copyfile(out / name, args.save / name)
         save_predictions(out, args.save, results, suite.test_limit)

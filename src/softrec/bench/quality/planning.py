@@ -6,7 +6,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from softrec.bench.quality.suites import GROUNDING, SPLIT, Suite, alpha_of
+from softrec.bench.quality.suites import GROUNDING, SPLIT, Suite, alpha_of, teacher_dir, teacher_of
 
 
 @dataclass
@@ -83,12 +83,25 @@ class _DatasetPlan:
             "--out", str(self.root / method), *self.llm_eval], self.metrics(method), launcher=True)
 
     def llm(self, method: str, train_args: list[str], teacher: str | None = None) -> None:
-        run = self.root / method
         if teacher:
             self.step("distill", method, ["distill", "--run-dir", str(self.root / teacher), "--data", str(self.data),
                                           *_sets(self.suite.llm_sets)], self.root / teacher / "distilled.jsonl")
             train_args = [*train_args, "--distilled", str(self.root / teacher)]
-        cap = ["--epochs", str(self.suite.soft_epochs)] if teacher and self.suite.soft_epochs else []
+        self.train_evaluate(method, train_args, soft=teacher is not None)
+
+    def study(self, method: str, epoch: int | None, rule: str) -> None:
+        """A soft-t{E}-{rule} row: SFT's epoch E (or best) distilled by `rule` into a teacher run of
+        its own, then SOFT at the suite's fixed study alpha on those targets."""
+        teacher = self.root / teacher_dir(method)
+        self.step("distill", method, ["distill", "--run-dir", str(self.root / "sft"), "--data", str(self.data),
+                                      "--mode", rule, *(["--epoch", str(epoch)] if epoch is not None else []),
+                                      "--out", str(teacher), *_sets(self.suite.llm_sets)], teacher / "distilled.jsonl")
+        self.train_evaluate(method, ["--method", "soft", "--alpha", f"{self.suite.study_alpha:g}",
+                                     "--distilled", str(teacher)], soft=True)
+
+    def train_evaluate(self, method: str, train_args: list[str], soft: bool) -> None:
+        run = self.root / method
+        cap = ["--epochs", str(self.suite.soft_epochs)] if soft and self.suite.soft_epochs else []
         self.step("train-llm", method, ["train", *train_args, "--out", str(run), *self.llm_train, *cap],
                   run / "history.json", launcher=True)
         self.step("evaluate-llm", method, ["evaluate", "--run-dir", str(run), "--data", str(self.data),
@@ -108,6 +121,9 @@ class _DatasetPlan:
                     self.llm(method, ["--method", "soft", "--alpha", f"{alpha_of(method):g}"], teacher="sft")
                 elif method != "sft":
                     self.llm(method, ["--method", method], teacher="sft")
+            elif (teacher := teacher_of(method)) is not None:
+                self.llm("sft", ["--method", "sft"])
+                self.study(method, *teacher)
             else:  # llara-sft, llara-soft: SASRec's item embeddings, projected
                 self.classic("sasrec")
                 self.llm("llara-sft", ["--method", "sft", *self.llara])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from softrec.bench.quality.planning import eval_folder
+from softrec.bench.quality.study import study_lines
 from softrec.bench.quality.suites import (
     GAIN_METRICS,
     LABELS,
@@ -60,6 +61,7 @@ def markdown(payload: dict[str, Any]) -> str:
                          f"{_diff_cell(vs.get('NDCG@10'))} | {row['seconds']:.0f} |")
         lines.append("")
     lines += _gain_lines(results, payload["average_gains"])
+    lines += study_lines(results)
     lines += _history_lines(results)
     out = payload["out"]
     lines += ["## Commands", "", "```sh", f"# {payload['command']}", f"OUT={shlex.quote(out)}"]

@@ -10,7 +10,16 @@ from typing import Any
 
 from softrec.bench.quality.execution import StepLog
 from softrec.bench.quality.planning import eval_folder
-from softrec.bench.quality.suites import GAIN_METRICS, SOFT_PAIRS, SPLIT, Suite, alpha_of, label
+from softrec.bench.quality.study import teacher_facts
+from softrec.bench.quality.suites import (
+    GAIN_METRICS,
+    SOFT_PAIRS,
+    SPLIT,
+    Suite,
+    alpha_of,
+    label,
+    teacher_of,
+)
 from softrec.errors import UserError
 
 
@@ -65,6 +74,7 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
                 rows[method]["vs_sft_baseline"] = baseline
         for method in rows:
             rows[method]["history"] = _history(out / name / method)
+        _study(rows, out / name)
         _choose_alpha(rows)
         results[name] = {"n": len(ids), "methods": rows, "gains": _gains(rows)}
     return results
@@ -99,17 +109,29 @@ def _choose_alpha(rows: dict[str, Any]) -> None:
                     "chosen_from": {m: _validation_key(rows[m]) for m in sweep}, "chosen": chosen}
 
 
+def _study(rows: dict[str, Any], root: Path) -> None:
+    """Each soft-t{E}-{rule} row's teacher facts and relative gains over SFT, kept on the row itself:
+    the study's rows never enter `gains`, hence never the headline average."""
+    for method, row in rows.items():
+        if teacher_of(method) is not None:
+            row["teacher"] = teacher_facts(root, method, _history(root / "sft"))
+            if "sft" in rows:
+                row["gains"] = _relative(rows["sft"], row)
+
+
+def _relative(sft: dict[str, Any], soft: dict[str, Any]) -> dict[str, float | None]:
+    """Relative gain (%) of a row over SFT, per metric (None where SFT scored 0)."""
+    pair = {}
+    for metric in GAIN_METRICS:
+        base, value = sft["metrics"][metric]["value"], soft["metrics"][metric]["value"]
+        pair[metric] = 100.0 * (value - base) / base if base > 0 else None
+    return pair
+
+
 def _gains(rows: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """Relative gain (%) of each SOFT row over its SFT row, per metric (None where SFT scored 0)."""
-    gains = {}
-    for soft, sft in SOFT_PAIRS.items():
-        if soft in rows and sft in rows:
-            pair = {}
-            for metric in GAIN_METRICS:
-                base, value = rows[sft]["metrics"][metric]["value"], rows[soft]["metrics"][metric]["value"]
-                pair[metric] = 100.0 * (value - base) / base if base > 0 else None
-            gains[f"{soft}/{sft}"] = pair
-    return gains
+    return {f"{soft}/{sft}": _relative(rows[sft], rows[soft])
+            for soft, sft in SOFT_PAIRS.items() if soft in rows and sft in rows}
 
 
 def average_gains(results: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from softrec.config import DISTILL_MODES
 
 METHODS = ("sasrec", "gru4rec", "icl-0", "icl-k", "sft", "llara-sft", "soft", "soft-sd-only", "llara-soft")
 LABELS = {
@@ -16,6 +19,11 @@ TABLE_METRICS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
 WITH_INTERVAL = ("HR@10", "NDCG@10")  # the others' intervals are in results.json
 GAIN_METRICS = tuple(f"{m}@{k}" for m in ("HR", "NDCG") for k in (1, 5, 10, 20, 50))
 SPLIT, GROUNDING = "test", "l2"
+# "when does SOFT help?" (#15): rows soft-t{E}-{rule}, SOFT trained on the SFT run's epoch E (or best)
+# as teacher with distilled-target rule `rule`; `sample` is left out, the study compares beam rules only
+STUDY_RULES = tuple(mode for mode in DISTILL_MODES if mode != "sample")
+STUDY_PATTERN = f"soft-t{{E}}-{{rule}} (E: an epoch number or best; rule: {', '.join(STUDY_RULES)})"
+_STUDY = re.compile(rf"soft-t(best|[1-9][0-9]*)-({'|'.join(STUDY_RULES)})")
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,9 @@ class Suite:
     alphas: tuple[float, ...] = ()  # SOFT's alpha sweep: one run each, the row "soft" is chosen on validation
     methods: tuple[str, ...] = ()  # the suite's default rows (empty: every method)
     soft_epochs: int | None = None  # SOFT runs' epoch cap when it differs from the teacher's
+    # the soft-t{E}-{rule} rows' alpha: the study holds alpha fixed so the teacher and the rule are its
+    # only variables
+    study_alpha: float = 1.0
 
     def scale(self) -> str:
         train = self.train_size or "all 4096"
@@ -64,8 +75,28 @@ def alpha_of(method: str) -> float | None:
     return float(method.removeprefix("soft-a")) if method.startswith("soft-a") else None
 
 
+def teacher_of(method: str) -> tuple[int | None, str] | None:
+    """A study row's teacher: (the SFT epoch, None for its best weights; the target rule); None otherwise."""
+    match = _STUDY.fullmatch(method)
+    if match is None:
+        return None
+    return (None if match[1] == "best" else int(match[1])), match[2]
+
+
+def teacher_dir(method: str) -> str:
+    """The folder (beside the rows) of a study row's teacher and its distilled targets."""
+    return method.replace("soft-", "teacher-", 1)
+
+
+def known(method: str) -> bool:
+    return method in METHODS or teacher_of(method) is not None
+
+
 def label(method: str) -> str:
-    alpha = alpha_of(method)
+    alpha, teacher = alpha_of(method), teacher_of(method)
+    if teacher is not None:
+        epoch, rule = teacher
+        return f"BIGRec-SOFT teacher {'best epoch' if epoch is None else f'epoch {epoch}'}, {rule}"
     return f"BIGRec-SOFT alpha={alpha:g}" if alpha is not None else LABELS[method]
 
 

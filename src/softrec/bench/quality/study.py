@@ -1,0 +1,101 @@
+"""The "when does SOFT help?" study (#15): the soft-t{E}-{rule} rows' teachers, their section of
+results.md and study.png (gain over SFT against the teacher's validation HR@10)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from softrec.bench.quality.suites import STUDY_RULES, teacher_dir, teacher_of
+
+DISTILLED = "distilled.jsonl"
+
+
+def teacher_facts(root: Path, method: str, sft_history: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A study row's teacher: its epoch (None = SFT's best), rule, exact-title share of its targets
+    on the training prompts (the distill step's manifest entry) and, where SFT's history has that
+    epoch, its validation HR@10 / NDCG@10 / validity."""
+    epoch, rule = teacher_of(method) or (None, "")
+    manifest = root / teacher_dir(method) / "manifest.json"
+    entry = json.loads(manifest.read_text()).get("artefacts", {}).get(DISTILLED, {}) if manifest.exists() else {}
+    history = sft_history or []
+    kept = [e for e in history if (e.get("epoch") == epoch if epoch is not None else e.get("best"))]
+    valid = kept[-1] if kept else {}  # best: the last epoch marked best is the one kept
+    return {"epoch": epoch, "rule": rule, "exact_title_share": entry.get("exact_title_share"),
+            "valid_epoch": valid.get("epoch"),
+            **{f"valid_{k}": valid.get(k) for k in ("HR@10", "NDCG@10", "validity")}}
+
+
+def study_rows(dataset: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m: r for m, r in dataset["methods"].items() if teacher_of(m) is not None}
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def study_lines(results: dict[str, Any]) -> list[str]:
+    """results.md's study section: one line per row, teacher facts beside the gain over SFT."""
+    lines: list[str] = []
+    for name, dataset in results.items():
+        rows = study_rows(dataset)
+        if not rows:
+            continue
+        if not lines:
+            lines += ["## When does SOFT help? Teacher and target rule (#15)", "",
+                      "SOFT at a fixed alpha on targets distilled from SFT's epoch E (or its best) by each rule; "
+                      "gains are over BIGRec-SFT on the same samples and stay out of the headline average. "
+                      "Teacher columns: exact-title share of its targets on the training prompts, validation "
+                      "HR@10 / validity at that epoch.", ""]
+        lines += [f"### {name}", "", "| row | exact titles | teacher valid HR@10 | teacher validity | "
+                  "test HR@10 | HR@10 gain % | HR@10 vs SFT |", "|---|---:|---:|---:|---:|---:|---|"]
+        for row in rows.values():
+            t, vs = row["teacher"], row.get("vs_sft", {}).get("HR@10")
+            vs_cell = "-" if not vs else f"{vs['diff']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}] p={vs['p']:.2f}"
+            gain = row.get("gains", {}).get("HR@10")
+            lines.append(f"| {row['label']} | {_number(t['exact_title_share'], 3)} | {_number(t['valid_HR@10'], 4)} | "
+                         f"{_number(t['valid_validity'], 2)} | {row['metrics']['HR@10']['value']:.4f} | "
+                         f"{'n/a' if gain is None else f'{gain:+.1f}'} | {vs_cell} |")
+        lines.append("")
+    return lines
+
+
+def study_plot(results: dict[str, Any], path: Path) -> Path | None:
+    """Relative HR@10 gain over SFT against the teacher's validation HR@10, a marker per rule, each
+    point labelled by its epoch; nothing written without a study row that has both numbers."""
+    points = [(name, row) for name, d in results.items() for row in study_rows(d).values()
+              if row["teacher"]["valid_HR@10"] is not None and row.get("gains", {}).get("HR@10") is not None]
+    if not points:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from softrec.runs import atomic_write_bytes
+
+    markers = dict(zip(STUDY_RULES, "os^", strict=False))
+    colours = {name: f"C{i}" for i, name in enumerate(results)}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, row in points:
+        t = row["teacher"]
+        x, y = t["valid_HR@10"], row["gains"]["HR@10"]
+        ax.scatter(x, y, marker=markers.get(t["rule"], "x"), color=colours[name])
+        ax.annotate("best" if t["epoch"] is None else str(t["epoch"]), (x, y), textcoords="offset points", xytext=(4, 4))
+    for rule in dict.fromkeys(row["teacher"]["rule"] for _, row in points):
+        ax.scatter([], [], marker=markers.get(rule, "x"), color="grey", label=rule)
+    for name in dict.fromkeys(name for name, _ in points):  # datasets by colour, not by a rule's marker
+        ax.plot([], [], color=colours[name], linewidth=6, label=name)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel("teacher's validation HR@10 (SFT at that epoch)")
+    ax.set_ylabel("test HR@10 gain over SFT (%)")
+    ax.set_title("When does SOFT help? (labels: teacher epoch)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())

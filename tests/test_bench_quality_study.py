@@ -1,0 +1,103 @@
+"""`softrec bench quality` study rows soft-t{E}-{rule} (#15): names, plan, results, study.png."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from softrec.bench import quality
+from softrec.bench.quality import suites
+from softrec.cli import main as cli_main
+
+
+def test_study_names_parse_and_label():
+    assert suites.teacher_of("soft-t1-quoted") == (1, "quoted")
+    assert suites.teacher_of("soft-tbest-raw") == (None, "raw")
+    for name in ("soft-t0-raw", "soft-t1-sample", "soft-tlast-raw", "soft-t1", "soft-a1", "soft"):
+        assert suites.teacher_of(name) is None, name
+    assert suites.label("soft-t1-quoted") == "BIGRec-SOFT teacher epoch 1, quoted"
+    assert suites.label("soft-tbest-grounded") == "BIGRec-SOFT teacher best epoch, grounded"
+    assert "sample" not in suites.STUDY_RULES and suites.SUITES["cpu-medium"].study_alpha == 1.0
+
+
+def test_plan_distils_the_epoch_by_the_rule_then_trains_soft_on_it(tmp_path):
+    steps = quality.plan(suites.SUITES["cpu-medium"], tmp_path, ["amazon-books"],
+                         ["sft", "soft-t1-quoted", "soft-tbest-raw"], [])
+    root, data = tmp_path / "amazon-books", str(tmp_path / "data" / "amazon-books")
+    assert [(s.kind, s.owner) for s in steps] == [
+        ("prepare", "data"), ("train-llm", "sft"), ("evaluate-llm", "sft"),
+        ("distill", "soft-t1-quoted"), ("train-llm", "soft-t1-quoted"), ("evaluate-llm", "soft-t1-quoted"),
+        ("distill", "soft-tbest-raw"), ("train-llm", "soft-tbest-raw"), ("evaluate-llm", "soft-tbest-raw")]
+    distill, train, evaluate = steps[3:6]
+    teacher = root / "teacher-t1-quoted"
+    assert distill.argv[:11] == ["distill", "--run-dir", str(root / "sft"), "--data", data, "--mode", "quoted",
+                                 "--epoch", "1", "--out", str(teacher)]
+    assert distill.output == teacher / "distilled.jsonl"
+    assert train.argv[:9] == ["train", "--method", "soft", "--alpha", "1", "--distilled", str(teacher),
+                              "--out", str(root / "soft-t1-quoted")]
+    assert train.argv[-2:] == ["--epochs", "4"], "the suite's soft_epochs cap, as for the alpha rows"
+    assert evaluate.argv[:3] == ["evaluate", "--run-dir", str(root / "soft-t1-quoted")]
+    assert evaluate.output == quality.planning.eval_folder(tmp_path, "amazon-books", "soft-t1-quoted") / "metrics.json"
+    best = steps[6].argv
+    assert "--epoch" not in best and best[best.index("--out") + 1] == str(root / "teacher-tbest-raw")
+
+
+def test_study_rows_reuse_the_sft_steps_of_the_main_rows(tmp_path):
+    steps = quality.plan(suites.SUITES["cpu-medium"], tmp_path, ["amazon-books"],
+                         ["soft-a1", "soft-t1-raw", "soft-t2-grounded"], [])
+    assert [s.owner for s in steps if s.kind == "train-llm"] == ["sft", "soft-a1", "soft-t1-raw", "soft-t2-grounded"]
+    assert len({s.command for s in steps}) == len(steps)
+
+
+def test_unknown_study_name_is_a_one_line_error_naming_the_pattern(tmp_path, capsys):
+    assert cli_main(["bench", "quality", "--out", str(tmp_path), "--methods", "sft,soft-t1-sample", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "soft-t1-sample" in err and "soft-t{E}-{rule}" in err and "\n" not in err
+
+
+def _finished_row(out, method, hits, n=20, extra=None):
+    """A row's evaluation as `softrec evaluate` leaves it: `hits` of n samples ranked 1."""
+    folder = quality.planning.eval_folder(out, "amazon-books", method)
+    folder.mkdir(parents=True)
+    rows = [{"sample_id": str(i), "target_rank": 1 if i < hits else None} for i in range(n)]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "metrics.json").write_text(json.dumps({"validity": 1.0}))
+    for name, payload in (extra or {}).items():
+        (out / "amazon-books" / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / "amazon-books" / name).write_text(json.dumps(payload))
+
+
+def test_results_record_the_teacher_and_keep_study_rows_out_of_the_average(tmp_path):
+    out = tmp_path / "bench"
+    history = [{"epoch": 1, "best": True, "valid": {"HR@10": 0.10, "NDCG@10": 0.05, "validity": 0.8}},
+               {"epoch": 2, "best": True, "valid": {"HR@10": 0.15, "NDCG@10": 0.07, "validity": 0.9}},
+               {"epoch": 3, "best": False, "valid": {"HR@10": 0.12, "NDCG@10": 0.06, "validity": 0.9}}]
+    _finished_row(out, "sft", 4, extra={"sft/history.json": history})
+    _finished_row(out, "soft-sd-only", 5)
+    manifest = {"artefacts": {"distilled.jsonl": {"exact_title_share": 0.75}}}
+    _finished_row(out, "soft-t1-quoted", 6, extra={"teacher-t1-quoted/manifest.json": manifest})
+    _finished_row(out, "soft-tbest-raw", 3)
+    assert cli_main(["bench", "quality", "--suite", "cpu-medium", "--datasets", "amazon-books", "--out", str(out),
+                     "--methods", "sft,soft-sd-only,soft-t1-quoted,soft-tbest-raw", "--resamples", "200",
+                     "--report-only"]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    rows = payload["results"]["amazon-books"]["methods"]
+    assert set(payload["average_gains"]) == {"soft-sd-only/sft"} == set(payload["results"]["amazon-books"]["gains"])
+    quoted, best = rows["soft-t1-quoted"], rows["soft-tbest-raw"]
+    assert quoted["gains"]["HR@10"] == pytest.approx(50.0) and best["gains"]["HR@10"] == pytest.approx(-25.0)
+    assert quoted["vs_sft_baseline"] == "sft" and set(quoted["vs_sft"]["HR@10"]) == {"diff", "low", "high", "p"}
+    assert quoted["teacher"] == {"epoch": 1, "rule": "quoted", "exact_title_share": 0.75, "valid_epoch": 1,
+                                 "valid_HR@10": 0.10, "valid_NDCG@10": 0.05, "valid_validity": 0.8}
+    assert best["teacher"]["epoch"] is None and best["teacher"]["valid_epoch"] == 2  # SFT's kept epoch
+    assert best["teacher"]["exact_title_share"] is None  # no manifest: not distilled by this bench
+    text = (out / "results.md").read_text()
+    assert "When does SOFT help?" in text and "| BIGRec-SOFT teacher epoch 1, quoted | 0.750 | 0.1000 |" in text
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "study.png").shape[:2] == (540, 840)  # 7 x 4.5 in at 120 dpi
+
+    # without study rows the report writes no study.png, and removes the earlier one
+    assert cli_main(["bench", "quality", "--suite", "cpu-medium", "--datasets", "amazon-books", "--out", str(out),
+                     "--methods", "sft,soft-sd-only", "--resamples", "200", "--report-only"]) == 0
+    assert not (out / "study.png").exists()
