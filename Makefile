@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-slow lint bench-quality bench-speed devkit
+.PHONY: setup run test test-slow lint bench-quality bench-speed devkit devkit-quality
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ bench-speed: setup
 # The kit for a lent GPU (docs/scaling.md, "Generation on a GPU"): wheels, model files, prompts, the command.
 devkit: setup
 	$(PY) benchmarks/device_kit.py $(ARGS)
+
+# The quality run on a lent GPU (docs/scaling.md, "Quality on a lent GPU"): the real weights in 60 MiB
+# parts, the dataset, the wheels, and the device calls in order.
+devkit-quality: setup
+	$(PY) benchmarks/device_quality.py build $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

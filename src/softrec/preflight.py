@@ -221,6 +221,27 @@ def prompt_tokens(dataset: Any, config: Any, probe: int = 64, *, mean: bool = Fa
     return min(config.model.max_length, int((typical + template) / 3.5) + 1)
 
 
+def train_flops_per_token(shape: BackboneShape, *, lora: bool, soft: bool, response_tokens: float,
+                          mean_tokens: float) -> float:
+    """FLOPs per trained token: the decoder layers at every token (4x their weights for LoRA, 6x for
+    full fine-tuning), the LM head only at the response's tokens."""
+    head = shape.vocab * shape.hidden
+    body = shape.params - head  # the (tied) embedding is a lookup; the head runs at labelled positions only
+    flops = (4 if lora else 6) * body + 6 * head * response_tokens / mean_tokens
+    return flops * 1.15 if soft else flops  # the packed second response (measured SOFT step / SFT step: 1.09-1.16)
+
+
+def generation_flops(shape: BackboneShape, n_samples: int, *, prompt_tokens: float, num_beams: int,
+                     new_tokens: int, titles: int) -> float:
+    """The engine's FLOPs: each prompt prefilled once through the decoder layers (the LM head at its
+    last token), then every beam's new tokens through the layers and the full LM head; the catalogue
+    (~16 tokens a title) embedded once."""
+    head = shape.vocab * shape.hidden
+    body = shape.params - head  # the embedding matrix is the (tied) head; a lookup costs nothing
+    flops = 2 * n_samples * (prompt_tokens * body + head + num_beams * new_tokens * (body + head))
+    return flops + 2 * titles * 16 * body
+
+
 def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, device: str | None = None,
                    world_size: int | None = None) -> Estimate:
     """Peak memory per process and wall time of `train_llm` with these settings."""
@@ -249,13 +270,10 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
     n = n_samples if n_samples is not None else len(dataset.split("train"))
     if train.train_samples:
         n = min(n, train.train_samples)
-    head = shape.vocab * shape.hidden
-    body = shape.params - head  # the (tied) embedding is a lookup; the head runs at labelled positions only
     mean_seq = prompt_tokens(dataset, config, mean=True)
     response = TYPICAL_RESPONSE_TOKENS if train.logits_at_labels_only else mean_seq
-    flops_per_token = (6 if not lora.enabled else 4) * body + 6 * head * response / mean_seq
-    if is_soft(config.train.method):
-        flops_per_token *= 1.15  # the packed second response (measured SOFT step / SFT step: 1.09-1.16)
+    flops_per_token = train_flops_per_token(shape, lora=lora.enabled, soft=is_soft(config.train.method),
+                                            response_tokens=response, mean_tokens=mean_seq)
     from softrec.hardware import use_bf16
 
     bf16 = use_bf16(train.bf16, "cpu" if device == "cpu" else "cuda")
@@ -288,14 +306,9 @@ def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str
         "catalogue": len(dataset.titles) * shape.hidden * 4,
         "runtime": int(0.5 * GiB) if device == "cpu" else int(1.0 * GiB),
     }
-    # the engine: each prompt prefilled once through the decoder layers (the LM head at its last token),
-    # then every beam's new tokens through the layers and the full LM head; the catalogue embedded once
-    new = min(max_new_tokens, TYPICAL_NEW_TOKENS)
-    head = shape.vocab * shape.hidden
-    body = shape.params - head  # the embedding matrix is the (tied) head; a lookup costs nothing
     prompt = prompt_tokens(dataset, config, mean=True)
-    flops = 2 * n_samples * (prompt * body + head + num_beams * new * (body + head))
-    flops += 2 * len(dataset.titles) * 16 * body
+    flops = generation_flops(shape, n_samples, prompt_tokens=prompt, num_beams=num_beams,
+                             new_tokens=min(max_new_tokens, TYPICAL_NEW_TOKENS), titles=len(dataset.titles))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     from softrec.hardware import use_bf16
 

@@ -22,9 +22,12 @@ finished chunks. Suites (sizes stated in results.md):
              validation on 32, test on the first 100 of the 1000 prepared test samples; classic models
              on the whole training pool, at most 50 epochs. Hours on 2 CPU cores. Intervals are wide:
              this scale checks that everything runs and shows magnitudes; it cannot detect SOFT's effect.
-  gpu        the reference protocol: 4096/512/1000 samples, 7 epochs, effective batch 256, bf16,
-             5-shot ICL, classic models with their defaults. Runs unchanged on one GPU or several
-             (--launcher "torchrun --nproc_per_node N").
+  gpu        the reference protocol: 4096/512/1000 samples, 7 epochs (SFT and SOFT), effective batch
+             256, bf16, the alpha sweep (1, 10, 100), 5-shot ICL, classic models with their defaults.
+             Runs unchanged on one GPU or several (--launcher "torchrun --nproc_per_node N").
+  gpu-10min  amazon-books' BIGRec rows (SFT + the sweep) at the reference data sizes, SOFT capped at 4
+             epochs: what the time plan fits into one 10-minute call on one H200 (docs/scaling.md).
+  --time-plan GPU prints each step's estimated seconds on one such GPU (assumed rates, unmeasured).
   smoke      the tiny random model on the built-in demo data, a few minutes: checks an install, nothing more.
 
 This module is the command; its parts: `suites` (suites and methods), `planning` (the commands, in
@@ -39,7 +42,6 @@ import shlex
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from softrec.bench.quality.execution import StepLog, execute
 from softrec.bench.quality.planning import plan
@@ -55,14 +57,10 @@ from softrec.bench.quality.suites import (
     alpha_method,
     known,
 )
+from softrec.bench.quality.timeplan import describe
 from softrec.config import EvalConfig
 from softrec.errors import UserError
-
-
-def _setting(sets: tuple[str, ...], key: str, default: Any) -> Any:
-    values = [v.split("=", 1)[1] for v in sets if v.startswith(f"{key}=")]
-    return values[-1] if values else default
-
+from softrec.preflight import GPU_FLOPS
 
 # ---- CLI -------------------------------------------------------------------------------------------
 
@@ -88,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(e.g. benchmarks/results/quality-cpu-small-DATE)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and stop")
+    parser.add_argument("--time-plan", metavar="GPU", choices=sorted(GPU_FLOPS),
+                        help="print every step's estimated seconds on one such GPU and stop (assumed rates, "
+                        "never measured: softrec.bench.quality.timeplan)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rebuild the results from the finished rows in --out")
     parser.set_defaults(func=run)
@@ -111,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
         methods[methods.index("soft"):methods.index("soft") + 1] = [alpha_method(a) for a in suite.alphas]
     out = args.out.resolve()
     steps = plan(suite, out, datasets, methods, shlex.split(args.launcher))
+    if args.time_plan:
+        print(describe(steps, suite, out, datasets, args.time_plan))
+        return 0
     if args.dry_run:
         print("\n".join(step.command for step in steps))
         return 0
@@ -123,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: no finished evaluations to report")
     payload = {
         "suite": dataclasses.asdict(suite), "scale": suite.scale(), "split": SPLIT, "grounding": GROUNDING,
-        "num_beams": _setting(suite.llm_sets, "eval.num_beams", EvalConfig().num_beams), "out": str(out),
+        "num_beams": suite.setting("eval.num_beams", EvalConfig().num_beams), "out": str(out),
         "command": shlex.join(["softrec", *sys.argv[1:]]) if sys.argv and "softrec" in sys.argv[0] else
         shlex.join(["softrec", "bench", "quality", "--suite", args.suite, "--out", str(args.out)]),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from softrec.config import DISTILL_MODES
 
@@ -57,6 +58,11 @@ class Suite:
                 f"models on the whole training pool; extra settings: {', '.join(self.llm_sets + self.classic_sets) or 'none'}"
                 + (f"; SOFT alpha swept over {', '.join(f'{a:g}' for a in self.alphas)}, chosen on validation"
                    if self.alphas else ""))
+
+    def setting(self, key: str, default: Any) -> Any:
+        """The last `--set key=value` of the suite's (LLM, then classic) settings, else `default`."""
+        values = [v.split("=", 1)[1] for v in self.llm_sets + self.classic_sets if v.startswith(f"{key}=")]
+        return values[-1] if values else default
 
     def rows(self) -> list[str]:
         """The suite's methods, the alpha sweep's runs in place of a single SOFT run."""
@@ -122,10 +128,28 @@ SUITES = {
         methods=("sasrec", "gru4rec", "sft", "soft", "soft-sd-only"),
         soft_epochs=4,
     ),
+    # The reference protocol (SOFT.md sections 2, 4, 6): 4096/512/1000, at most 7 epochs for SFT and SOFT
+    # alike, patience 2, the alpha sweep; generation in batches of 256 prompts (~5 GB of KV cache in
+    # bf16). Time plan on one H200 (`--time-plan H200`, unmeasured): ~38 min for amazon-books, all
+    # rows; its BIGRec rows alone (sft + the sweep) ~16 min, so one dataset does not fit in 10 minutes.
     "gpu": Suite(
         "gpu", ("ml-100k", "amazon-books", "amazon-industrial"), "gemma-3-270m",
         train_size=None, valid_size=None, test_limit=None, epochs=7, effective_batch=256, micro_batch=16, shots=5,
-        llm_sets=("train.bf16=on",),
+        llm_sets=("train.bf16=on", "eval.batch_size=256"),
+        alphas=(1.0, 10.0, 100.0),
+    ),
+    # The largest plan for amazon-books that the time plan fits into one 10-minute call on one H200 with
+    # the wheels' install and the GGUF's conversion (~2 min, benchmarks/device_quality.py): the reference
+    # data (4096/512/1000) and SFT's 7 epochs, the BIGRec rows only, SOFT capped at 4 epochs (like
+    # cpu-medium), micro-batches of 64 (dispatch-bound steps: 4x fewer than 16) and generation in batches
+    # of 512 prompts (~10 GB of KV cache in bf16). Time plan: ~6.9 min, unmeasured (docs/scaling.md).
+    "gpu-10min": Suite(
+        "gpu-10min", ("amazon-books",), "gemma-3-270m",
+        train_size=None, valid_size=None, test_limit=None, epochs=7, effective_batch=256, micro_batch=64, shots=5,
+        llm_sets=("train.bf16=on", "eval.batch_size=512"),
+        alphas=(1.0, 10.0, 100.0),
+        methods=("sft", "soft"),
+        soft_epochs=4,
     ),
     # a minutes-long check of an install: the tiny random model on the built-in demo; numbers meaningless
     "smoke": Suite(
