@@ -83,7 +83,7 @@ def test_distill_covers_only_the_training_subset(sft_run, tiny_dataset):
     ('""\n"Emma"', '""'),
 ])
 def test_first_quoted_cuts_after_the_first_closing_quote(text, cut):
-    from softrec.inference.distill import first_quoted
+    from softrec.data.prompts import first_quoted
 
     assert first_quoted(text) == cut
     assert first_quoted(cut) == cut

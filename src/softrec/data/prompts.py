@@ -77,6 +77,16 @@ def strip_response(text: str, rule: str = "whole") -> str:
     return text.strip('"').strip()
 
 
+def first_quoted(text: str) -> str:
+    """`text` cut right after its first closing quote: '"Title A"\n"Title B"' -> '"Title A"'. An
+    opening quote (after leading spaces) is skipped; a text with no closing quote stays as generated."""
+    start = len(text) - len(text.lstrip())
+    if text.startswith('"', start):
+        start += 1
+    end = text.find('"', start)
+    return text if end < 0 else text[: end + 1]
+
+
 def build_prompt(
     titles: Sequence[str],
     domain: Domain,

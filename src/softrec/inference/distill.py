@@ -28,7 +28,13 @@ from tqdm.auto import tqdm
 
 from softrec.config import Config
 from softrec.data.dataset import PreparedDataset, Sample
-from softrec.data.prompts import prompt_fingerprint, response_text, sample_prompt, strip_response
+from softrec.data.prompts import (
+    first_quoted,
+    prompt_fingerprint,
+    response_text,
+    sample_prompt,
+    strip_response,
+)
 from softrec.data.subsets import training_samples
 from softrec.errors import UserError
 from softrec.runs import RunDir, content_key, path_sha256, read_jsonl, resumable_chunks, write_jsonl
@@ -88,16 +94,6 @@ def _generate_targets(
         nearest = ((emb[:, None, :] - catalogue[None, :, :]) ** 2).sum(-1).argmin(dim=1)
         texts = [response_text(titles[int(i)]) for i in nearest]
     return texts
-
-
-def first_quoted(text: str) -> str:
-    """`text` cut right after its first closing quote: '"Title A"\n"Title B"' -> '"Title A"'. An
-    opening quote (after leading spaces) is skipped; a text with no closing quote stays as generated."""
-    start = len(text) - len(text.lstrip())
-    if text.startswith('"', start):
-        start += 1
-    end = text.find('"', start)
-    return text if end < 0 else text[: end + 1]
 
 
 def _sample(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:

@@ -112,9 +112,10 @@ def _choose_alpha(rows: dict[str, Any]) -> None:
 def _study(rows: dict[str, Any], root: Path) -> None:
     """Each soft-t{E}-{rule} row's teacher facts and relative gains over SFT, kept on the row itself:
     the study's rows never enter `gains`, hence never the headline average."""
+    sft_history = rows["sft"]["history"] if "sft" in rows else _history(root / "sft")
     for method, row in rows.items():
         if teacher_of(method) is not None:
-            row["teacher"] = teacher_facts(root, method, _history(root / "sft"))
+            row["teacher"] = teacher_facts(root, method, sft_history)
             if "sft" in rows:
                 row["gains"] = _relative(rows["sft"], row)
 
