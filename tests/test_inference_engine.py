@@ -271,3 +271,31 @@ def test_refill_schedule_with_a_finished_prompt_riding_past_the_limit():
     for index, prompt in enumerate(order):
         assert [len(ids) for ids in results[index].token_ids] == [finish[prompt]] * k
         assert all(ids[-1] == eos for ids in results[index].token_ids)
+
+
+def test_a_batch_prefilled_in_length_groups_gives_the_same_beams(adapted, tiny_dataset, monkeypatch):
+    """A batch's prompts are prefilled in groups of PREFILL_GROUP (each padded to its own longest) and
+    joined into one cache: the beams must not change, constrained to titles or not."""
+    from softrec.inference import generate as engine
+    from softrec.inference.generate import generate_baseline
+    from softrec.inference.trie import DictTrie, TitleTrie
+
+    model, tokenizer = adapted
+    prompts = _prompts(tiny_dataset, 10)
+    kwargs = {"num_beams": 4, "max_new_tokens": 16}
+    groups = []
+    start = engine._Batch.start
+    monkeypatch.setattr(engine._Batch, "start", lambda self, encoded: groups.append(len(encoded["input_ids"]))
+                        or start(self, encoded))
+    monkeypatch.setattr(engine, "PREFILL_GROUP", 3)
+    ours = generate_beam_ids(model, tokenizer, prompts, batch_size=10, dtype="float32", refill=False, **kwargs)
+    assert groups == [3]  # the first group starts the batch, the other three join it
+    plain = generate_plain(model, tokenizer, prompts, batch_size=10, **kwargs)
+    assert [b.token_ids for b in ours] == [b.token_ids for b in plain]
+
+    trie = TitleTrie.from_titles(tokenizer, tiny_dataset.titles)
+    constrained = generate_beam_ids(model, tokenizer, prompts, batch_size=10, dtype="float32", constrain_to=trie,
+                                    **kwargs)
+    reference = generate_baseline(model, tokenizer, prompts, batch_size=10,
+                                  trie=DictTrie.from_titles(tokenizer, tiny_dataset.titles), **kwargs)
+    assert [b.token_ids for b in constrained] == [b.token_ids for b in reference]

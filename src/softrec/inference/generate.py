@@ -305,6 +305,33 @@ class _Batch:
             self.mask = self.mask[:, unused:]
 
 
+PREFILL_GROUP = 8  # prompts per prefill: a batch's prompts differ in length; each group pads to its own longest
+
+
+def _start_in_groups(batch: _Batch, tokenizer: Any, prompts: Sequence[str], admitted: list[int]) -> torch.Tensor:
+    """Prefill a new batch's (length-sorted) prompts in groups of PREFILL_GROUP, each padded only to
+    its own longest prompt, and join them into one cache; `admitted` keeps the prompts it took.
+
+    Prefill runs near the matmul peak, so its cost is the padded token count: 32 random test
+    prompts padded to their longest are ~half padding after the shared template prefix
+    (benchmarks/results/generation-cpu-2026-11-30d). A group the cache cannot take (a layer whose
+    window would slide) is dropped from `admitted`, back to the caller's queue.
+    """
+    encoded = encode_prompts(tokenizer, [prompts[i] for i in admitted])
+    window, width = batch.window, encoded["input_ids"].shape[1]
+    if len(admitted) <= PREFILL_GROUP or (window and width + batch.settings.max_new_tokens >= window):
+        return batch.start(encoded)  # one group, or prompts too long for rows to be joined
+    groups = [admitted[i : i + PREFILL_GROUP] for i in range(0, len(admitted), PREFILL_GROUP)]
+    firsts = [batch.start(encode_prompts(tokenizer, [prompts[i] for i in groups[0]]))]
+    for taken, group in enumerate(groups[1:], start=1):
+        first = batch.admit(encode_prompts(tokenizer, [prompts[i] for i in group]))
+        if first is None:
+            del admitted[sum(map(len, groups[:taken])) :]
+            break
+        firsts.append(first)
+    return torch.cat(firsts)
+
+
 def _decode(lm: Any, prompts: Sequence[str], tokenizer: Any, settings: BeamSettings, batch_size: int,
             trie: TitleTrie | None, record: Callable[[int, BeamResult], None], refill: bool) -> None:
     """Beam search over all prompts in length order, in batches of `batch_size` prompts whose
@@ -331,7 +358,9 @@ def _decode(lm: Any, prompts: Sequence[str], tokenizer: Any, settings: BeamSetti
                 start += len(chosen)
             return first
 
-        first = batch.start(encode_prompts(tokenizer, [prompts[i] for i in admitted]))
+        taken = len(admitted)
+        first = _start_in_groups(batch, tokenizer, prompts, admitted)
+        start -= taken - len(admitted)  # prompts the cache could not take go back to the queue
         beam_search(first, batch.step, candidates, settings, reorder=batch.cache.reorder_cache, keep=batch.keep,
                     record=lambda index, result, admitted=admitted: record(admitted[index], result),
                     admit=admit if refill and trie is None else None)
