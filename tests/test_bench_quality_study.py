@@ -56,6 +56,25 @@ def test_unknown_study_name_is_a_one_line_error_naming_the_pattern(tmp_path, cap
     assert "soft-t1-sample" in err and "soft-t{E}-{rule}" in err and "\n" not in err
 
 
+def test_a_teacher_adapter_stands_in_for_an_epoch_the_sft_run_did_not_keep(tmp_path, capsys):
+    adapter = tmp_path / "sft-step32"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    base = ["bench", "quality", "--suite", "cpu-medium", "--out", str(tmp_path / "out"), "--datasets", "amazon-books",
+            "--methods", "sft,soft-t1-raw,soft-t2-raw", "--dry-run"]
+    assert cli_main([*base, "--teacher-adapter", f"amazon-books:1={adapter}"]) == 0
+    distills = [line for line in capsys.readouterr().out.splitlines() if line.startswith("softrec distill")]
+    assert len(distills) == 2
+    assert f"--adapter {adapter}" in distills[0] and "--epoch" not in distills[0]
+    assert "--epoch 2" in distills[1] and "--adapter" not in distills[1], "other epochs still come from RUN/epochs"
+    for bad, named in ((f"amazon-books:x={adapter}", "expected DATASET:E=DIR"),
+                       (f"ml-100k:1={adapter}", "not one of the datasets"),
+                       (f"amazon-books:1={tmp_path}", "adapter_config.json")):
+        assert cli_main([*base, "--teacher-adapter", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert named in err and "\n" not in err, err
+
+
 def _finished_row(out, method, hits, n=20, extra=None):
     """A row's evaluation as `softrec evaluate` leaves it: `hits` of n samples ranked 1."""
     folder = quality.planning.eval_folder(out, "amazon-books", method)

@@ -72,6 +72,21 @@ def _methods(value: str) -> list[str]:
     return chosen
 
 
+def _teacher_adapters(values: list[str], datasets: list[str]) -> dict[tuple[str, int], Path]:
+    adapters = {}
+    for value in values:
+        dataset, _, rest = value.partition(":")
+        epoch, _, folder = rest.partition("=")
+        if not (dataset and epoch.isdigit() and int(epoch) > 0 and folder):
+            raise UserError(f"--teacher-adapter {value!r}: expected DATASET:E=DIR, e.g. amazon-books:1=/path/to/adapter")
+        if dataset not in datasets:
+            raise UserError(f"--teacher-adapter {value!r}: {dataset!r} is not one of the datasets ({', '.join(datasets)})")
+        if not (Path(folder) / "adapter_config.json").is_file():
+            raise UserError(f"--teacher-adapter {value!r}: {folder} has no adapter_config.json (not a peft adapter folder)")
+        adapters[(dataset, int(epoch))] = Path(folder).resolve()
+    return adapters
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default="cpu-small", choices=sorted(SUITES))
     parser.add_argument("--out", required=True, type=Path, help="folder for the runs and results.{json,md,png}")
@@ -79,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "amazon-industrial), looked up like `softrec data prepare --dataset`")
     parser.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)} (default: the suite's), "
                         f"and study rows {STUDY_PATTERN}")
+    parser.add_argument("--teacher-adapter", action="append", default=[], metavar="DATASET:E=DIR",
+                        help="study rows soft-tE-*: SFT's epoch E on DATASET is the peft adapter in DIR (for an "
+                        "SFT run that does not keep RUN/epochs/epoch-E); repeatable")
     parser.add_argument("--model", help="LLM backbone instead of the suite's (registry name or HF dir)")
     parser.add_argument("--launcher", default="", help="prefix for LLM training/evaluation, e.g. "
                         "'torchrun --nproc_per_node 4' (runs `... -m softrec ...`)")
@@ -111,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     if suite.alphas and "soft" in methods:
         methods[methods.index("soft"):methods.index("soft") + 1] = [alpha_method(a) for a in suite.alphas]
     out = args.out.resolve()
-    steps = plan(suite, out, datasets, methods, shlex.split(args.launcher))
+    adapters = _teacher_adapters(args.teacher_adapter, datasets)
+    steps = plan(suite, out, datasets, methods, shlex.split(args.launcher), adapters)
     if args.time_plan:
         print(describe(steps, suite, out, datasets, args.time_plan))
         return 0

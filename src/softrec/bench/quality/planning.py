@@ -37,11 +37,15 @@ def _sets(values: tuple[str, ...] | list[str]) -> list[str]:
     return [part for value in values for part in ("--set", value)]
 
 
-def plan(suite: Suite, out: Path, datasets: list[str], methods: list[str], launcher: list[str]) -> list[PlannedStep]:
-    """Every step of every requested (dataset, method), dependencies first, each once."""
+def plan(suite: Suite, out: Path, datasets: list[str], methods: list[str], launcher: list[str],
+         teacher_adapters: dict[tuple[str, int], Path] | None = None) -> list[PlannedStep]:
+    """Every step of every requested (dataset, method), dependencies first, each once.
+    `teacher_adapters[(dataset, E)]`: the adapter folder of SFT's epoch E, for a study row whose SFT run
+    does not keep that epoch (trained before RUN/epochs existed, or with keep_epoch_adapters off)."""
     steps: dict[str, PlannedStep] = {}
     for name in datasets:
-        for step in _DatasetPlan(suite, out, name, launcher).steps(methods):
+        adapters = {epoch: path for (dataset, epoch), path in (teacher_adapters or {}).items() if dataset == name}
+        for step in _DatasetPlan(suite, out, name, launcher, adapters).steps(methods):
             steps.setdefault(step.command, step)
     return list(steps.values())
 
@@ -49,8 +53,9 @@ def plan(suite: Suite, out: Path, datasets: list[str], methods: list[str], launc
 class _DatasetPlan:
     """The steps of one dataset: a method's row pulls in what it needs (SFT teacher, SASRec items)."""
 
-    def __init__(self, suite: Suite, out: Path, name: str, launcher: list[str]):
+    def __init__(self, suite: Suite, out: Path, name: str, launcher: list[str], adapters: dict[int, Path]):
         self.suite, self.name, self.launcher, self.bench_out = suite, name, launcher, out
+        self.adapters = adapters
         self.data, self.root = out / "data" / name, out / name
         evaluation = ["--split", SPLIT, "--grounding", GROUNDING, "--quiet", "--no-preflight"]
         self.evaluation = evaluation + (["--limit", str(suite.test_limit)] if suite.test_limit else [])
@@ -93,9 +98,13 @@ class _DatasetPlan:
         """A soft-t{E}-{rule} row: SFT's epoch E (or best) distilled by `rule` into a teacher run of
         its own, then SOFT at the suite's fixed study alpha on those targets."""
         teacher = self.root / teacher_dir(method)
+        if epoch in self.adapters:
+            weights = ["--adapter", str(self.adapters[epoch])]
+        else:
+            weights = ["--epoch", str(epoch)] if epoch is not None else []
         self.step("distill", method, ["distill", "--run-dir", str(self.root / "sft"), "--data", str(self.data),
-                                      "--mode", rule, *(["--epoch", str(epoch)] if epoch is not None else []),
-                                      "--out", str(teacher), *_sets(self.suite.llm_sets)], teacher / "distilled.jsonl")
+                                      "--mode", rule, *weights, "--out", str(teacher), *_sets(self.suite.llm_sets)],
+                  teacher / "distilled.jsonl")
         self.train_evaluate(method, ["--method", "soft", "--alpha", f"{self.suite.study_alpha:g}",
                                      "--distilled", str(teacher)], soft=True)
 
