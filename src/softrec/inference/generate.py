@@ -5,8 +5,9 @@ evaluation, `recommend`, ICL. Beam search, optionally constrained to catalogue t
 `beam.py` for the loop and why it is exact) at a fraction of the cost:
 - LoRA is folded into the weights while decoding (`decoding_model`), in the fastest dtype the
   hardware computes natively ("auto": bf16 on AMX/AVX512-BF16 CPUs and GPUs, fp32 elsewhere);
-- prompts are sorted by length into large batches (little padding, the LM head's weights read once
-  per step for many rows) and prefilled once, not once per beam;
+- prompts are sorted by length into large batches (the LM head's weights read once per step for
+  many rows) and prefilled once, not once per beam, in groups of 8 that each pad only to their own
+  longest prompt (`_start_in_groups`);
 - the KV cache grows in place and only its generated tail is reordered (`cache.py`);
 - a prompt leaves the batch as soon as its beams are final, and (unconstrained decoding) the next
   prompts of the queue take its slots, so the batch stays full instead of ending as a few rows
