@@ -270,12 +270,15 @@ class _Batch:
         self.mask, self.position = mask.repeat_interleave(k, dim=0), (positions[:, -1] + 1).repeat_interleave(k)
         return first
 
+    def fits(self, columns: int) -> bool:
+        """Whether rows of `columns` prompt tokens can be joined in one cache: every generated token
+        stays inside a sliding layer's window, so no layer's cache slides."""
+        return not self.window or columns + self.settings.max_new_tokens < self.window
+
     def admit(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Prefill more prompts and append their rows; None when the cache cannot take them
         (a layer whose window would slide), and the prompts are left for a later batch."""
-        columns = max(self.mask.shape[1], encoded["input_ids"].shape[1])
-        fits = not self.window or columns + self.settings.max_new_tokens < self.window
-        if not (fits and self.cache.can_append()):
+        if not (self.fits(max(self.mask.shape[1], encoded["input_ids"].shape[1])) and self.cache.can_append()):
             return None
         k, added = self.settings.num_beams, PromptSharedCache(self.lm.config)
         first, mask, positions = self._run_prompts(encoded, added)
@@ -318,16 +321,18 @@ def _start_in_groups(batch: _Batch, tokenizer: Any, prompts: Sequence[str], admi
     (benchmarks/results/generation-cpu-2026-11-30d). A group the cache cannot take (a layer whose
     window would slide) is dropped from `admitted`, back to the caller's queue.
     """
-    encoded = encode_prompts(tokenizer, [prompts[i] for i in admitted])
-    window, width = batch.window, encoded["input_ids"].shape[1]
-    if len(admitted) <= PREFILL_GROUP or (window and width + batch.settings.max_new_tokens >= window):
-        return batch.start(encoded)  # one group, or prompts too long for rows to be joined
     groups = [admitted[i : i + PREFILL_GROUP] for i in range(0, len(admitted), PREFILL_GROUP)]
-    firsts = [batch.start(encode_prompts(tokenizer, [prompts[i] for i in groups[0]]))]
-    for taken, group in enumerate(groups[1:], start=1):
-        first = batch.admit(encode_prompts(tokenizer, [prompts[i] for i in group]))
+    encoded = [encode_prompts(tokenizer, [prompts[i] for i in group]) for group in groups]
+    if len(encoded) == 1:
+        return batch.start(encoded[0])
+    if not batch.fits(max(group["input_ids"].shape[1] for group in encoded)):
+        # prompts too long for rows to be joined: one prefill of the whole batch
+        return batch.start(encode_prompts(tokenizer, [prompts[i] for i in admitted]))
+    firsts = [batch.start(encoded[0])]
+    for taken, group in enumerate(encoded[1:], start=1):
+        first = batch.admit(group)
         if first is None:
-            del admitted[sum(map(len, groups[:taken])) :]
+            del admitted[taken * PREFILL_GROUP :]
             break
         firsts.append(first)
     return torch.cat(firsts)
