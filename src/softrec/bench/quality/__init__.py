@@ -17,7 +17,7 @@ rows, kept out of the average gain, with their teacher's facts and DIR/study.png
 
 Resumable: finished steps are recorded in DIR/steps.json and skipped; an interrupted step is rerun,
 and `softrec train` picks up its last checkpoint (`--resume`), evaluation and distillation their
-finished chunks. Suites (sizes stated in results.md):
+finished chunks. `--pack FILE` carries the folder to another machine (restore: `tar xzf FILE -C DIR`). Suites (sizes stated in results.md):
   cpu-small  Gemma 3 270M, LoRA; SFT/SOFT on 128 training samples for 2 epochs (effective batch 16),
              validation on 32, test on the first 100 of the 1000 prepared test samples; classic models
              on the whole training pool, at most 50 epochs. Hours on 2 CPU cores. Intervals are wide:
@@ -32,7 +32,8 @@ finished chunks. Suites (sizes stated in results.md):
 
 This module is the command; its parts: `suites` (suites and methods), `planning` (the commands, in
 order), `execution` (running them, DIR/steps.json), `results` (collecting metrics, intervals, gains) and
-`report` (results.md, results.png, saved predictions).
+`report` (results.md, results.png, saved predictions) and `pack` (--pack: the folder in one file,
+to resume on another machine).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from softrec.bench.quality.execution import StepLog, execute
+from softrec.bench.quality.pack import pack
 from softrec.bench.quality.planning import plan
 from softrec.bench.quality.report import markdown, plot, save_predictions
 from softrec.bench.quality.results import average_gains, collect
@@ -109,6 +111,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "never measured: softrec.bench.quality.timeplan)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rebuild the results from the finished rows in --out")
+    parser.add_argument("--pack", type=Path, metavar="FILE",
+                        help="run nothing: write FILE (tar.gz) with what resuming --out on another machine needs "
+                        "(steps, data, finished rows, each run's newest checkpoint); restore it with "
+                        "`tar xzf FILE -C OUT` on the same --out path")
     parser.set_defaults(func=run)
 
 
@@ -129,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
     if suite.alphas and "soft" in methods:
         methods[methods.index("soft"):methods.index("soft") + 1] = [alpha_method(a) for a in suite.alphas]
     out = args.out.resolve()
+    if args.pack:
+        packed = pack(out, args.pack)
+        print(f"packed {out} into {args.pack}: {packed['files']} files, {packed['linked']} stored as links to identical "
+              f"ones, {packed['checkpoints_left_out']} older checkpoints left out, {packed['bytes'] / 2**20:.1f} MiB")
+        return 0
     adapters = _teacher_adapters(args.teacher_adapter, datasets)
     steps = plan(suite, out, datasets, methods, shlex.split(args.launcher), adapters)
     if args.time_plan:
