@@ -98,3 +98,71 @@ def test_unknown_backbone_skips_the_estimate(tiny_dataset, capsys):
     config = load_config(values={"model.name": "org/some-hub-model"})
     assert preflight.preflight_train(config, tiny_dataset) is None
     assert "no shape known for model 'org/some-hub-model'" in capsys.readouterr().out
+
+
+def test_soft_adds_its_probe_decoding_and_sd_only_does_not(tiny_dataset):
+    def estimate(method):
+        config = load_config(values={"model.name": "gemma-3-270m", "train.method": method, "train.epochs": 2,
+                                     "soft.probe_size": 16})
+        return preflight.estimate_train(config, tiny_dataset)
+
+    soft, sd_only = estimate("soft"), estimate("soft-sd-only")
+    defaults = load_config()
+    probe = preflight.estimate_generation(
+        load_config(values={"model.name": "gemma-3-270m"}), tiny_dataset, 16, stage="probe",
+        num_beams=defaults.soft.distill_beams, max_new_tokens=defaults.soft.distill_max_new_tokens,
+        batch_size=defaults.eval.batch_size)
+    assert "3 probes of 16 samples included" in soft.summary() and "probes" not in sd_only.summary()
+    assert soft.seconds == pytest.approx(sd_only.seconds + 3 * probe.seconds)
+
+
+def test_the_efficiency_factor_is_the_dtypes(monkeypatch):
+    monkeypatch.setattr(preflight, "_cpu_matmul_flops", lambda bf16=False: 100e9)
+    assert preflight.device_flops("cpu", bf16=True) == 100e9 * preflight.CPU_TRAIN_EFFICIENCY[True]
+    assert preflight.device_flops("cpu", generate=True) == 100e9 * preflight.CPU_GENERATE_EFFICIENCY[False]
+
+
+def test_the_matmul_rate_is_the_median_of_bursts_not_one_lucky_burst(monkeypatch):
+    """A fake clock and matmul: six bursts at 4 matmuls/s, one lucky burst at 8/s (a shared VM)."""
+    import torch
+
+    monkeypatch.undo()  # the real timing function
+    durations = iter([0.25] + [0.25] * 9 + [0.125] * 5 + [0.25] * 9)  # warm-up; 3 bursts; the lucky one; 3
+    clock = {"now": 0.0}
+
+    class FakeMatrix:
+        def __matmul__(self, other):
+            clock["now"] += next(durations)
+            return self
+
+    monkeypatch.setattr(torch, "randn", lambda *args, **kwargs: FakeMatrix())
+    monkeypatch.setattr(preflight.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(preflight, "_CPU_FLOPS", {})
+    rate = preflight._cpu_matmul_flops(False, n=10, bursts=7, seconds=0.6)
+    assert rate == 2 * 10**3 * 4  # 3 matmuls in 0.75 s; the lucky burst did 5 in 0.625 s
+    assert next(durations, None) is None
+
+
+def test_the_pipeline_prints_the_whole_recipes_time_and_a_conversion_still_to_come(tiny_dataset, capsys, monkeypatch):
+    from softrec import pipeline
+    from softrec.models import gguf
+
+    config = load_config(values={"model.name": "gemma-3-270m", "train.epochs": 2})
+    monkeypatch.setattr(gguf, "is_converted", lambda name: False)
+    pipeline._preflight(config, tiny_dataset, soft_runs=3)
+    out = capsys.readouterr().out
+    sft = preflight.estimate_train(config.with_(train={"method": "sft"}), tiny_dataset).seconds
+    soft = preflight.estimate_train(config.with_(train={"method": "soft"}), tiny_dataset).seconds
+    total = [line for line in out.splitlines() if line.startswith("preflight total: ~")]
+    assert len(total) == 1 and "3 SOFT run(s)" in total[0] and "one-time conversion of gemma-3-270m" in total[0]
+    assert soft > sft  # the packed second target and the probes
+    generation = {"num_beams": config.eval.num_beams, "batch_size": config.eval.batch_size}
+    distill = preflight.estimate_generation(config, tiny_dataset, len(tiny_dataset.split("train")), stage="distill",
+                                            num_beams=config.soft.distill_beams, batch_size=config.eval.batch_size,
+                                            max_new_tokens=config.soft.distill_max_new_tokens).seconds
+    test = preflight.estimate_generation(config, tiny_dataset, len(tiny_dataset.split("test")), stage="evaluate",
+                                         max_new_tokens=config.eval.max_new_tokens, **generation).seconds
+    assert total[0].startswith(f"preflight total: ~{preflight.duration(sft + distill + 3 * soft + 2 * test)} for")
+    monkeypatch.setattr(gguf, "is_converted", lambda name: True)
+    pipeline._preflight(config, tiny_dataset, soft_runs=1)
+    assert "conversion" not in capsys.readouterr().out

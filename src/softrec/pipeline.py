@@ -68,14 +68,14 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
     # OUT is this command's: refused (untouched) when it holds anything else than its stages
     claim_dir(out, "pipeline", legacy=("data/dataset.json", "sft/run.json", "report/report.md"))
     dataset = prepare(config, out)
+    soft_method = soft_variant(config.train.method)
+    alphas = config.soft.alpha_sweep if sweep_alpha and soft_method == DEFAULT_SOFT else [config.soft.alpha]
     if preflight:
-        _preflight(config, dataset)
+        _preflight(config, dataset, len(alphas))
     sft_dir = train(config.with_(train={"method": "sft"}), dataset, out / "sft")
     _log("distill: self-distilled targets from the SFT model")
     distill(sft_dir, dataset, config)
 
-    soft_method = soft_variant(config.train.method)
-    alphas = config.soft.alpha_sweep if sweep_alpha and soft_method == DEFAULT_SOFT else [config.soft.alpha]
     soft_runs = {}
     for alpha in alphas:
         name = "soft" if len(alphas) == 1 else f"soft-alpha{alpha:g}"
@@ -99,15 +99,25 @@ def run_pipeline(config: Config, out: str | Path, *, sweep_alpha: bool = False, 
     return report
 
 
-def _preflight(config: Config, dataset: PreparedDataset) -> None:
-    """The peak stages: SOFT training (both targets per row), distillation and test evaluation."""
+def _preflight(config: Config, dataset: PreparedDataset, soft_runs: int) -> None:
+    """The peak stages (SOFT training with both targets per row, distillation, test evaluation),
+    then the whole recipe's time: SFT, distillation, each SOFT run and the two evaluations."""
     from softrec.data.subsets import training_samples
-    from softrec.preflight import preflight_generation, preflight_train
+    from softrec.models.gguf import SOURCES, checkpoint_dir, is_converted
+    from softrec.preflight import duration, estimate_train, preflight_generation, preflight_train
 
-    preflight_train(config.with_(train={"method": soft_variant(config.train.method)}), dataset)
-    preflight_generation(config, dataset, len(training_samples(dataset, config)), stage="distill",
-                         num_beams=config.soft.distill_beams, max_new_tokens=config.soft.distill_max_new_tokens)
-    preflight_generation(config, dataset, len(dataset.split("test")), stage="evaluate")
+    soft = preflight_train(config.with_(train={"method": soft_variant(config.train.method)}), dataset)
+    distill = preflight_generation(config, dataset, len(training_samples(dataset, config)), stage="distill",
+                                   num_beams=config.soft.distill_beams, max_new_tokens=config.soft.distill_max_new_tokens)
+    evaluate = preflight_generation(config, dataset, len(dataset.split("test")), stage="evaluate")
+    if soft is None or distill is None or evaluate is None:
+        return
+    sft = estimate_train(config.with_(train={"method": "sft"}), dataset)
+    total = sft.seconds + distill.seconds + soft_runs * soft.seconds + 2 * evaluate.seconds
+    name = config.model.name
+    first_use = name in SOURCES and not is_converted(name)
+    print(f"preflight total: ~{duration(total)} for SFT, distillation, {soft_runs} SOFT run(s) and 2 evaluations"
+          + (f", plus the one-time conversion of {name} into {checkpoint_dir(name)} (1-3 min)" if first_use else ""))
 
 
 def _best_on_validation(runs: dict[str, Path], metric: str = "HR@10", tie_break: bool = False) -> str:

@@ -13,15 +13,19 @@ backbones), its config.json (a local HF checkpoint) or the tiny test model's con
                  + batch x beams x vocab x 4 x 2 (last logits)
 
 Time: FLOPs (about 2 x params per token forward, 4x for LoRA training, 6x for full fine-tuning)
-divided by the device's effective FLOP/s: a table for known GPUs, and on CPU a 0.1 s timed 1024^2
-matmul (in bf16 where the work runs in bf16) scaled by an efficiency factor per kind of work. FLOPs
+divided by the device's effective FLOP/s: a table for known GPUs, and on CPU a timed 1024^2
+matmul (in bf16 where the work runs in bf16; the median of short bursts) scaled by an efficiency
+factor per kind of work and dtype. FLOPs
 count what the code executes: the decoder layers for every token (4x their weights for LoRA
 training, 6x for full fine-tuning), the LM head only at response tokens (training) or at each new
-token of each beam (generation, prompts prefilled once), never the embedding lookup. The factors
-were fitted on `make run` (demo, 128 training samples) on a quiet 2-core AMD EPYC (Zen 3, fp32,
-2026-11-30): SFT 16 steps in 6.1 min (~105 tokens/s), distillation 128 prompts in 4.0 min,
-evaluation 100 prompts in 3.3 min, 1024^2 matmul ~80 GFLOP/s. On CPUs with bf16 hardware the same
-factors apply to the bf16 matmul rate: not yet checked on one.
+token of each beam (generation, prompts prefilled once), never the embedding lookup; SOFT adds its
+curriculum's probe decoding (before training and after every epoch). The fp32 factors were fitted
+on `make run` (demo, 128 training samples) on a quiet 2-core AMD EPYC (Zen 3, fp32, 2026-11-30):
+SFT 16 steps in 6.1 min (~105 tokens/s), distillation 128 prompts in 4.0 min, evaluation 100
+prompts in 3.3 min, 1024^2 matmul ~80 GFLOP/s. The bf16 factors were fitted on `make run` (demo, 64
+training samples) on a 2-core Intel Xeon with AMX (2026-12-05): SFT 89 s (~320 tokens/s), SOFT
+125 s, distillation of 64 prompts 30 s, evaluation of 48 prompts 26 s, 1024^2 bf16 matmul ~390
+GFLOP/s (median; single bursts reached 1000).
 
 The GPU rates are a table of realistic (not peak) bf16 rates, not measured here. Expect a factor of
 2 either way; the job is to flag a run that will take a day or cannot fit, before it starts.
@@ -54,8 +58,11 @@ KNOWN_MODELS: dict[str, dict[str, Any]] = {
 }
 # Dense bf16 FLOP/s at a realistic utilisation for LLM training of small models (not peak).
 GPU_FLOPS = {"H100": 250e12, "H200": 250e12, "A100": 100e12, "L4": 40e12, "A10": 40e12, "T4": 15e12}
-CPU_TRAIN_EFFICIENCY = 0.65  # share of the measured matmul rate of the FLOP model below (fitted, see docstring)
-CPU_GENERATE_EFFICIENCY = 0.7  # the generation engine against its FLOP model (fitted, see docstring)
+# Share of the measured 1024^2 matmul rate that the work reaches under the FLOP model below, by the
+# dtype it runs in (fitted on `make run`, see the docstring): AMX reaches less of its 1024^2 rate than
+# fp32 FMA units do of theirs, on training steps and on beam search alike.
+CPU_TRAIN_EFFICIENCY = {False: 0.65, True: 0.42}  # bf16 -> share
+CPU_GENERATE_EFFICIENCY = {False: 0.7, True: 0.55}
 GPU_GENERATE_EFFICIENCY = 0.1  # assumed, not measured
 TYPICAL_NEW_TOKENS = 32  # beams stop at the end of a title; max_new_tokens is an upper bound
 TYPICAL_RESPONSE_TOKENS = 20  # a quoted title and the end token
@@ -95,12 +102,12 @@ class Estimate:
         parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.memory.items() if v >= GiB / 1000)
         return (
             f"preflight {self.stage} ({self.model} on {self.device}): peak memory ~{self.peak / GiB:.2f} GiB "
-            f"of {self.available / GiB:.1f} GiB available [{parts}]; time ~{_duration(self.seconds)}"
+            f"of {self.available / GiB:.1f} GiB available [{parts}]; time ~{duration(self.seconds)}"
             + "".join(f"; {n}" for n in self.notes)
         )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -188,24 +195,32 @@ def device_flops(device: str, *, generate: bool = False, bf16: bool = False) -> 
     if device != "cpu":
         rate = next((flops for name, flops in GPU_FLOPS.items() if name in device), 50e12)
         return rate * (GPU_GENERATE_EFFICIENCY if generate else 1.0)
-    return _cpu_matmul_flops(bf16) * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)
+    return _cpu_matmul_flops(bf16) * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)[bf16]
 
 
 _CPU_FLOPS: dict[bool, float] = {}
 
 
-def _cpu_matmul_flops(bf16: bool = False, n: int = 1024, seconds: float = 0.1) -> float:
+def _cpu_matmul_flops(bf16: bool = False, n: int = 1024, bursts: int = 7, seconds: float = 0.03) -> float:
+    """The median rate of `bursts` short timed runs of n^2 matmuls: on a shared 2-core VM one burst
+    can run 2.5x faster than the usual rate (seen on an Intel Xeon with AMX, bf16: mostly ~390
+    GFLOP/s, now and then ~1000), and a single 0.1 s timing made the estimate swing 2x."""
     if bf16 not in _CPU_FLOPS:
+        import statistics
+
         import torch
 
         dtype = torch.bfloat16 if bf16 else torch.float32
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b  # warm-up
-        count, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds:
-            a @ b
-            count += 1
-        _CPU_FLOPS[bf16] = 2 * n**3 * count / elapsed
+        rates = []
+        for _ in range(bursts):
+            count, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds:
+                a @ b
+                count += 1
+            rates.append(2 * n**3 * count / elapsed)
+        _CPU_FLOPS[bf16] = statistics.median(rates)
     return _CPU_FLOPS[bf16]
 
 
@@ -286,7 +301,25 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
             config, dataset, n_valid, stage="validate", num_beams=ev.num_beams,
             max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, device=device).seconds
         notes.append(f"validation on {n_valid} samples per epoch included")
+    if probes := _probes(config):  # SOFT's adaptive curriculum: d_0 and one probe distance per epoch
+        soft = config.soft
+        seconds += probes * estimate_generation(
+            config, dataset, soft.probe_size, stage="probe", num_beams=soft.distill_beams,
+            max_new_tokens=soft.distill_max_new_tokens, batch_size=config.eval.batch_size, device=device).seconds
+        notes.append(f"{probes} probes of {soft.probe_size} samples included")
     return Estimate("train", config.model.name, device, memory, seconds, available_memory(device), notes)
+
+
+def _probes(config: Any) -> int:
+    """How many times SOFT's curriculum decodes its probe set in a run: before training (d_0) and after
+    every epoch, when the method's scheduler needs distances; 0 otherwise."""
+    from softrec.methods import method
+    from softrec.training.curriculum import scheduler_for
+
+    if not method(config.train.method).distilled:
+        return 0
+    scheduler = scheduler_for(config.train.method, config.soft, config.train.epochs)
+    return config.train.epochs + 1 if scheduler.needs_distances else 0
 
 
 def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str, num_beams: int,

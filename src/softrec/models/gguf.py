@@ -177,13 +177,18 @@ def convert(name: str, gguf_path: Path, out: Path) -> Path:
     return out
 
 
+def is_converted(name: str) -> bool:
+    """Whether backbone `name`'s checkpoint is cached (no conversion on its next load)."""
+    return (checkpoint_dir(name) / DONE_MARKER).exists()
+
+
 def ensure_checkpoint(name: str) -> Path:
     """The cached safetensors checkpoint for backbone `name`, converting it on first use."""
     source = SOURCES.get(name)
     if source is None:
         raise UserError(f"unknown GGUF backbone '{name}': expected one of {', '.join(sorted(SOURCES))}")
     out = checkpoint_dir(name)
-    if (out / DONE_MARKER).exists():
+    if is_converted(name):
         return out
     with _file_lock(out.parent / f".{name}.lock"):
         if (out / DONE_MARKER).exists():  # another process converted it while we waited
