@@ -40,6 +40,8 @@ def test_quick_run_writes_every_section(tmp_path, tiny_dataset):
                 "evaluation prompts/s", "MFU of a training step", "matmul peak"):
         assert row in markdown
     assert results["command"] in markdown
+    bf16 = results["train"]["bf16_autocast"]  # as measured, for each side (the plain side was once hard-coded)
+    assert f"bf16 autocast: softrec {bf16['softrec']}, plain {bf16['plain']}" in markdown
 
 
 def _median(series):

@@ -30,7 +30,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             format_number(t["plain"]["tokens_per_s"]["median"]) + " (plain HF Trainer)", format_ratio(t["ratio"]),
             f"median over {t['softrec']['steps']} steps of {t['micro_batch']} samples "
             f"({t['mean_tokens_per_sample']} tokens each); bf16 autocast: softrec {t['bf16_autocast']['softrec']}, "
-            "plain False"))
+            f"plain {t['bf16_autocast']['plain']}"))
         rows.append((
             "SOFT step vs SFT step (s)", format_number(t["soft"]["step_seconds"]["median"]),
             format_number(t["softrec"]["step_seconds"]["median"]) + " (SFT step)", format_ratio(t["soft_step_ratio"]),
