@@ -1,0 +1,91 @@
+"""The engine in fp32 vs bf16 on this CPU, side by side: which dtype `eval.dtype=auto` should pick.
+
+    .venv/bin/python benchmarks/bench_engine_dtype.py --data PREPARED [--adapter DIR] [--prompts 32]
+        [--repeats 2] [--out DIR]
+
+The same test prompts and model + adapter (as bench_generation.py loads them) are decoded by
+`generate_beam_ids` in float32 and in bfloat16, alternating run by run so that load from other
+processes hits both alike. Prints each dtype's prompts/s (median over the repeats), their ratio
+and how many top beams the two dtypes share; writes results.json / results.md to --out.
+Why: bf16 autocast pays for training on AMX CPUs, but decoding runs small matmuls (rows = batch x
+beams) where AMX may not beat AVX-512 fp32, and bf16 top beams drift from fp32 `generate`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from bench_generation import SHARED, load_model, prepared
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="a prepared dataset directory")
+    parser.add_argument("--dataset", default=str(SHARED / "amazon-books"), help="a source to prepare")
+    parser.add_argument("--run", help="a trained run directory (its adapter); default: a seeded LoRA")
+    parser.add_argument("--adapter", help="a peft adapter folder on --model")
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--work", default="/tmp/softrec-bench-generation")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+
+    from softrec.bench import machine
+    from softrec.data.prompts import build_prompt
+    from softrec.inference.generate import generate_beam_ids
+
+    dataset = prepared(args)
+    model, tokenizer = load_model(args)
+    titles = dataset.titles
+    prompts = [build_prompt([titles[i] for i in s.history], dataset.domain, "alpaca", tokenizer, item_ids=s.history)
+               for s in dataset.split("test")[: args.prompts]]
+    dtypes = ("float32", "bfloat16")
+    seconds: dict[str, list[float]] = {d: [] for d in dtypes}
+    beams: dict[str, list] = {}
+    for repeat in range(args.repeats):
+        for dtype in dtypes:
+            start = time.perf_counter()
+            beams[dtype] = generate_beam_ids(model, tokenizer, prompts, num_beams=args.beams,
+                                             max_new_tokens=args.max_new_tokens, dtype=dtype)
+            seconds[dtype].append(time.perf_counter() - start)
+            print(f"repeat {repeat + 1}: {dtype} {seconds[dtype][-1]:.1f} s", flush=True)
+    rate = {d: len(prompts) / statistics.median(s) for d, s in seconds.items()}
+    same = sum(a.token_ids[0] == b.token_ids[0] for a, b in zip(beams["float32"], beams["bfloat16"], strict=True))
+    info = {**machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"), "threads": torch.get_num_threads()}
+    results = {
+        "machine": info, "command": "python benchmarks/bench_engine_dtype.py " + shlex.join(sys.argv[1:]),
+        "settings": {"model": args.model, "adapter": args.run or args.adapter or "seeded LoRA", "prompts": len(prompts),
+                     "beams": args.beams, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats},
+        "seconds": seconds, "prompts_per_s": rate, "bf16_over_fp32": rate["bfloat16"] / rate["float32"],
+        "identical_top_beams": same,
+    }
+    summary = (f"float32 {rate['float32']:.3f} prompts/s, bfloat16 {rate['bfloat16']:.3f} prompts/s "
+               f"(bf16/fp32 {results['bf16_over_fp32']:.2f}x); identical top beams {same}/{len(prompts)}")
+    print(summary)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        (out / "results.md").write_text(
+            f"# Engine dtype: fp32 vs bf16\n\n`{results['command']}`\n\n{info['date']} on {info.get('cpu_model')} "
+            f"({info['threads']} threads), commit {info.get('git_commit') or '?'}.\n\n{summary}; seconds per run "
+            f"{json.dumps(seconds)}.\n\nSettings: {json.dumps(results['settings'])}\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
