@@ -10,6 +10,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# fp32 everywhere, as on a CPU without bf16 hardware: the golden values and exact-parity checks are
+# fp32 ones, and "auto" would decode in bf16 on an AMX CPU (subprocesses inherit this)
+os.environ["SOFTREC_CPU_BF16"] = "0"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

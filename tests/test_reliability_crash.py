@@ -113,10 +113,13 @@ def test_sigkill_during_training_then_resume_matches_uninterrupted(tiny_dataset,
     hb = json.loads((crashed / "history.json").read_text())
     assert len(ha) == len(hb) == 2
     for ra, rb in zip(_comparable(ha), _comparable(hb), strict=True):
-        assert rb["train_loss"] == pytest.approx(ra["train_loss"], abs=1e-6)
+        # losses up to float noise (an AVX-512 CPU's reductions differed in the 8th digit), the rest exactly
+        noisy = ("train_loss", "loss_real", "loss_distilled")
+        for key in noisy:
+            assert (rb.get(key) is None) == (ra.get(key) is None) and rb.get(key) == pytest.approx(ra.get(key), abs=1e-6)
         assert rb["valid"] == pytest.approx(ra["valid"], abs=1e-9)
-        assert {k: v for k, v in rb.items() if k not in ("train_loss", "valid")} == \
-               {k: v for k, v in ra.items() if k not in ("train_loss", "valid")}
+        assert {k: v for k, v in rb.items() if k not in (*noisy, "valid")} == \
+               {k: v for k, v in ra.items() if k not in (*noisy, "valid")}
     steps = [json.loads(line)["step"] for line in (crashed / "logs" / "metrics.jsonl").read_text().splitlines()]
     loss_steps = [r["step"] for r in read_jsonl(crashed / "logs" / "metrics.jsonl") if "loss" in r]
     assert loss_steps == list(range(1, STEPS + 1)), "a step was lost or logged twice"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -12,7 +13,12 @@ _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls on this CPU (AMX or AVX512-BF16); without them bf16 is emulated, slower."""
+    """Native bf16 matmuls on this CPU (AMX or AVX512-BF16); without them bf16 is emulated, slower.
+    SOFTREC_CPU_BF16=0 (or 1) overrides the detection: the test suite sets 0 so that its fp32 golden
+    values and exact-parity checks hold on every CPU kind, subprocesses included."""
+    override = os.environ.get("SOFTREC_CPU_BF16", "")
+    if override in ("0", "1"):
+        return override == "1"
     try:
         flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -48,6 +48,9 @@ SCHEDULERS: dict[str, str] = {
     "linear": "1 at epoch 1 down to 0 at the last epoch",
 }
 
+# the schedulers that decode SOFT's probe set to measure distances d_k (before training, after every epoch)
+PROBED_SCHEDULERS = frozenset({"adaptive"})
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("sft", "llm", "tuning-only"),
     Method("soft", "llm", "reference curriculum", scheduler="adaptive"),

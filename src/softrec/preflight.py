@@ -313,13 +313,12 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
 def _probes(config: Any) -> int:
     """How many times SOFT's curriculum decodes its probe set in a run: before training (d_0) and after
     every epoch, when the method's scheduler needs distances; 0 otherwise."""
-    from softrec.methods import method
-    from softrec.training.curriculum import scheduler_for
+    from softrec.methods import PROBED_SCHEDULERS, method
 
-    if not method(config.train.method).distilled:
+    chosen = method(config.train.method)
+    if not chosen.distilled or (chosen.scheduler or config.soft.scheduler) not in PROBED_SCHEDULERS:
         return 0
-    scheduler = scheduler_for(config.train.method, config.soft, config.train.epochs)
-    return config.train.epochs + 1 if scheduler.needs_distances else 0
+    return config.train.epochs + 1
 
 
 def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str, num_beams: int,

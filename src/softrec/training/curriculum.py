@@ -34,7 +34,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from softrec.methods import method
+from softrec.methods import PROBED_SCHEDULERS, method
 from softrec.runs import atomic_write_json
 
 
@@ -55,7 +55,6 @@ SCHEDULES: dict[str, Callable[[Scheduler, int, dict[int, float]], float]] = {
     "fixed": lambda scheduler, epoch, distances: scheduler.fixed_lambda,
     "linear": _linear,
 }
-NEEDS_DISTANCES = {"adaptive"}
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class Scheduler:
 
     @property
     def needs_distances(self) -> bool:
-        return self.name in NEEDS_DISTANCES
+        return self.name in PROBED_SCHEDULERS
 
     def __call__(self, epoch: int, distances: dict[int, float]) -> float:
         if epoch < 1:
