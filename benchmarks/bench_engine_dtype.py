@@ -24,16 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from bench_generation import SHARED, load_model, prepared
+from bench_generation import add_model_arguments, load_model, prepared
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="a prepared dataset directory")
-    parser.add_argument("--dataset", default=str(SHARED / "amazon-books"), help="a source to prepare")
-    parser.add_argument("--run", help="a trained run directory (its adapter); default: a seeded LoRA")
-    parser.add_argument("--adapter", help="a peft adapter folder on --model")
-    parser.add_argument("--model", default="gemma-3-270m")
+    add_model_arguments(parser)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--beams", type=int, default=4)

@@ -65,13 +65,18 @@ def load_model(args: argparse.Namespace):
     return model.eval(), tokenizer
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data and model options that `prepared` and `load_model` read (bench_engine_dtype.py too)."""
     parser.add_argument("--data", help="a prepared dataset directory")
     parser.add_argument("--dataset", default=str(SHARED / "amazon-books"), help="a source to prepare")
     parser.add_argument("--run", help="a trained run directory (its adapter); default: a seeded LoRA")
     parser.add_argument("--adapter", help="a peft adapter folder on --model (e.g. RUN/checkpoints/checkpoint-N)")
     parser.add_argument("--model", default="gemma-3-270m")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
     parser.add_argument("--prompts", type=int, default=16, help="prompts per stage")
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
