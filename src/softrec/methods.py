@@ -74,6 +74,11 @@ def method(name: str) -> Method:
     return METHODS[name]
 
 
+def scheduler_name(name: str, configured: str) -> str:
+    """The curriculum scheduler a method runs: its own (soft-sd-only, ...) or the configured one."""
+    return method(name).scheduler or configured
+
+
 def is_classic(name: str | None) -> bool:
     entry = METHODS.get(name or "")
     return entry is not None and entry.kind == "classic"

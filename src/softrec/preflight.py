@@ -313,10 +313,10 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
 def _probes(config: Any) -> int:
     """How many times SOFT's curriculum decodes its probe set in a run: before training (d_0) and after
     every epoch, when the method's scheduler needs distances; 0 otherwise."""
-    from softrec.methods import PROBED_SCHEDULERS, method
+    from softrec.methods import PROBED_SCHEDULERS, method, scheduler_name
 
-    chosen = method(config.train.method)
-    if not chosen.distilled or (chosen.scheduler or config.soft.scheduler) not in PROBED_SCHEDULERS:
+    name = config.train.method
+    if not method(name).distilled or scheduler_name(name, config.soft.scheduler) not in PROBED_SCHEDULERS:
         return 0
     return config.train.epochs + 1
 

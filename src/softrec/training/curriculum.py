@@ -34,7 +34,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from softrec.methods import PROBED_SCHEDULERS, method
+from softrec.methods import PROBED_SCHEDULERS, method, scheduler_name
 from softrec.runs import atomic_write_json
 
 
@@ -92,7 +92,7 @@ def adaptive_lambda(d0: float, d_prev: float, alpha: float) -> float:
 
 
 def scheduler_for(method_name: str, soft_config: Any, epochs: int) -> Scheduler:
-    name = method(method_name).scheduler or soft_config.scheduler
+    name = scheduler_name(method_name, soft_config.scheduler)
     return Scheduler(name, soft_config.alpha, soft_config.fixed_lambda, epochs)
 
 
