@@ -160,6 +160,10 @@ def test_quick_limited_evaluation_keeps_the_full_one(tmp_path, tiny_dataset, cap
     assert full["n"] == 8  # what `softrec report` reads, untouched by the quick reruns
     assert json.loads((run / "eval" / "test-l2-limit3" / "metrics.json").read_text())["n"] == 3
     assert json.loads((run / "eval" / "test-l2-limit3-beams1" / "metrics.json").read_text())["eval"]["num_beams"] == 1
+    # another decoding dtype than the run's (auto: bf16 on AMX CPUs) is named, and each file says which it used
+    assert main(["evaluate", "--run", str(run), "--limit", "3", "--set", "eval.dtype=bfloat16", *fast]) == 0
+    assert json.loads((run / "eval" / "test-l2-limit3-bfloat16" / "metrics.json").read_text())["decoded_in"] == "bfloat16"
+    assert full["decoded_in"] == "float32"  # the suite's SOFTREC_CPU_BF16=0: auto decodes in fp32
 
 
 def test_report_to_defaults_to_tensorboard_and_refuses_a_missing_tracker(tiny_dataset, tmp_path, capsys, monkeypatch):

@@ -64,7 +64,7 @@ def _rank() -> int:
 # ---------------------------------------------------------------- naming
 def evaluation_name(split: str, grounding: str, *, limit: int | None = None, beams: int | None = None,
                     max_new_tokens: int | None = None, length_penalty: float | None = None,
-                    exclude_history: bool = False) -> str:
+                    exclude_history: bool = False, dtype: str | None = None) -> str:
     """The folder under RUN_DIR/eval/ of one evaluation. The full evaluation with the run's own
     decoding settings is `<split>-<grounding>` (what `softrec report` reads); anything else that changes
     its numbers (a limit, other beams, ...) is in the name, so a quick rerun never overwrites it."""
@@ -73,7 +73,8 @@ def evaluation_name(split: str, grounding: str, *, limit: int | None = None, bea
     name += f"-beams{beams}" if beams is not None else ""
     name += f"-maxtok{max_new_tokens}" if max_new_tokens is not None else ""
     name += f"-lp{length_penalty:g}" if length_penalty is not None else ""
-    return name + ("-exclhist" if exclude_history else "")
+    name += "-exclhist" if exclude_history else ""
+    return name + (f"-{dtype}" if dtype is not None else "")
 
 
 def _name_for(run_dir: Path, config: Config, split: str, limit: int | None) -> str:
@@ -91,7 +92,7 @@ def _name_for(run_dir: Path, config: Config, split: str, limit: int | None) -> s
 
     return evaluation_name(split, ev.grounding, limit=limit, beams=changed("num_beams"),
                            max_new_tokens=changed("max_new_tokens"), length_penalty=changed("length_penalty"),
-                           exclude_history=bool(changed("exclude_history")))
+                           exclude_history=bool(changed("exclude_history")), dtype=changed("dtype"))
 
 
 # ---------------------------------------------------------------- what a run is
@@ -226,12 +227,23 @@ def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: di
 
     with RunDir(run_dir) as run:
         folder = Path("eval") / name
-        payload = {**result.metrics, "eval": settings}
+        payload = {**result.metrics, "eval": settings, "decoded_in": _decoded_in(settings)}
         atomic_write_json(run.path / folder / "metrics.json", payload)
         write_jsonl(run.path / folder / "predictions.jsonl", result.predictions)
         run.record_many({str(folder / f): {"inputs": inputs} for f in LATEST}, key)
         _publish_latest(run, folder, key)
     return run_dir / folder
+
+
+def _decoded_in(settings: dict[str, Any]) -> str | None:
+    """The dtype eval.dtype resolved to here ("auto" is bf16 on AMX CPUs and GPUs, fp32 elsewhere), so
+    metrics.json says which one produced its numbers."""
+    from softrec.inference.generate import decode_dtype
+    from softrec.models.registry import default_device
+
+    if is_classic(settings.get("method")):
+        return None
+    return str(decode_dtype(settings["dtype"], default_device())).removeprefix("torch.")
 
 
 def _publish_latest(run: Any, folder: Path, key: str) -> None:
