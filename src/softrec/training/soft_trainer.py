@@ -52,6 +52,16 @@ class SoftTrainer(Trainer):
         self._window = new_stats()  # since the last log line
         self._window_start = time.monotonic()
 
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        """A checkpoint without the tokenizer: resuming reloads it with the backbone, and Gemma's is
+        33 MB in every checkpoint (train.save_total_limit of them). The run's adapter/ and model/
+        folders get theirs from softrec.training.checkpoints.weights_saver."""
+        tokenizer, self.processing_class = self.processing_class, None
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.processing_class = tokenizer
+
     @property
     def soft_lambda(self) -> float:
         """lambda of the epoch in progress: the curriculum's (the collator reads the same value)."""
