@@ -84,3 +84,15 @@ def test_alpha_sweep_keeps_the_run_with_the_best_validation(tmp_path):
     # train.selection_metric is honoured (not a hard-coded HR@10)
     runs["soft-alpha0.1"] = run("a01b", [{**tie, "HR@10": 0.02, "NDCG@10": 0.09}])
     assert _best_on_validation(runs, "NDCG@10") == "soft-alpha0.1"
+
+
+def test_report_names_the_decoding_dtype_and_warns_when_rows_differ():
+    from softrec.report import _dtype_lines
+
+    def rows(**dtypes):
+        return {name: {"metrics": {"decoded_in": d} if d else {}} for name, d in dtypes.items()}
+
+    assert _dtype_lines(rows(sft="bfloat16", soft="bfloat16", sasrec=None)) == ["- LLM rows decoded in bfloat16."]
+    (warning,) = _dtype_lines(rows(sft="bfloat16", soft="float32"))
+    assert warning.startswith("- WARNING") and "sft: bfloat16, soft: float32" in warning
+    assert _dtype_lines(rows(sft=None)) == []  # results from before metrics.json recorded it

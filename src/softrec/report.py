@@ -148,10 +148,25 @@ def build_report(
     return out / "report"
 
 
+def _dtype_lines(methods: dict[str, dict[str, Any]]) -> list[str]:
+    """Which dtype decoded each LLM row (metrics.json `decoded_in`), and a warning when they differ:
+    bf16 moves near-tied beams (benchmarks/results/engine-dtype-floor-2026-12-05), so rows decoded in
+    different dtypes differ by more than their methods."""
+    dtypes = {name: s["metrics"].get("decoded_in") for name, s in methods.items() if s["metrics"].get("decoded_in")}
+    if not dtypes:
+        return []
+    if len(set(dtypes.values())) == 1:
+        return [f"- LLM rows decoded in {next(iter(dtypes.values()))}."]
+    listed = ", ".join(f"{name}: {dtype}" for name, dtype in dtypes.items())
+    return [f"- WARNING: rows decoded in different dtypes ({listed}); re-evaluate them with one "
+            "`--set eval.dtype=...` before comparing."]
+
+
 def _markdown(title: str, payload: dict[str, Any], plots: list[str], notes: list[str]) -> str:
     methods = payload["methods"]
     lines = [f"# {title}", ""]
     lines += [f"- {n}" for n in notes]
+    lines += _dtype_lines(methods)
     any_metrics = next((s["metrics"] for s in methods.values() if s["metrics"]), {})
     n = any_metrics.get("n", "?")
     lines += ["", f"Test metrics ({payload['split']} split, n = {n}, grounding `{payload['grounding']}`, full ranking):", ""]
