@@ -213,7 +213,8 @@ class EvalConfig(_Section):
                             "larger batches amortise the LM head, see benchmarks/results/generation-*")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="decoding dtype; auto = bf16 where the hardware computes it natively (AMX or "
-        "AVX512-BF16 CPUs, GPUs), else float32")
+        "AVX512-BF16 CPUs, GPUs), else float32; float32 gives plain `generate`'s beams exactly, bf16 moves "
+        "near-tied beams but not the metrics measurably (benchmarks/results/eval-dtype-2026-12-05)")
     ks: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: [1, 5, 10, 20, 50], min_length=1, description="cut-offs K of HR@K and NDCG@K"
     )
