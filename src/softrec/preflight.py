@@ -24,7 +24,7 @@ SFT 16 steps in 6.1 min (~105 tokens/s), distillation 128 prompts in 4.0 min, ev
 prompts in 3.3 min, 1024^2 matmul ~80 GFLOP/s. The bf16 factors were fitted on `make run` (demo, 64
 training samples, LoRA lr 5e-4) on a 2-core Intel Xeon with AMX (2026-12-05, fresh clone, empty cache):
 SFT 78 s (~360 tokens/s), SOFT 80 s, distillation of 64 prompts 16 s, evaluations of 48 prompts
-24 and 15 s (3.6 min without the conversion; these factors give 3.5), fp32 1024^2 matmul ~233 GFLOP/s.
+24 and 15 s (3.6 min without the conversion; these factors then gave ~3.1), fp32 1024^2 matmul 225-270 GFLOP/s.
 
 The GPU rates are a table of realistic (not peak) bf16 rates, not measured here. Expect a factor of
 2 either way; the job is to flag a run that will take a day or cannot fit, before it starts.
