@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from bench_generation import add_model_arguments, load_model, prepared
+from bench_generation import add_model_arguments, load_model, prepared, split_prompts
 
 
 def main() -> int:
@@ -47,14 +47,11 @@ def main() -> int:
     Path(args.work).mkdir(parents=True, exist_ok=True)
 
     from softrec.bench import machine
-    from softrec.data.prompts import build_prompt
     from softrec.inference.generate import generate_beam_ids, generate_plain
 
     dataset = prepared(args)
     model, tokenizer = load_model(args)
-    titles = dataset.titles
-    prompts = [build_prompt([titles[i] for i in s.history], dataset.domain, "alpaca", tokenizer, item_ids=s.history)
-               for s in dataset.split("test")[: args.prompts]]
+    prompts = split_prompts(dataset, tokenizer, "test", args.prompts)
     dtypes = ("float32", "bfloat16")
     seconds: dict[str, list[float]] = {d: [] for d in dtypes}
     beams: dict[str, list] = {}

@@ -65,6 +65,13 @@ def load_model(args: argparse.Namespace):
     return model.eval(), tokenizer
 
 
+def split_prompts(dataset, tokenizer, split: str, n: int) -> list[str]:
+    """The first n windows of `split` as prompts, built the way every stage builds them."""
+    from softrec.data.prompts import sample_prompt
+
+    return [sample_prompt(dataset, s, "alpaca", tokenizer) for s in dataset.split(split)[:n]]
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The data and model options that `prepared` and `load_model` read (bench_engine_dtype.py too)."""
     parser.add_argument("--data", help="a prepared dataset directory")
@@ -91,7 +98,7 @@ def main() -> int:
     from softrec.bench import machine
     from softrec.bench.generation import compare_stage, memory_bandwidth
     from softrec.bench.speed.flops import matmul_peak
-    from softrec.data.prompts import build_prompt, strip_response
+    from softrec.data.prompts import strip_response
     from softrec.inference import grounding
     from softrec.inference.generate import decode_dtype
 
@@ -107,12 +114,8 @@ def main() -> int:
     bandwidth = memory_bandwidth()
     log(f"roofline: matmul {peak['median']:.1f} GFLOP/s ({peak['dtype']}), memory {bandwidth['median']:.1f} GB/s")
 
-    titles = dataset.titles
-
     def prompts_of(split: str) -> list[str]:
-        samples = dataset.split(split)[: args.prompts]
-        return [build_prompt([titles[i] for i in s.history], dataset.domain, "alpaca", tokenizer, item_ids=s.history)
-                for s in samples]
+        return split_prompts(dataset, tokenizer, split, args.prompts)
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     with torch.inference_mode(), (model.disable_adapter() if hasattr(model, "disable_adapter") else torch.no_grad()):
