@@ -52,3 +52,17 @@ def test_packing_a_folder_that_is_no_bench_run_is_a_one_line_error(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert "steps.json" in err and "\n" not in err
     assert not (tmp_path / "x.tar.gz").exists()
+
+
+def test_background_lowers_nice_and_the_autogroup_and_survives_without_one(tmp_path, monkeypatch):
+    import os
+
+    from softrec.bench.quality.execution import run_in_background
+
+    calls = []
+    monkeypatch.setattr(os, "nice", lambda increment: calls.append(increment) or 5)  # now at nice 5
+    group = tmp_path / "autogroup"
+    group.write_text("/autogroup-7 nice 0\n")
+    assert run_in_background(group) == ["nice 19", f"{group} nice 19"]
+    assert calls == [0, 14] and group.read_text() == "19"
+    assert run_in_background(tmp_path / "absent" / "autogroup") == ["nice 19"]  # no autogroup: nice alone

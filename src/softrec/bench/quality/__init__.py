@@ -44,7 +44,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from softrec.bench.quality.execution import StepLog, execute
+from softrec.bench.quality.execution import StepLog, execute, run_in_background
 from softrec.bench.quality.pack import pack
 from softrec.bench.quality.planning import plan
 from softrec.bench.quality.report import markdown, plot, save_predictions
@@ -109,6 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-plan", metavar="GPU", choices=sorted(GPU_FLOPS),
                         help="print every step's estimated seconds on one such GPU and stop (assumed rates, "
                         "never measured: softrec.bench.quality.timeplan)")
+    parser.add_argument("--background", action="store_true",
+                        help="lowest CPU priority for the suite and its steps (nice 19, and the Linux autogroup's: "
+                        "nice alone yields nothing to other terminals' work there); start it with setsid")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rebuild the results from the finished rows in --out")
     parser.add_argument("--pack", type=Path, metavar="FILE",
@@ -148,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(step.command for step in steps))
         return 0
+    if args.background:
+        print("background: " + ", ".join(run_in_background()), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     print(f"softrec bench quality: {len(steps)} steps; {suite.scale()}\n  log: {out / 'bench.log'}", flush=True)
