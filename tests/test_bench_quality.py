@@ -148,3 +148,31 @@ def test_smoke_suite_under_torchrun_two_processes(tmp_path):
     payload = json.loads((out / "results.json").read_text())
     assert set(payload["results"]["demo"]["methods"]) == {"icl-0", "sft"}
     assert all(" --nproc_per_node 2 -m softrec " in s["command"] for s in payload["steps"] if s["kind"].endswith("llm"))
+
+
+def _run_row(epochs: list[tuple[float, bool]]) -> dict:
+    history = [{"epoch": i, "HR@10": hr, "NDCG@10": 0.0, "validity": 0.5, "best": best}
+               for i, (hr, best) in enumerate(epochs, 1)]
+    return {"label": "run", "history": history}
+
+
+def test_the_alpha_choice_is_provisional_while_the_sweep_is_unfinished():
+    from softrec.bench.quality.results import _choose_alpha
+
+    rows = {"sft": _run_row([(0.01, True)]), "soft-a1": _run_row([(0.02, True)]), "soft-a10": _run_row([(0.03, True)])}
+    _choose_alpha(rows, ["soft-a100"])
+    assert rows["soft"]["chosen"] == "soft-a10" and rows["soft"]["pending"] == ["soft-a100"]
+    assert "so far; alpha 100 not finished" in rows["soft"]["label"]
+    del rows["soft"]
+    _choose_alpha(rows)
+    assert rows["soft"]["label"] == "BIGRec-SOFT (alpha=10, chosen on validation)"
+
+
+def test_validation_curves_star_only_the_kept_epoch():
+    from softrec.bench.quality.report import _history_lines
+
+    # best-so-far flags as training records them: epochs 1-3 each improved, 4 and 5 did not
+    row = _run_row([(0.004, True), (0.016, True), (0.020, True), (0.008, False), (0.012, False)])
+    lines = _history_lines({"books": {"methods": {"sft": row}}})
+    (table_row,) = [line for line in lines if line.startswith("| run | 0.")]
+    assert table_row.count("*") == 1 and "0.0200 / 0.50 *" in table_row

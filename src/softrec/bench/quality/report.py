@@ -109,11 +109,13 @@ def _history_lines(results: dict[str, Any]) -> list[str]:
                   "|---|" + "---|" * max(len(r["history"]) for r in runs.values())]
         for row in runs.values():
             cells = []
+            # "best" is recorded per epoch as best-so-far; the kept epoch is the last one marked
+            kept = max((e["epoch"] for e in row["history"] if e.get("best")), default=None)
             for e in row["history"]:
                 cell = f"{e.get('HR@10', float('nan')):.4f} / {e.get('validity', float('nan')):.2f}"
                 if "lambda" in e:
                     cell += f", λ {e['lambda']:.2f}" + (f", d {e['distance']:.1f}" if e.get("distance") is not None else "")
-                cells.append(cell + (" *" if e.get("best") else ""))
+                cells.append(cell + (" *" if e.get("epoch") == kept else ""))
             lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
         if "soft" in dataset["methods"] and "chosen" in dataset["methods"]["soft"]:
             lines += ["", f"SOFT row: {dataset['methods']['soft']['chosen']} (best validation HR@10, then NDCG@10, validity)."]

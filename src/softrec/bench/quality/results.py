@@ -75,7 +75,7 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
         for method in rows:
             rows[method]["history"] = _history(out / name / method)
         _study(rows, out / name)
-        _choose_alpha(rows)
+        _choose_alpha(rows, [m for m in methods if alpha_of(m) is not None and m not in rows])
         results[name] = {"n": len(ids), "methods": rows, "gains": _gains(rows)}
     return results
 
@@ -97,16 +97,21 @@ def _validation_key(row: dict[str, Any]) -> tuple[float, float, float]:
     return tuple(float(best[-1].get(k, float("-inf"))) for k in ("HR@10", "NDCG@10", "validity"))
 
 
-def _choose_alpha(rows: dict[str, Any]) -> None:
-    """The reported SOFT row of an alpha sweep: the run best on validation (test metrics never looked at)."""
+def _choose_alpha(rows: dict[str, Any], pending: list[str] = ()) -> None:
+    """The reported SOFT row of an alpha sweep: the run best on validation (test metrics never looked at).
+    While `pending` sweep runs have not finished, the label says the choice is provisional."""
     import copy
 
     sweep = [m for m in rows if alpha_of(m) is not None]
     if not sweep or "soft" in rows:
         return
     chosen = max(sweep, key=lambda m: (_validation_key(rows[m]), -sweep.index(m)))
-    rows["soft"] = {**copy.deepcopy(rows[chosen]), "label": f"BIGRec-SOFT (alpha={alpha_of(chosen):g}, chosen on validation)",
-                    "chosen_from": {m: _validation_key(rows[m]) for m in sweep}, "chosen": chosen}
+    how = "chosen on validation"
+    if pending:
+        how = f"best on validation so far; alpha {', '.join(f'{alpha_of(m):g}' for m in pending)} not finished"
+    rows["soft"] = {**copy.deepcopy(rows[chosen]), "label": f"BIGRec-SOFT (alpha={alpha_of(chosen):g}, {how})",
+                    "chosen_from": {m: _validation_key(rows[m]) for m in sweep}, "chosen": chosen,
+                    "pending": list(pending)}
 
 
 def _study(rows: dict[str, Any], root: Path) -> None:
