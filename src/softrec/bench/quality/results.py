@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def _validation_key(row: dict[str, Any]) -> tuple[float, float, float]:
     return tuple(float(best[-1].get(k, float("-inf"))) for k in ("HR@10", "NDCG@10", "validity"))
 
 
-def _choose_alpha(rows: dict[str, Any], pending: list[str] = ()) -> None:
+def _choose_alpha(rows: dict[str, Any], pending: Sequence[str] = ()) -> None:
     """The reported SOFT row of an alpha sweep: the run best on validation (test metrics never looked at).
     While `pending` sweep runs have not finished, the label says the choice is provisional."""
     import copy
