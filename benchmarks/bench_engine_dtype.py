@@ -36,6 +36,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--split", default="test", choices=["train", "valid", "test"],
+                        help="whose windows to prompt with (train: the prompts self-distillation decodes)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -51,7 +53,7 @@ def main() -> int:
 
     dataset = prepared(args)
     model, tokenizer = load_model(args)
-    prompts = split_prompts(dataset, tokenizer, "test", args.prompts)
+    prompts = split_prompts(dataset, tokenizer, args.split, args.prompts)
     dtypes = ("float32", "bfloat16")
     seconds: dict[str, list[float]] = {d: [] for d in dtypes}
     beams: dict[str, list] = {}
@@ -85,7 +87,7 @@ def main() -> int:
     info = {**machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"), "threads": torch.get_num_threads()}
     results = {
         "machine": info, "command": "python benchmarks/bench_engine_dtype.py " + shlex.join(sys.argv[1:]),
-        "settings": {"model": args.model, "adapter": args.run or args.adapter or "seeded LoRA", "prompts": len(prompts),
+        "settings": {"model": args.model, "adapter": args.run or args.adapter or "seeded LoRA", "prompts": len(prompts), "split": args.split,
                      "beams": args.beams, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats},
         "seconds": seconds, "prompts_per_s": rate, "bf16_over_fp32": rate["bfloat16"] / rate["float32"],
         "identical_top_beams": same, "identical_top_beams_by_pair": agreement,
