@@ -107,7 +107,13 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     import gzip
 
     saved = {p.name: p for p in (tmp_path / "saved" / "predictions").iterdir()}
-    assert set(saved) == {f"demo-{m}.jsonl.gz" for m in rows}  # every row, recomputable without softrec
+    assert set(saved) == {f"demo-{m}.jsonl.gz" for m in rows} | {"machines.json"}  # every row, recomputable
+    from softrec.bench import cpu_model
+
+    machines = json.loads(saved["machines.json"].read_text())  # and the machine each one ran on
+    assert set(machines) == {f"demo-{m}.jsonl.gz" for m in rows}
+    assert all(len(ran) == 1 and ran[0].startswith(cpu_model()) for ran in machines.values())
+    assert f"Steps ran on: {cpu_model()}" in text
     folder = out / "demo" / "soft" / "eval"
     published = next(p for p in folder.rglob("predictions.jsonl"))
     assert gzip.decompress(saved["demo-soft.jsonl.gz"].read_bytes()) == published.read_bytes()
@@ -128,10 +134,15 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     # --report-only runs nothing and reports the finished rows of the methods asked for
     calls.clear()
     (out / "results.json").unlink()
+    log = json.loads((out / "steps.json").read_text())
+    for info in log.values():  # steps recorded before steps.json named machines
+        info.pop("ran_on")
+    (out / "steps.json").write_text(json.dumps(log))
     assert cli_main(["bench", "quality", "--suite", "smoke", "--out", str(out), "--methods", "sasrec,sft,llara-sft",
                      "--resamples", "200", "--report-only"]) == 0
     assert calls == []
-    assert set(json.loads((out / "results.json").read_text())["results"]["demo"]["methods"]) == {"sasrec", "sft"}
+    rows = json.loads((out / "results.json").read_text())["results"]["demo"]["methods"]
+    assert set(rows) == {"sasrec", "sft"} and rows["sft"]["ran_on"][0].startswith("not recorded")
 
 
 @pytest.mark.slow

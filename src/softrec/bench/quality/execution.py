@@ -21,6 +21,7 @@ class StepLog:
     def __init__(self, out: Path):
         self.path = out / "steps.json"
         self.done: dict[str, dict[str, Any]] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self._machine: str | None = None  # this process's machine, looked up at the first mark
 
     def finished(self, step: PlannedStep) -> bool:
         return step.command in self.done and step.output.exists()
@@ -28,8 +29,12 @@ class StepLog:
     def mark(self, step: PlannedStep, seconds: float) -> None:
         from softrec.runs import atomic_write_json
 
+        if self._machine is None:  # a resumed suite may run on another machine than the steps before it
+            from softrec.bench import describe, machine
+
+            self._machine = describe(machine())
         self.done[step.command] = {"kind": step.kind, "dataset": step.dataset, "owner": step.owner, "seconds": round(seconds, 1),
-                                   "finished": datetime.now(UTC).isoformat(timespec="seconds")}
+                                   "finished": datetime.now(UTC).isoformat(timespec="seconds"), "ran_on": self._machine}
         atomic_write_json(self.path, self.done)
 
 

@@ -37,7 +37,9 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         f"# softrec quality benchmark: suite `{suite['name']}`", "",
         f"Scale: {payload['scale']}.", "",
-        f"Run {payload['finished']} on {describe(payload['machine'])}.", "",
+        f"Table built {payload['finished']} on {describe(payload['machine'])}.", "",
+        "Steps ran on: " + "; ".join(sorted({m for r in results.values() for row in r["methods"].values()
+                                             for m in row.get("ran_on", [])})) + " (per row: results.json `ran_on`).", "",
         f"Full ranking over each catalogue; LLM rows generate with {payload['num_beams']}-beam search and are "
         "grounded by L2 distance (BIGRec). HR@10 and NDCG@10 cells: value [95% bootstrap interval] (all "
         "intervals are in results.json); 'vs SFT': paired bootstrap difference against BIGRec-SFT (for "
@@ -163,16 +165,22 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
 
 
 def save_predictions(out: Path, save: Path, results: dict[str, Any], limit: int | None) -> None:
-    """Every row's per-sample predictions, gzipped, so the table can be recomputed without softrec."""
+    """Every row's per-sample predictions, gzipped, so the table can be recomputed without softrec,
+    and predictions/machines.json: each file's machine(s), as its steps recorded them."""
     import gzip
+
+    from softrec.runs import atomic_write_json
 
     folder = save / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
+    machines = {}
     for name, dataset in results.items():
-        for method in dataset["methods"]:
-            source = eval_folder(out, name, dataset["methods"][method].get("chosen", method), limit) / "predictions.jsonl"
+        for method, row in dataset["methods"].items():
+            source = eval_folder(out, name, row.get("chosen", method), limit) / "predictions.jsonl"
             if source.exists():
                 # mtime 0: the same predictions give the same bytes, so a rebuilt table diffs clean
                 with gzip.GzipFile(folder / f"{name}-{method}.jsonl.gz", "wb", mtime=0) as fh:
                     fh.write(source.read_bytes())
+                machines[f"{name}-{method}.jsonl.gz"] = row.get("ran_on")
+    atomic_write_json(folder / "machines.json", machines)
 

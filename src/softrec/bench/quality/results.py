@@ -28,6 +28,9 @@ def _interval(values: Any) -> dict[str, float]:
     return {"low": float(values[0]), "high": float(values[1])}
 
 
+NOT_RECORDED = "not recorded (a step finished before steps.json named machines)"
+
+
 def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], log: StepLog,
             resamples: int = 10_000) -> dict[str, Any]:
     """Per dataset and method: test metrics with 95% bootstrap intervals, paired differences vs SFT."""
@@ -37,9 +40,11 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
     from softrec.metrics import DEFAULT_KS
 
     seconds: dict[tuple[str, str], float] = {}
+    ran_on: dict[tuple[str, str], set[str]] = {}
     for info in log.done.values():
         key = (info["dataset"], info["owner"])
         seconds[key] = seconds.get(key, 0.0) + info["seconds"]
+        ran_on.setdefault(key, set()).add(info.get("ran_on") or NOT_RECORDED)
     results: dict[str, Any] = {}
     for name in datasets:
         rows: dict[str, Any] = {}
@@ -51,6 +56,7 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
             ranks[method] = load_predictions(folder / "predictions.jsonl")
             rows[method] = {"label": label(method), "run_dir": str(out / name / method),
                             "seconds": round(seconds.get((name, method), 0.0), 1),
+                            "ran_on": sorted(ran_on.get((name, method), {NOT_RECORDED})),
                             "summary": json.loads((folder / "metrics.json").read_text())}
         if not rows:
             continue
