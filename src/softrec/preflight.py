@@ -197,23 +197,22 @@ def device_flops(device: str, *, generate: bool = False, bf16: bool = False) -> 
     if device != "cpu":
         rate = next((flops for name, flops in GPU_FLOPS.items() if name in device), 50e12)
         return rate * (GPU_GENERATE_EFFICIENCY if generate else 1.0)
-    return _cpu_matmul_flops(False) * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)[bf16]
+    return _cpu_matmul_flops() * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)[bf16]
 
 
-_CPU_FLOPS: dict[bool, float] = {}
+_CPU_FLOPS: dict[str, float] = {}  # "fp32" -> FLOP/s, measured once per process
 
 
-def _cpu_matmul_flops(bf16: bool = False, n: int = 1024, bursts: int = 7, seconds: float = 0.03) -> float:
-    """The median rate of `bursts` short timed runs of n^2 matmuls: on a shared 2-core VM one burst
-    can run 2.5x faster than the usual rate (seen on an Intel Xeon with AMX, bf16: mostly ~390
-    GFLOP/s, now and then ~1000), and a single 0.1 s timing made the estimate swing 2x."""
-    if bf16 not in _CPU_FLOPS:
+def _cpu_matmul_flops(n: int = 1024, bursts: int = 7, seconds: float = 0.03) -> float:
+    """The median fp32 rate of `bursts` short timed runs of n^2 matmuls: on a shared 2-core VM one
+    burst can run 2.5x faster than the usual rate, and a single 0.1 s timing made the estimate swing
+    2x. (bf16 is not timed: see CPU_TRAIN_EFFICIENCY.)"""
+    if "fp32" not in _CPU_FLOPS:
         import statistics
 
         import torch
 
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = torch.randn(n, n), torch.randn(n, n)
         a @ b  # warm-up
         rates = []
         for _ in range(bursts):
@@ -222,8 +221,8 @@ def _cpu_matmul_flops(bf16: bool = False, n: int = 1024, bursts: int = 7, second
                 a @ b
                 count += 1
             rates.append(2 * n**3 * count / elapsed)
-        _CPU_FLOPS[bf16] = statistics.median(rates)
-    return _CPU_FLOPS[bf16]
+        _CPU_FLOPS["fp32"] = statistics.median(rates)
+    return _CPU_FLOPS["fp32"]
 
 
 # ---------------------------------------------------------------- estimates
