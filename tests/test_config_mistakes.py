@@ -166,6 +166,32 @@ def test_quick_limited_evaluation_keeps_the_full_one(tmp_path, tiny_dataset, cap
     assert full["decoded_in"] == "float32"  # the suite's SOFTREC_CPU_BF16=0: auto decodes in fp32
 
 
+def test_an_evaluation_decoded_in_another_dtype_is_not_reused(tmp_path, tiny_dataset, capsys, monkeypatch):
+    """eval.dtype=auto is fp32 on AVX2 CPUs and bf16 on AMX ones: a suite resumed on the other kind
+    must decode again rather than report (or finish) the first machine's numbers as its own."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"base_model": "tiny", "method": "sft", "dataset": str(tiny_dataset.path),
+                                              "template": "alpaca"}))
+    (run / "config.yaml").write_text(load_config(None, ["eval.num_beams=2", "eval.max_new_tokens=6"]).to_yaml())
+    args = ["evaluate", "--run-dir", str(run), "--limit", "3", "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert "up to date" in capsys.readouterr().out
+    from softrec.hardware import cpu_has_bf16
+
+    monkeypatch.setenv("SOFTREC_CPU_BF16", "1")  # the same command on an AMX CPU
+    cpu_has_bf16.cache_clear()
+    try:
+        assert main(args) == 0
+    finally:
+        monkeypatch.setenv("SOFTREC_CPU_BF16", "0")
+        cpu_has_bf16.cache_clear()
+    assert "up to date" not in capsys.readouterr().out
+    metrics = json.loads((run / "eval" / "test-l2-limit3" / "metrics.json").read_text())
+    assert metrics["decoded_in"] == metrics["eval"]["decoded_in"] == "bfloat16"
+
+
 def test_report_to_defaults_to_tensorboard_and_refuses_a_missing_tracker(tiny_dataset, tmp_path, capsys, monkeypatch):
     import importlib.util
 

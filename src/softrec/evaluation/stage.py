@@ -227,7 +227,7 @@ def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: di
 
     with RunDir(run_dir) as run:
         folder = Path("eval") / name
-        payload = {**result.metrics, "eval": settings, "decoded_in": _decoded_in(settings)}
+        payload = {**result.metrics, "eval": settings, "decoded_in": settings["decoded_in"]}
         atomic_write_json(run.path / folder / "metrics.json", payload)
         write_jsonl(run.path / folder / "predictions.jsonl", result.predictions)
         run.record_many({str(folder / f): {"inputs": inputs} for f in LATEST}, key)
@@ -282,6 +282,9 @@ def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None
                     "dataset": str(dataset.path), "dataset_key": dataset.checksum,
                     "method": info.get("method"), "base_model": info.get("base_model"),
                     "prompt": prompt_fingerprint(config.model.template)}
+        # the dtype `auto` resolves to on this machine is part of the key: a result (or a finished
+        # chunk) decoded in bf16 on an AMX CPU is not reused by a rerun that decodes in fp32 elsewhere
+        settings["decoded_in"] = _decoded_in(settings)
         weights = _weights_fingerprint(run_dir, info)
         key = content_key(settings, weights, info.get("shots"))
         has_weights = any((run_dir / n).exists() for n in RunDir.WEIGHTS)  # icl: the untuned base
