@@ -69,6 +69,21 @@ def test_gain_sections_put_the_headline_soft_vs_sft_first():
     assert headings == ["### BIGRec-SOFT vs BIGRec-SFT", "### BIGRec-SOFT-sd-only vs BIGRec-SFT", "### LLaRA-SOFT vs LLaRA-SFT"]
 
 
+def test_the_table_says_what_its_samples_can_detect():
+    def row(label, hr10, vs=None):
+        return {"label": label, "metrics": {"HR@10": {"value": hr10}, "NDCG@10": {"value": hr10 / 2}},
+                **({"vs_sft": vs} if vs else {})}
+
+    vs = {"HR@10": {"detectable_percent": 76.3, "chance_at_paper_gain": 0.282},
+          "NDCG@10": {"detectable_percent": None, "chance_at_paper_gain": None}}  # not estimable: left out
+    dataset = {"n": 1000, "methods": {"sft": row("BIGRec-SFT", 0.009), "soft": row("BIGRec-SOFT", 0.009, vs)}}
+    (line, blank) = report._sensitivity_lines(dataset)
+    assert line.startswith("What 1000 samples can detect (BIGRec-SOFT vs BIGRec-SFT")
+    assert "HR@10 (SFT 0.0090): +76% is detected 80% of the time, the paper's +37.59% 28% of the time." in line
+    assert "NDCG@10" not in line and blank == ""
+    assert report._sensitivity_lines({"n": 1000, "methods": {"sft": row("BIGRec-SFT", 0.009)}}) == []
+
+
 def _in_process(monkeypatch, calls):
     """Run each step's `softrec` command in this process (seconds, not a Python start per step)."""
 
@@ -92,7 +107,7 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     assert set(rows) == {"sasrec", "icl-0", "sft", "soft"} and payload["results"]["demo"]["n"] == 8
     hr10 = rows["soft"]["metrics"]["HR@10"]
     assert hr10["low"] <= hr10["value"] <= hr10["high"]
-    assert set(rows["soft"]["vs_sft"]["HR@10"]) == {"diff", "low", "high", "p"} and "vs_sft" not in rows["sft"]
+    assert set(rows["soft"]["vs_sft"]["HR@10"]) == {"diff", "low", "high", "p", "detectable_percent", "chance_at_paper_gain"} and "vs_sft" not in rows["sft"]
     assert rows["soft"]["vs_sft_baseline"] == "sft"
     assert "soft/sft" in payload["results"]["demo"]["gains"]
     text = (out / "results.md").read_text()

@@ -105,7 +105,7 @@ def test_results_record_the_teacher_and_keep_study_rows_out_of_the_average(tmp_p
     assert set(payload["average_gains"]) == {"soft-sd-only/sft"} == set(payload["results"]["amazon-books"]["gains"])
     quoted, best = rows["soft-t1-quoted"], rows["soft-tbest-raw"]
     assert quoted["gains"]["HR@10"] == pytest.approx(50.0) and best["gains"]["HR@10"] == pytest.approx(-25.0)
-    assert quoted["vs_sft_baseline"] == "sft" and set(quoted["vs_sft"]["HR@10"]) == {"diff", "low", "high", "p"}
+    assert quoted["vs_sft_baseline"] == "sft" and set(quoted["vs_sft"]["HR@10"]) == {"diff", "low", "high", "p", "detectable_percent", "chance_at_paper_gain"}
     assert quoted["teacher"] == {"epoch": 1, "rule": "quoted", "exact_title_share": 0.75, "valid_epoch": 1,
                                  "valid_HR@10": 0.10, "valid_NDCG@10": 0.05, "valid_validity": 0.8}
     assert best["teacher"]["epoch"] is None and best["teacher"]["valid_epoch"] == 2  # SFT's kept epoch

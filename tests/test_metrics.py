@@ -74,3 +74,43 @@ def test_summarize_adds_validity():
     metrics = summarize(predictions, [1, 5, 10, 20, 50])
     assert metrics["validity"] == 0.5 and metrics["HR@1"] == 0.5 and metrics["n"] == 2
     assert list(metrics)[:2] == ["HR@1", "HR@5"] and list(metrics)[-2:] == ["validity", "n"]
+
+
+def _paired_hits(rng, n: int):
+    """HR-like paired outcomes: baseline 0.05, the other method +37.6% (0.0688), mostly the same hits."""
+    u = rng.random(n)
+    a = (u < 0.05).astype(float)
+    b = ((u < 0.04) | ((u >= 0.05) & (u < 0.0788))).astype(float)
+    return a[:, None], b[:, None]
+
+
+def test_paired_sensitivity_matches_the_simulated_power_of_the_paired_bootstrap():
+    import numpy as np
+
+    from softrec.metrics import paired_bootstrap, paired_sensitivity
+
+    rng = np.random.default_rng(7)
+    found, predicted = [], []
+    for _ in range(200):
+        a, b = _paired_hits(rng, 1000)
+        _, low, high, _ = paired_bootstrap(a, b, resamples=400, seed=int(rng.integers(1 << 30)))
+        found.append(low[0] > 0 or high[0] < 0)
+        predicted.append(paired_sensitivity(a, b, gain=0.376)[1][0])
+    assert abs(np.mean(found) - np.mean(predicted)) < 0.1, (np.mean(found), np.mean(predicted))
+    assert 0.4 < np.mean(found) < 0.95  # a case where power is neither trivial nor hopeless
+
+
+def test_paired_sensitivity_scales_with_samples_and_is_undefined_without_spread():
+    import numpy as np
+
+    from softrec.metrics import paired_sensitivity
+
+    a, b = _paired_hits(np.random.default_rng(0), 4000)
+    small = paired_sensitivity(a[:1000], b[:1000], gain=0.376)
+    large = paired_sensitivity(a, b, gain=0.376)
+    assert large[0][0] < small[0][0] and large[1][0] > small[1][0]
+    # a 4x larger sample halves the detectable gain (up to the sample's own rates)
+    assert 0.35 < large[0][0] / small[0][0] < 0.65
+    same = paired_sensitivity(a, a, gain=0.376)
+    zero = paired_sensitivity(np.zeros_like(a), b, gain=0.376)
+    assert np.isnan(same[0][0]) and np.isnan(same[1][0]) and np.isnan(zero[0][0])

@@ -14,6 +14,7 @@ from softrec.bench.quality.planning import eval_folder
 from softrec.bench.quality.study import teacher_facts
 from softrec.bench.quality.suites import (
     GAIN_METRICS,
+    PAPER_MEAN_GAIN_PERCENT,
     SOFT_PAIRS,
     SPLIT,
     Suite,
@@ -28,6 +29,10 @@ def _interval(values: Any) -> dict[str, float]:
     return {"low": float(values[0]), "high": float(values[1])}
 
 
+def _finite(value: float) -> float | None:
+    return None if value != value else float(value)  # NaN (not estimable) -> null in results.json
+
+
 NOT_RECORDED = "not recorded (a step finished before steps.json named machines)"
 
 
@@ -37,7 +42,7 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
     import numpy as np
 
     from softrec.evaluation.compare import load_predictions, metric_matrix, paired_bootstrap
-    from softrec.metrics import DEFAULT_KS
+    from softrec.metrics import DEFAULT_KS, paired_sensitivity
 
     seconds: dict[tuple[str, str], float] = {}
     ran_on: dict[tuple[str, str], set[str]] = {}
@@ -76,8 +81,12 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
             baseline = SOFT_PAIRS.get(method, "sft")  # LLaRA-SOFT against LLaRA-SFT, the rest against SFT
             if baseline in matrices and method != "sft":
                 diff, low, high, p = paired_bootstrap(matrices[baseline], matrix, resamples=resamples)
+                detectable, chance = paired_sensitivity(matrices[baseline], matrix,
+                                                        gain=PAPER_MEAN_GAIN_PERCENT / 100)
                 rows[method]["vs_sft"] = {n: {"diff": float(diff[j]), **_interval((low[j], high[j])),
-                                              "p": float(p[j])} for j, n in enumerate(names)}
+                                              "p": float(p[j]), "detectable_percent": _finite(100 * detectable[j]),
+                                              "chance_at_paper_gain": _finite(chance[j])}
+                                          for j, n in enumerate(names)}
                 rows[method]["vs_sft_baseline"] = baseline
         for method in rows:
             rows[method]["history"] = _history(out / name / method)

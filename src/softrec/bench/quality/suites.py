@@ -18,6 +18,8 @@ LABELS = {
 SOFT_PAIRS = {"soft": "sft", "soft-sd-only": "sft", "llara-soft": "llara-sft"}
 TABLE_METRICS = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20")
 WITH_INTERVAL = ("HR@10", "NDCG@10")  # the others' intervals are in results.json
+# the paper's mean relative gain of SOFT over SFT (Tang et al. 2025, over datasets and metrics)
+PAPER_MEAN_GAIN_PERCENT = 37.59
 GAIN_METRICS = tuple(f"{m}@{k}" for m in ("HR", "NDCG") for k in (1, 5, 10, 20, 50))
 SPLIT, GROUNDING = "test", "l2"
 # "when does SOFT help?" (#15): rows soft-t{E}-{rule}, SOFT trained on the SFT run's epoch E (or best)
