@@ -111,7 +111,7 @@ def test_soft_adds_its_probe_decoding_and_sd_only_does_not(tiny_dataset):
     probe = preflight.estimate_generation(
         load_config(values={"model.name": "gemma-3-270m"}), tiny_dataset, 16, stage="probe",
         num_beams=defaults.soft.distill_beams, max_new_tokens=defaults.soft.distill_max_new_tokens,
-        batch_size=defaults.eval.batch_size)
+        batch_size=defaults.eval.batch_size, catalogue=False)  # the probe grounds nothing
     assert "3 probes of 16 samples included" in soft.summary() and "probes" not in sd_only.summary()
     assert soft.seconds == pytest.approx(sd_only.seconds + 3 * probe.seconds)
 
@@ -167,3 +167,31 @@ def test_the_pipeline_prints_the_whole_recipes_time_and_a_conversion_still_to_co
     monkeypatch.setattr(gguf, "is_converted", lambda name: True)
     pipeline._preflight(config, tiny_dataset, soft_runs=1)
     assert "conversion" not in capsys.readouterr().out
+
+
+def test_expected_longest_is_the_exact_mean_of_a_random_groups_maximum():
+    assert preflight.expected_longest([1, 2, 3, 4], 2) == pytest.approx((2 * 1 + 3 * 2 + 4 * 3) / 6)
+    assert preflight.expected_longest([4, 1, 3, 2], 1) == pytest.approx(2.5)  # no padding alone
+    assert preflight.expected_longest([1, 2, 3, 4], 4) == preflight.expected_longest([1, 2, 3, 4], 9) == 4
+    import itertools
+
+    lengths = [5, 9, 9, 14, 30, 31, 200]
+    groups = list(itertools.combinations(lengths, 3))
+    assert preflight.expected_longest(lengths, 3) == pytest.approx(sum(map(max, groups)) / len(groups))
+
+
+def test_training_time_counts_real_tokens_and_the_padding_of_random_micro_batches(tiny_dataset):
+    from softrec.data.prompts import response_text, sample_prompt
+    from softrec.models.tiny import tiny_tokenizer
+
+    config = load_config(values={"model.name": "tiny"})
+    tokenizer = tiny_tokenizer()
+    samples = tiny_dataset.split("train")[:5]
+    counted = [len(tokenizer(sample_prompt(tiny_dataset, s, config.model.template, tokenizer)
+                             + response_text(tiny_dataset.titles[s.target]))["input_ids"]) for s in samples]
+    assert preflight.sample_lengths(tiny_dataset, config, 5) == counted  # the tokenizer's count, not characters
+    estimate = preflight.estimate_train(config, tiny_dataset)
+    lengths = preflight.sample_lengths(tiny_dataset, config, preflight.TIME_PROBE)
+    assert f"~{preflight.expected_longest(lengths, 8):.0f} tokens each as micro-batches of 8 pad them" in estimate.summary()
+    grouped = preflight.estimate_train(config.with_(train={"group_by_length": True}), tiny_dataset)
+    assert grouped.seconds < estimate.seconds  # length-grouped micro-batches pad (almost) nothing

@@ -25,6 +25,13 @@ prompts in 3.3 min, 1024^2 matmul ~80 GFLOP/s. The bf16 factors were fitted on `
 training samples, LoRA lr 5e-4) on a 2-core Intel Xeon with AMX (2026-12-05, fresh clone, empty cache):
 SFT 78 s (~360 tokens/s), SOFT 80 s, distillation of 64 prompts 16 s, evaluations of 48 prompts
 24 and 15 s (3.6 min without the conversion; these factors then gave ~3.1), fp32 1024^2 matmul 225-270 GFLOP/s.
+The bf16 training factor was refitted (2026-12-06, same kind of Intel CPU) once training was priced on
+the tokens it computes: real tokenizer counts and random micro-batches padded to their longest
+(`expected_longest`). Counted by characters and unpadded, a cpu-medium amazon-industrial SFT read
+~63 min against ~3 h (its prompts tokenize 17% longer than estimated and pad to 1.7x their mean);
+refitted, 4 steps of it (128 samples, 117 s measured) and the demo SFT (2 epochs of 64, 41 s) are
+priced at 103 s and 45 s. Grounding embeds the catalogue once, in fp32 (3686 industrial titles of ~27
+tokens: ~2 min), which the estimate counts once per run.
 
 The GPU rates are a table of realistic (not peak) bf16 rates, not measured here. Expect a factor of
 2 either way; the job is to flag a run that will take a day or cannot fit, before it starts.
@@ -36,6 +43,7 @@ skips it. Memory above `SAFETY` x available -> UserError naming the setting to c
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -62,11 +70,12 @@ GPU_FLOPS = {"H100": 250e12, "H200": 250e12, "A100": 100e12, "L4": 40e12, "A10":
 # fp32 rate too: on a shared AMX VM the bf16 rate of short bursts read 440-1110 GFLOP/s (2048^2:
 # 760-2200) from one minute to the next while training held 320-380 tokens/s and the fp32 rate
 # 225-245, so the bf16 reading swung the estimate 2.5x and predicted nothing.
-CPU_TRAIN_EFFICIENCY = {False: 0.65, True: 1.0}  # bf16 -> multiple of the fp32 matmul rate
+CPU_TRAIN_EFFICIENCY = {False: 0.65, True: 0.7}  # bf16 -> multiple of the fp32 matmul rate
 CPU_GENERATE_EFFICIENCY = {False: 0.7, True: 1.6}
 GPU_GENERATE_EFFICIENCY = 0.1  # assumed, not measured
 TYPICAL_NEW_TOKENS = 32  # beams stop at the end of a title; max_new_tokens is an upper bound
 TYPICAL_RESPONSE_TOKENS = 20  # a quoted title and the end token
+TIME_PROBE = 256  # samples whose token counts price the time (memory: the longest of the first 64)
 BYTES = {"float32": 4, "auto": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -227,14 +236,63 @@ def _cpu_matmul_flops(n: int = 1024, bursts: int = 7, seconds: float = 0.03) -> 
 
 # ---------------------------------------------------------------- estimates
 def prompt_tokens(dataset: Any, config: Any, probe: int = 64, *, mean: bool = False) -> int:
-    """Prompt + response length in tokens (about 3.5 characters each), capped at max_length: the
-    longest of the first `probe` samples (memory: a batch pads to it) or their mean (time)."""
-    titles = dataset.titles
+    """Prompt + response length in tokens of the first `probe` samples (`sample_lengths`): the longest
+    (memory: a batch pads to it) or their mean (time)."""
+    lengths = sample_lengths(dataset, config, probe)
+    return int(sum(lengths) / len(lengths)) + 1 if mean else max(lengths)
+
+
+def sample_lengths(dataset: Any, config: Any, probe: int = 64) -> list[int]:
+    """Prompt + response tokens of the first `probe` training samples (test samples when there are
+    none), capped at model.max_length: counted with the backbone's tokenizer when it loads without a
+    conversion or the network, else estimated as ~3.5 characters a token plus the template. Product
+    titles are denser than that: amazon-industrial's prompts are 241 real tokens against ~206 estimated."""
     samples = dataset.split("train")[:probe] or dataset.split("test")[:probe]
-    chars = [sum(len(titles[i]) + 4 for i in s.history) + len(titles[s.target]) for s in samples] or [0]
-    template = 300  # instruction and response scaffolding of the alpaca template, in characters
-    typical = sum(chars) / len(chars) if mean else max(chars)
-    return min(config.model.max_length, int((typical + template) / 3.5) + 1)
+    if not samples:
+        return [1]
+    tokenizer = _tokenizer(config.model.name)
+    if tokenizer is not None:
+        from softrec.data.prompts import response_text, sample_prompt
+
+        texts = [sample_prompt(dataset, s, config.model.template, tokenizer) + response_text(dataset.titles[s.target])
+                 for s in samples]
+        lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    else:
+        titles = dataset.titles
+        template = 300  # instruction and response scaffolding of the alpaca template, in characters
+        lengths = [int((sum(len(titles[i]) + 4 for i in s.history) + len(titles[s.target]) + template) / 3.5) + 1
+                   for s in samples]
+    return [min(config.model.max_length, n) for n in lengths]
+
+
+def title_tokens(dataset: Any, config: Any, probe: int = 512) -> float:
+    """Mean tokens of a catalogue title (the grounding embeds every title once), as `sample_lengths` counts."""
+    titles = dataset.titles[:probe] or [""]
+    tokenizer = _tokenizer(config.model.name)
+    if tokenizer is None:
+        return sum(len(t) / 3.5 + 1 for t in titles) / len(titles)
+    return sum(len(ids) for ids in tokenizer(list(titles))["input_ids"]) / len(titles)
+
+
+def expected_longest(lengths: list[int], group: int) -> float:
+    """The mean length of the longest of `group` samples drawn at random (without replacement) from
+    `lengths`: what a micro-batch in random order pads to, so what training computes per sample.
+    Exact: the i-th smallest of n is the longest of the group with probability C(i-1, g-1) / C(n, g)."""
+    ordered, n = sorted(lengths), len(lengths)
+    group = max(1, min(group, n))
+    total = math.comb(n, group)
+    return sum(v * math.comb(i, group - 1) for i, v in enumerate(ordered) if i >= group - 1) / total
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _tokenizer(name: str) -> Any | None:
+    if name not in _TOKENIZERS:
+        from softrec.models.registry import cached_tokenizer
+
+        _TOKENIZERS[name] = cached_tokenizer(name)
+    return _TOKENIZERS[name]
 
 
 def train_flops_per_token(shape: BackboneShape, *, lora: bool, soft: bool, response_tokens: float,
@@ -248,14 +306,19 @@ def train_flops_per_token(shape: BackboneShape, *, lora: bool, soft: bool, respo
 
 
 def generation_flops(shape: BackboneShape, n_samples: int, *, prompt_tokens: float, num_beams: int,
-                     new_tokens: int, titles: int) -> float:
+                     new_tokens: int, titles: int, title_tokens: float = 16) -> float:
     """The engine's FLOPs: each prompt prefilled once through the decoder layers (the LM head at its
-    last token), then every beam's new tokens through the layers and the full LM head; the catalogue
-    (~16 tokens a title) embedded once."""
+    last token), then every beam's new tokens through the layers and the full LM head; plus the
+    catalogue embedded once (`catalogue_flops`)."""
     head = shape.vocab * shape.hidden
     body = shape.params - head  # the embedding matrix is the (tied) head; a lookup costs nothing
     flops = 2 * n_samples * (prompt_tokens * body + head + num_beams * new_tokens * (body + head))
-    return flops + 2 * titles * 16 * body
+    return flops + catalogue_flops(shape, titles, title_tokens)
+
+
+def catalogue_flops(shape: BackboneShape, titles: int, title_tokens: float) -> float:
+    """Every title through the frozen base's decoder layers once (L2 grounding; cached on disk after)."""
+    return 2 * titles * title_tokens * (shape.params - shape.vocab * shape.hidden)
 
 
 def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, device: str | None = None,
@@ -286,27 +349,35 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
     n = n_samples if n_samples is not None else len(dataset.split("train"))
     if train.train_samples:
         n = min(n, train.train_samples)
-    mean_seq = prompt_tokens(dataset, config, mean=True)
-    response = TYPICAL_RESPONSE_TOKENS if train.logits_at_labels_only else mean_seq
+    lengths = sample_lengths(dataset, config, TIME_PROBE)
+    # random micro-batches (the reference) pad each sample to the micro-batch's longest, and the
+    # padding is computed like any token; grouped by length they pad little
+    computed = sum(lengths) / len(lengths) if train.group_by_length else expected_longest(lengths, train.micro_batch)
+    response = TYPICAL_RESPONSE_TOKENS if train.logits_at_labels_only else computed
     flops_per_token = train_flops_per_token(shape, lora=lora.enabled, soft=is_soft(config.train.method),
-                                            response_tokens=response, mean_tokens=mean_seq)
+                                            response_tokens=response, mean_tokens=computed)
     from softrec.hardware import use_bf16
 
     bf16 = use_bf16(train.bf16, "cpu" if device == "cpu" else "cuda")
-    seconds = train.epochs * n * mean_seq * flops_per_token / (device_flops(device, bf16=bf16) * world)
-    notes = [f"{n} samples x {train.epochs} epochs, ~{seq} tokens each, micro-batch {train.micro_batch}"]
+    seconds = train.epochs * n * computed * flops_per_token / (device_flops(device, bf16=bf16) * world)
+    notes = [f"{n} samples x {train.epochs} epochs, ~{computed:.0f} tokens each as micro-batches of "
+             f"{train.micro_batch} pad them (longest {seq})"]
     if train.validate_every_epoch:  # beam-search validation after every epoch
         n_valid = min(len(dataset.split("valid")), train.valid_samples or 1 << 62)
         ev = config.eval
-        seconds += train.epochs * estimate_generation(
-            config, dataset, n_valid, stage="validate", num_beams=ev.num_beams,
-            max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, device=device).seconds
+        def validation(catalogue: bool) -> float:
+            return estimate_generation(config, dataset, n_valid, stage="validate", num_beams=ev.num_beams,
+                                       max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size, device=device,
+                                       catalogue=catalogue).seconds
+
+        seconds += validation(True) + (train.epochs - 1) * validation(False)  # the catalogue is embedded once
         notes.append(f"validation on {n_valid} samples per epoch included")
     if probes := _probes(config):  # SOFT's adaptive curriculum: d_0 and one probe distance per epoch
         soft = config.soft
         seconds += probes * estimate_generation(
             config, dataset, soft.probe_size, stage="probe", num_beams=soft.distill_beams,
-            max_new_tokens=soft.distill_max_new_tokens, batch_size=config.eval.batch_size, device=device).seconds
+            max_new_tokens=soft.distill_max_new_tokens, batch_size=config.eval.batch_size, device=device,
+            catalogue=False).seconds  # the probe compares generations; it grounds nothing
         notes.append(f"{probes} probes of {soft.probe_size} samples included")
     return Estimate("train", config.model.name, device, memory, seconds, available_memory(device), notes)
 
@@ -324,9 +395,11 @@ def _probes(config: Any) -> int:
 
 def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str, num_beams: int,
                         max_new_tokens: int, batch_size: int, device: str | None = None,
-                        model: str | None = None) -> Estimate:
+                        model: str | None = None, catalogue: bool = True) -> Estimate:
     """Peak memory and time of beam search over `n_samples` prompts (evaluation, distillation);
-    `model` overrides config.model.name (a run's base model)."""
+    `model` overrides config.model.name (a run's base model); `catalogue`: the time includes
+    embedding the catalogue for grounding (once per process; cached on disk after, which this does
+    not check: the cache key needs the weights)."""
     device = device or device_name()
     model = model or config.model.name
     shape = model_shape(model)
@@ -339,14 +412,17 @@ def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str
         "catalogue": len(dataset.titles) * shape.hidden * 4,
         "runtime": int(0.5 * GiB) if device == "cpu" else int(1.0 * GiB),
     }
-    prompt = prompt_tokens(dataset, config, mean=True)
+    prompt = prompt_tokens(dataset, config, TIME_PROBE, mean=True)
     flops = generation_flops(shape, n_samples, prompt_tokens=prompt, num_beams=num_beams,
-                             new_tokens=min(max_new_tokens, TYPICAL_NEW_TOKENS), titles=len(dataset.titles))
+                             new_tokens=min(max_new_tokens, TYPICAL_NEW_TOKENS), titles=0)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     from softrec.hardware import use_bf16
 
     native = config.eval.dtype == "bfloat16" or (config.eval.dtype == "auto" and use_bf16("auto", device if device == "cpu" else "cuda"))
     seconds = flops / (device_flops(device, generate=True, bf16=native) * world)
+    # the catalogue is embedded by the fp32 base model (once; later runs read it from the disk cache)
+    seconds += catalogue * catalogue_flops(shape, len(dataset.titles), title_tokens(dataset, config)) / device_flops(
+        device, generate=True)
     notes = [f"{n_samples} prompts, {num_beams} beams, {max_new_tokens} new tokens, batch {batch_size}"]
     return Estimate(stage, model, device, memory, seconds, available_memory(device), notes)
 

@@ -75,6 +75,32 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
+def cached_tokenizer(name: str) -> Any | None:
+    """`name`'s tokenizer when it loads from disk right now (the tiny test model, a converted GGUF
+    backbone, a local checkpoint directory), else None: the preflight counts prompt tokens with it
+    and must never start a conversion or a download to do so."""
+    from transformers import AutoTokenizer
+
+    if name == "tiny":
+        from softrec.models.tiny import tiny_tokenizer
+
+        return prepare_tokenizer(tiny_tokenizer())
+    if name in _LOADERS:
+        from softrec.models.gguf import checkpoint_dir, is_converted
+
+        if not is_converted(name):
+            return None
+        path = checkpoint_dir(name)
+    elif Path(name).expanduser().is_dir():
+        path = Path(name).expanduser()
+    else:
+        return None
+    try:
+        return prepare_tokenizer(AutoTokenizer.from_pretrained(str(path)))
+    except (OSError, ValueError):
+        return None
+
+
 def default_device() -> torch.device:
     """This process's accelerator if there is one (torchrun's LOCAL_RANK picks the GPU), else CPU.
 

@@ -67,7 +67,7 @@ class DatasetShape:
     test: int
     pool: int  # train_full windows (classic models)
     titles: int
-    prompt_tokens: int  # preflight.prompt_tokens(mean=True): characters / 3.5 + the template
+    prompt_tokens: int  # preflight.prompt_tokens(mean=True): tokenizer counts (characters / 3.5 without one)
 
     @classmethod
     def of(cls, prepared: Path) -> DatasetShape:
