@@ -42,6 +42,7 @@ skips it. Memory above `SAFETY` x available -> UserError naming the setting to c
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -284,15 +285,12 @@ def expected_longest(lengths: list[int], group: int) -> float:
     return sum(v * math.comb(i, group - 1) for i, v in enumerate(ordered) if i >= group - 1) / total
 
 
-_TOKENIZERS: dict[str, Any] = {}
-
-
+@functools.cache
 def _tokenizer(name: str) -> Any | None:
-    if name not in _TOKENIZERS:
-        from softrec.models.registry import cached_tokenizer
+    """Loaded once per process (Gemma's takes ~3 s); read-only here."""
+    from softrec.models.registry import cached_tokenizer
 
-        _TOKENIZERS[name] = cached_tokenizer(name)
-    return _TOKENIZERS[name]
+    return cached_tokenizer(name)
 
 
 def train_flops_per_token(shape: BackboneShape, *, lora: bool, soft: bool, response_tokens: float,
@@ -306,14 +304,13 @@ def train_flops_per_token(shape: BackboneShape, *, lora: bool, soft: bool, respo
 
 
 def generation_flops(shape: BackboneShape, n_samples: int, *, prompt_tokens: float, num_beams: int,
-                     new_tokens: int, titles: int, title_tokens: float = 16) -> float:
+                     new_tokens: int) -> float:
     """The engine's FLOPs: each prompt prefilled once through the decoder layers (the LM head at its
-    last token), then every beam's new tokens through the layers and the full LM head; plus the
-    catalogue embedded once (`catalogue_flops`)."""
+    last token), then every beam's new tokens through the layers and the full LM head. Grounding's
+    catalogue embedding is `catalogue_flops`, priced apart (fp32, once per run)."""
     head = shape.vocab * shape.hidden
     body = shape.params - head  # the embedding matrix is the (tied) head; a lookup costs nothing
-    flops = 2 * n_samples * (prompt_tokens * body + head + num_beams * new_tokens * (body + head))
-    return flops + catalogue_flops(shape, titles, title_tokens)
+    return 2 * n_samples * (prompt_tokens * body + head + num_beams * new_tokens * (body + head))
 
 
 def catalogue_flops(shape: BackboneShape, titles: int, title_tokens: float) -> float:
@@ -414,7 +411,7 @@ def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str
     }
     prompt = prompt_tokens(dataset, config, TIME_PROBE, mean=True)
     flops = generation_flops(shape, n_samples, prompt_tokens=prompt, num_beams=num_beams,
-                             new_tokens=min(max_new_tokens, TYPICAL_NEW_TOKENS), titles=0)
+                             new_tokens=min(max_new_tokens, TYPICAL_NEW_TOKENS))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     from softrec.hardware import use_bf16
 

@@ -32,6 +32,7 @@ from softrec.preflight import (
     TYPICAL_NEW_TOKENS,
     TYPICAL_RESPONSE_TOKENS,
     BackboneShape,
+    catalogue_flops,
     generation_flops,
     model_shape,
     train_flops_per_token,
@@ -80,6 +81,7 @@ class DatasetShape:
         return cls(*sizes, titles=len(data.titles), prompt_tokens=prompt_tokens(data, load_config(), mean=True))
 
 
+TITLE_TOKENS = 16  # a catalogue title's tokens, assumed (no tokenizer is loaded to plan)
 # amazon-books as `softrec data prepare` makes it (reference sizes; read from the prepared folder)
 AMAZON_BOOKS = DatasetShape(train=4096, valid=512, test=1000, pool=31163, titles=6343, prompt_tokens=194)
 
@@ -98,7 +100,8 @@ class _Costs:
     def generate(self, n: int, *, trained: bool = True, prompt_factor: int = 1) -> float:
         new = min(self.max_new, TYPICAL_NEW_TOKENS) if trained else self.max_new
         flops = generation_flops(self.model, n, prompt_tokens=self.data.prompt_tokens * prompt_factor,
-                                 num_beams=self.beams, new_tokens=new, titles=self.data.titles)
+                                 num_beams=self.beams, new_tokens=new)
+        flops += catalogue_flops(self.model, self.data.titles, TITLE_TOKENS)
         dispatch = math.ceil(n / self.batch) * new * self.assume.decode_step_s
         return max(flops / self.assume.generate_flops, dispatch)
 
