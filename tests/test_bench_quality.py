@@ -95,13 +95,15 @@ def _in_process(monkeypatch, calls):
     monkeypatch.setattr(execution, "subprocess", types.SimpleNamespace(run=run, STDOUT=subprocess.STDOUT))
 
 
-def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeypatch):
+def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeypatch, capsys):
     calls: list[list[str]] = []
     _in_process(monkeypatch, calls)
     out = tmp_path / "bench"
     methods = "sasrec,icl-0,sft,soft"
     assert cli_main(["bench", "quality", "--suite", "smoke", "--out", str(out), "--methods", methods,
                      "--resamples", "200", "--save", str(tmp_path / "saved")]) == 0
+    etas = [line.split(" ETA ", 1)[1] for line in capsys.readouterr().out.splitlines() if " ETA " in line]
+    assert etas[0].endswith("(planned, no long step timed yet)") and all("h for" in eta for eta in etas)  # a time plan
     payload = json.loads((out / "results.json").read_text())
     rows = payload["results"]["demo"]["methods"]
     assert set(rows) == {"sasrec", "icl-0", "sft", "soft"} and payload["results"]["demo"]["n"] == 8

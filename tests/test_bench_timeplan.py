@@ -79,7 +79,7 @@ def test_small_model_steps_are_bounded_by_dispatch_not_flops(tmp_path):
     assert 0 < flops_only < a / 2  # what remains: generation at 10% of the table rate (validation)
 
 
-def test_time_plan_flag_prints_estimates_and_reads_a_prepared_shape(tmp_path, tiny_dataset, capsys):
+def test_time_plan_flag_prints_estimates_on_a_gpu_or_this_cpu_and_reads_a_prepared_shape(tmp_path, tiny_dataset, capsys):
     out = tmp_path / "bench"
     shutil.copytree(tiny_dataset.path, out / "data" / "demo")
     assert cli_main(["bench", "quality", "--suite", "gpu-10min", "--datasets", "demo,amazon-books", "--out", str(out),
@@ -92,3 +92,61 @@ def test_time_plan_flag_prints_estimates_and_reads_a_prepared_shape(tmp_path, ti
     with pytest.raises(SystemExit, match="2"):  # argparse: an unknown GPU, with the known ones listed
         cli_main(["bench", "quality", "--out", str(out), "--time-plan", "Z80"])
     assert "invalid choice: 'Z80' (choose from 'A10', 'A100', 'H100', 'H200'" in capsys.readouterr().err
+    # on this CPU: its rates, and training priced on padded tokens
+    assert cli_main(["bench", "quality", "--suite", "smoke", "--methods", "sft,soft", "--out", str(out),
+                     "--time-plan", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "time plan on this CPU" in text and "UNMEASURED" not in text and " total (" in text
+    shape = timeplan.DatasetShape.of(out / "data" / "demo", quality.SUITES["smoke"])
+    assert shape.train_tokens > shape.prompt_tokens  # a random micro-batch pads to its longest sample
+
+
+def _plan_seconds(suite, assume, methods=("sft", "soft-a1")):
+    steps = quality.plan(suite, Path("/x"), ["amazon-books"], list(methods), [])
+    return {(step.kind, step.owner): seconds for step, seconds in timeplan.estimate(steps, suite, timeplan.AMAZON_BOOKS, assume)}
+
+
+def test_the_catalogue_is_embedded_once_per_dataset_and_distillation_covers_the_teachers_samples():
+    from softrec.preflight import catalogue_flops, model_shape
+
+    medium = quality.SUITES["cpu-medium"]
+    fast = timeplan.Assumptions(gpu=timeplan.CPU, train_step_s=0.0, decode_step_s=0.0, rates=(1e12, 1e12, 1e12))
+    slow_catalogue = dataclasses.replace(fast, rates=(1e12, 1e12, 1e9))
+    a, b = _plan_seconds(medium, fast), _plan_seconds(medium, slow_catalogue)
+    changed = {key: b[key] - a[key] for key in a if b[key] != a[key]}
+    catalogue = catalogue_flops(model_shape(medium.model), timeplan.AMAZON_BOOKS.titles, timeplan.AMAZON_BOOKS.title_tokens)
+    assert changed == {("train-llm", "sft"): pytest.approx(catalogue * (1 / 1e9 - 1 / 1e12))}  # SFT's first validation
+    doubled = _plan_seconds(dataclasses.replace(medium, train_size=2048), fast)
+    process = fast.process_s
+    assert doubled[("distill", "soft-a1")] - process == pytest.approx(2 * (a[("distill", "soft-a1")] - process))
+
+
+def test_eta_corrects_the_plan_by_what_each_kind_of_step_took(tmp_path):
+    from softrec.bench.quality.execution import StepLog, eta
+    from softrec.bench.quality.planning import PlannedStep
+
+    kinds = {"a": "train-llm", "b": "train-llm", "c": "evaluate-llm", "d": "evaluate-llm"}
+    steps = [PlannedStep(kind, "demo", name, [kind, name], tmp_path / name) for name, kind in kinds.items()]
+    planned = dict(zip([s.command for s in steps], (1000.0, 1000.0, 500.0, 500.0), strict=True))
+    log = StepLog(tmp_path)
+    assert eta(steps, log, 0, planned) == "ETA 0:50 h for 4 step(s) (planned, no long step timed yet)"
+    steps[0].output.touch()
+    log.mark(steps[0], 2000.0)  # training took twice its plan: so will the other training, and (for now) evaluation
+    assert eta(steps, log, 1, planned) == "ETA 1:06 h for 3 step(s) (planned x2 as measured so far)"
+    steps[2].output.touch()
+    log.mark(steps[2], 250.0)  # evaluation half its plan: only evaluation is corrected by it
+    assert eta(steps, log, 1, planned) == "ETA 0:37 h for 2 step(s) (planned x1.5 as measured so far)"
+    assert eta(steps, log, 1, {}) == "ETA unknown (no time plan)"
+    assert eta(steps, StepLog(tmp_path / "new"), 0, dict.fromkeys(planned, 30_000.0)).startswith("ETA 33:20 h")
+
+
+def test_a_short_step_does_not_rescale_the_long_ones(tmp_path):
+    from softrec.bench.quality.execution import StepLog, eta
+    from softrec.bench.quality.planning import PlannedStep
+
+    prepare, train = (PlannedStep(kind, "demo", kind, [kind], tmp_path / kind) for kind in ("prepare", "train-llm"))
+    log = StepLog(tmp_path)
+    prepare.output.touch()
+    log.mark(prepare, 1.0)  # 8x faster than planned: process start, nothing about training's rate
+    assert eta([prepare, train], log, 1, {prepare.command: 8.0, train.command: 3600.0}) == \
+        "ETA 1:00 h for 1 step(s) (planned, no long step timed yet)"

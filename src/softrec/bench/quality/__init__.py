@@ -27,7 +27,9 @@ finished chunks. `--pack FILE` carries the folder to another machine (restore: `
              Runs unchanged on one GPU or several (--launcher "torchrun --nproc_per_node N").
   gpu-10min  amazon-books' BIGRec rows (SFT + the sweep) at the reference data sizes, SOFT capped at 4
              epochs: what the time plan fits into one 10-minute call on one H200 (docs/scaling.md).
-  --time-plan GPU prints each step's estimated seconds on one such GPU (assumed rates, unmeasured).
+  --time-plan GPU prints each step's estimated seconds on one such GPU (assumed rates, unmeasured);
+  --time-plan cpu on this CPU (its timed matmul rate; the run's ETA uses the same plan, corrected by
+  the steps it has timed).
   smoke      the tiny random model on the built-in demo data, a few minutes: checks an install, nothing more.
 
 This module is the command; its parts: `suites` (suites and methods), `planning` (the commands, in
@@ -59,7 +61,7 @@ from softrec.bench.quality.suites import (
     alpha_method,
     known,
 )
-from softrec.bench.quality.timeplan import describe
+from softrec.bench.quality.timeplan import RunPlan, describe
 from softrec.config import EvalConfig
 from softrec.errors import UserError
 from softrec.preflight import GPU_FLOPS
@@ -106,9 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(e.g. benchmarks/results/quality-cpu-small-DATE)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and stop")
-    parser.add_argument("--time-plan", metavar="GPU", choices=sorted(GPU_FLOPS),
-                        help="print every step's estimated seconds on one such GPU and stop (assumed rates, "
-                        "never measured: softrec.bench.quality.timeplan)")
+    parser.add_argument("--time-plan", metavar="DEVICE", choices=[*sorted(GPU_FLOPS), "cpu"],
+                        help="print every step's estimated seconds and stop: on one such GPU (assumed rates, never "
+                        "measured) or on this CPU ('cpu': a timed matmul and the preflight's fitted factors); "
+                        "softrec.bench.quality.timeplan")
     parser.add_argument("--background", action="store_true",
                         help="lowest CPU priority for the suite and its steps (nice 19, and the Linux autogroup's: "
                         "nice alone yields nothing to other terminals' work there); start it with setsid")
@@ -156,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     print(f"softrec bench quality: {len(steps)} steps; {suite.scale()}\n  log: {out / 'bench.log'}", flush=True)
-    log = StepLog(out) if args.report_only else execute(steps, out, env)
+    log = StepLog(out) if args.report_only else execute(steps, out, env, RunPlan(steps, suite, out))
     results = collect(suite, out, datasets, methods, log, resamples=args.resamples)
     if not results:
         raise UserError(f"{out}: no finished evaluations to report")

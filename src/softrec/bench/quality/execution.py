@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,18 +39,35 @@ class StepLog:
         atomic_write_json(self.path, self.done)
 
 
-def _eta(steps: list[PlannedStep], log: StepLog, start: int) -> str:
-    """Remaining time, guessed from the median finished step of the same kind."""
-    by_kind: dict[str, list[float]] = {}
-    for info in log.done.values():
-        by_kind.setdefault(info["kind"], []).append(info["seconds"])
-    known = [statistics.median(by_kind[s.kind]) for s in steps[start:] if s.kind in by_kind and not log.finished(s)]
-    unknown = sum(1 for s in steps[start:] if s.kind not in by_kind and not log.finished(s))
-    eta = time.strftime("%H:%M:%S", time.gmtime(sum(known)))
-    return f"ETA {eta}" + (f" + {unknown} step(s) of unmeasured kind" if unknown else "")
+LONG_STEP_S = 60.0  # steps planned shorter than this (data preparation) are mostly process start: no guide for others
 
 
-def execute(steps: list[PlannedStep], out: Path, env: dict[str, str]) -> StepLog:
+def eta(steps: list[PlannedStep], log: StepLog, start: int, planned: dict[str, float]) -> str:
+    """The remaining steps' time: each one's planned seconds (`timeplan`: every run to its epoch cap)
+    times how far off the plan was on the finished steps of its kind (the median of measured / planned),
+    or, while none of its kind has finished, on all the finished long steps together. Hours count on past 24."""
+    if not planned:
+        return "ETA unknown (no time plan)"
+    ratios: dict[str, list[float]] = {}
+    measured = plan = 0.0
+    for command, info in log.done.items():
+        if planned.get(command):
+            ratios.setdefault(info["kind"], []).append(info["seconds"] / planned[command])
+            if planned[command] >= LONG_STEP_S:
+                measured, plan = measured + info["seconds"], plan + planned[command]
+    overall = measured / plan if plan else 1.0
+    left = [s for s in steps[start:] if not log.finished(s)]
+    seconds = sum(planned.get(s.command, 0.0) * (statistics.median(ratios[s.kind]) if s.kind in ratios else overall)
+                  for s in left)
+    hours, rest = divmod(int(seconds), 3600)
+    note = f"planned x{overall:.2g} as measured so far" if plan else "planned, no long step timed yet"
+    return f"ETA {hours}:{rest // 60:02d} h for {len(left)} step(s) ({note})"
+
+
+def execute(steps: list[PlannedStep], out: Path, env: dict[str, str],
+            planned: Callable[[], dict[str, float]] = dict) -> StepLog:
+    """Runs the unfinished steps in order; `planned()`: every step's planned seconds by command, asked
+    again before each step (a dataset's shape is known once prepared)."""
     log, logfile = StepLog(out), out / "bench.log"
     for index, step in enumerate(steps):
         prefix = f"[{index + 1}/{len(steps)}]"
@@ -59,7 +77,7 @@ def execute(steps: list[PlannedStep], out: Path, env: dict[str, str]) -> StepLog
         argv = list(step.argv)
         if step.kind == "train-llm" and (step.output.parent / "checkpoints").exists():
             argv.append("--resume")  # an interrupted run continues from its last checkpoint
-        print(f"{prefix} {time.strftime('%H:%M:%S')} {_eta(steps, log, index)}\n    $ {step.command}", flush=True)
+        print(f"{prefix} {time.strftime('%H:%M:%S')} {eta(steps, log, index, planned())}\n    $ {step.command}", flush=True)
         runner = [*step.launcher, "-m", "softrec"] if step.launcher else [sys.executable, "-m", "softrec"]
         started = time.monotonic()
         with logfile.open("a", encoding="utf-8") as fh:

@@ -1,8 +1,15 @@
-"""A time plan for a suite on one GPU: every step of a dataset's plan with its estimated seconds.
+"""A time plan for a suite: every step of a dataset's plan with its estimated seconds, on one GPU
+(`--time-plan H200`) or on this CPU (`--time-plan cpu`, and `bench quality`'s ETA for kinds of step
+it has not timed yet).
 
-UNMEASURED: no step of softrec has run on a GPU yet; these are assumptions, to size a plan before
-a machine is lent (docs/scaling.md, "Quality on a lent GPU"). Each step takes the larger of two
-bounds, plus the start of its `softrec` process:
+On this CPU the rates are the preflight's: a short timed fp32 matmul times the factors fitted on
+measured runs (`preflight.CPU_TRAIN_EFFICIENCY`, `CPU_GENERATE_EFFICIENCY`); training is priced on
+the tokens a random micro-batch pads to, the catalogue embedding for grounding once per dataset (it
+is cached on disk after).
+
+On a GPU it is UNMEASURED: no step of softrec has run on a GPU yet; these are assumptions, to size a
+plan before a machine is lent (docs/scaling.md, "Quality on a lent GPU"). Each step takes the larger
+of two bounds, plus the start of its `softrec` process:
 
 - compute: the preflight FLOP model (`preflight.train_flops_per_token`, `generation_flops`) over the
   preflight GPU table's realistic bf16 rate (250 TFLOP/s on an H100/H200, 10% of it for generation);
@@ -38,52 +45,82 @@ from softrec.preflight import (
     train_flops_per_token,
 )
 
+CPU = "cpu"  # `--time-plan cpu`: this machine's CPU
+
 
 @dataclass(frozen=True)
 class Assumptions:
-    """Per-step costs on one GPU, none of them measured (see the module docstring)."""
+    """Per-step costs on one GPU, none of them measured (see the module docstring), or on this CPU
+    (`this_cpu`: rates from a timed matmul, no dispatch bound)."""
 
-    gpu: str = "H200"
+    gpu: str = "H200"  # a GPU_FLOPS name, or CPU
     process_s: float = 20.0  # imports, CUDA context, the 1 GB fp32 checkpoint to the GPU, the tokenizer
     prepare_s: float = 8.0  # `softrec data prepare` of amazon-books: 7.6 s measured on a 2-core AMD EPYC
     train_step_s: float = 0.08  # a micro-batch's forward + backward + LoRA, eager, dispatch-bound
     decode_step_s: float = 0.025  # one beam step of a batch: 18 eager layers, the chunked LM head, beams
     classic_step_s: float = 0.01  # a SASRec/GRU4Rec batch of 256 windows
+    rates: tuple[float, float, float] | None = None  # FLOP/s of training, generation, catalogue; None: GPU table
+
+    @classmethod
+    def this_cpu(cls, suite: Suite) -> Assumptions:
+        """This CPU's rates for the suite's dtypes; a process start of ~15 s (imports, the cached
+        converted checkpoint, the tokenizer) and SASRec batches of ~0.3 s (0.64 s measured on a 2-core
+        Intel Xeon while an LLM training shared the cores)."""
+        from softrec.hardware import use_bf16
+        from softrec.preflight import device_flops
+
+        train_bf16 = use_bf16(str(suite.setting("train.bf16", "auto")), "cpu")
+        dtype = str(suite.setting("eval.dtype", EvalConfig().dtype))
+        eval_bf16 = dtype == "bfloat16" or (dtype == "auto" and use_bf16("auto", "cpu"))
+        rates = (device_flops(CPU, bf16=train_bf16), device_flops(CPU, generate=True, bf16=eval_bf16),
+                 device_flops(CPU, generate=True))  # the catalogue is embedded by the fp32 base model
+        return cls(gpu=CPU, process_s=15.0, train_step_s=0.0, decode_step_s=0.0, classic_step_s=0.3, rates=rates)
 
     @property
     def train_flops(self) -> float:
-        return GPU_FLOPS[self.gpu]
+        return self.rates[0] if self.rates else GPU_FLOPS[self.gpu]
 
     @property
     def generate_flops(self) -> float:
-        return GPU_FLOPS[self.gpu] * GPU_GENERATE_EFFICIENCY
+        return self.rates[1] if self.rates else GPU_FLOPS[self.gpu] * GPU_GENERATE_EFFICIENCY
+
+    @property
+    def catalogue_flops(self) -> float:
+        return self.rates[2] if self.rates else self.generate_flops
 
 
 @dataclass(frozen=True)
 class DatasetShape:
-    """What the time depends on: split sizes, the classic models' pool, catalogue, mean prompt tokens."""
+    """What the time depends on: split sizes, the classic models' pool, catalogue, prompt tokens."""
 
     train: int
     valid: int
     test: int
     pool: int  # train_full windows (classic models)
     titles: int
-    prompt_tokens: int  # preflight.prompt_tokens(mean=True): tokenizer counts (characters / 3.5 without one)
+    prompt_tokens: int  # the mean (prefill): tokenizer counts (characters / 3.5 without one), preflight.sample_lengths
+    train_tokens: int  # what a random micro-batch of the suite's size pads a sample to (preflight.expected_longest)
+    title_tokens: float = 16.0
 
     @classmethod
-    def of(cls, prepared: Path) -> DatasetShape:
+    def of(cls, prepared: Path, suite: Suite) -> DatasetShape:
         from softrec.config import load_config
         from softrec.data.dataset import PreparedDataset
-        from softrec.preflight import prompt_tokens
+        from softrec.preflight import TIME_PROBE, expected_longest, sample_lengths, title_tokens
 
         data = PreparedDataset.load(prepared)
+        config = load_config(overrides=[f"model.name={suite.model}"])
         sizes = [len(data.split(s)) for s in ("train", "valid", "test", "train_full")]
-        return cls(*sizes, titles=len(data.titles), prompt_tokens=prompt_tokens(data, load_config(), mean=True))
+        lengths = sample_lengths(data, config, TIME_PROBE)
+        return cls(*sizes, titles=len(data.titles), prompt_tokens=int(sum(lengths) / len(lengths)) + 1,
+                   train_tokens=round(expected_longest(lengths, suite.micro_batch)),
+                   title_tokens=title_tokens(data, config))
 
 
-TITLE_TOKENS = 16  # a catalogue title's tokens, assumed (no tokenizer is loaded to plan)
-# amazon-books as `softrec data prepare` makes it (reference sizes; read from the prepared folder)
-AMAZON_BOOKS = DatasetShape(train=4096, valid=512, test=1000, pool=31163, titles=6343, prompt_tokens=194)
+# amazon-books as `softrec data prepare` makes it (reference sizes; read from the prepared folder);
+# Gemma 3 tokens, padded at micro-batches of 8, measured on the prepared data
+AMAZON_BOOKS = DatasetShape(train=4096, valid=512, test=1000, pool=31163, titles=6343, prompt_tokens=188,
+                            train_tokens=238)
 
 
 class _Costs:
@@ -96,28 +133,40 @@ class _Costs:
         self.beams = int(suite.setting("eval.num_beams", EvalConfig().num_beams))
         self.max_new = int(suite.setting("eval.max_new_tokens", EvalConfig().max_new_tokens))
         self.probe = int(suite.setting("soft.probe_size", SoftConfig().probe_size))
+        self.catalogue_left = True  # embedded by the first step that grounds; read from the disk cache after
 
-    def generate(self, n: int, *, trained: bool = True, prompt_factor: int = 1) -> float:
+    def generate(self, n: int, *, trained: bool = True, prompt_factor: int = 1, grounds: bool = True) -> float:
         new = min(self.max_new, TYPICAL_NEW_TOKENS) if trained else self.max_new
         flops = generation_flops(self.model, n, prompt_tokens=self.data.prompt_tokens * prompt_factor,
                                  num_beams=self.beams, new_tokens=new)
-        flops += catalogue_flops(self.model, self.data.titles, TITLE_TOKENS)
         dispatch = math.ceil(n / self.batch) * new * self.assume.decode_step_s
-        return max(flops / self.assume.generate_flops, dispatch)
+        return max(flops / self.assume.generate_flops, dispatch) + (self.catalogue() if grounds else 0.0)
+
+    def catalogue(self) -> float:
+        """The catalogue's embedding for grounding, at the first step that grounds; 0 after."""
+        if not self.catalogue_left:
+            return 0.0
+        self.catalogue_left = False
+        return catalogue_flops(self.model, self.data.titles, self.data.title_tokens) / self.assume.catalogue_flops
+
+    def train_samples(self) -> int:
+        return min(self.data.train, self.suite.train_size or self.data.train)
 
     def train_epoch(self, soft: bool) -> float:
-        n = min(self.data.train, self.suite.train_size or self.data.train)
+        n = self.train_samples()
+        tokens = self.data.train_tokens
         per_token = train_flops_per_token(self.model, lora=True, soft=soft, response_tokens=TYPICAL_RESPONSE_TOKENS,
-                                          mean_tokens=self.data.prompt_tokens)
-        flops = n * self.data.prompt_tokens * per_token
+                                          mean_tokens=tokens)
+        flops = n * tokens * per_token
         return max(flops / self.assume.train_flops, math.ceil(n / self.suite.micro_batch) * self.assume.train_step_s)
 
     def train(self, soft: bool) -> float:
         epochs = (self.suite.soft_epochs or self.suite.epochs) if soft else self.suite.epochs
-        valid = self.generate(min(self.data.valid, self.suite.valid_size or self.data.valid))
-        seconds = epochs * (self.train_epoch(soft) + valid)
-        if soft:  # the probe: d_0 with the untuned base, then after every epoch
-            seconds += self.generate(self.probe, trained=False) + epochs * self.generate(self.probe)
+        valid = self.generate(min(self.data.valid, self.suite.valid_size or self.data.valid), grounds=False)
+        seconds = epochs * (self.train_epoch(soft) + valid) + self.catalogue()
+        if soft:  # the probe: d_0 with the untuned base, then after every epoch; it grounds nothing
+            seconds += self.generate(self.probe, trained=False, grounds=False)
+            seconds += epochs * self.generate(self.probe, grounds=False)
         return seconds
 
     def test(self) -> int:
@@ -133,7 +182,7 @@ class _Costs:
         if step.kind == "evaluate-classic":
             return self.assume.process_s
         if step.kind == "distill":
-            return self.assume.process_s + self.generate(self.data.train)
+            return self.assume.process_s + self.generate(self.train_samples(), grounds=False)  # the teacher's samples, raw text
         if step.kind == "train-llm":
             return self.assume.process_s + self.train(soft=step.owner.startswith(("soft", "llara-soft")))
         if step.owner.startswith("icl"):
@@ -144,7 +193,7 @@ class _Costs:
 
 def estimate(steps: list[PlannedStep], suite: Suite, shape: DatasetShape,
              assume: Assumptions | None = None) -> list[tuple[PlannedStep, float]]:
-    """Each step with its estimated seconds on one GPU (upper bounds under `assume`)."""
+    """Each step of one dataset, in plan order, with its estimated seconds (upper bounds under `assume`)."""
     costs = _Costs(suite, shape, assume or Assumptions())
     return [(step, costs.seconds(step)) for step in steps]
 
@@ -152,24 +201,71 @@ def estimate(steps: list[PlannedStep], suite: Suite, shape: DatasetShape,
 def render(rows: list[tuple[PlannedStep, float]], assume: Assumptions | None = None) -> str:
     """The plan as text: one line per step (seconds, kind, row), the total, and the assumptions."""
     assume = assume or Assumptions()
-    lines = [f"time plan on one {assume.gpu} (UNMEASURED: assumed rates, softrec.bench.quality.timeplan): "
-             f"a softrec process {assume.process_s:g} s, a training micro-step >= {assume.train_step_s:g} s, "
-             f"a decoding step >= {assume.decode_step_s:g} s, {assume.train_flops / 1e12:g} TFLOP/s training, "
-             f"{assume.generate_flops / 1e12:g} TFLOP/s generation; every run to its epoch cap"]
+    if assume.gpu == CPU:
+        lines = [f"time plan on this CPU (its fp32 matmul rate timed now x the preflight's fitted factors): "
+                 f"a softrec process {assume.process_s:g} s, {assume.train_flops / 1e12:.2g} TFLOP/s training, "
+                 f"{assume.generate_flops / 1e12:.2g} TFLOP/s generation; every run to its epoch cap"]
+    else:
+        lines = [f"time plan on one {assume.gpu} (UNMEASURED: assumed rates, softrec.bench.quality.timeplan): "
+                 f"a softrec process {assume.process_s:g} s, a training micro-step >= {assume.train_step_s:g} s, "
+                 f"a decoding step >= {assume.decode_step_s:g} s, {assume.train_flops / 1e12:g} TFLOP/s training, "
+                 f"{assume.generate_flops / 1e12:g} TFLOP/s generation; every run to its epoch cap"]
     lines += [f"{seconds:7.0f} s  {step.kind:<16} {step.owner}" for step, seconds in rows]
     total = sum(seconds for _, seconds in rows)
     lines.append(f"{total:7.0f} s  total ({total / 60:.1f} min)")
     return "\n".join(lines)
 
 
-def describe(steps: list[PlannedStep], suite: Suite, out: Path, datasets: list[str], gpu: str) -> str:
+def assumptions(device: str, suite: Suite) -> Assumptions:
+    """`device`: a GPU_FLOPS name or CPU."""
+    return Assumptions.this_cpu(suite) if device == CPU else Assumptions(gpu=device)
+
+
+def shape_of(out: Path, name: str, suite: Suite) -> DatasetShape | None:
+    """The dataset's shape read from OUT/data/NAME, or None while it is not prepared."""
+    prepared = out / "data" / name
+    return DatasetShape.of(prepared, suite) if (prepared / "dataset.json").exists() else None
+
+
+def describe(steps: list[PlannedStep], suite: Suite, out: Path, datasets: list[str], device: str) -> str:
     """The time plan of every dataset: its shape read from OUT/data/NAME once prepared, else amazon-books'."""
-    assume, parts = Assumptions(gpu=gpu), []
+    assume, parts = assumptions(device, suite), []
     for name in datasets:
-        prepared = out / "data" / name
-        known = (prepared / "dataset.json").exists()
-        shape = DatasetShape.of(prepared) if known else AMAZON_BOOKS
-        rows = estimate([s for s in steps if s.dataset == name], suite, shape, assume)
-        source = f"read from {prepared}" if known else "amazon-books' shape (not prepared yet)"
+        shape = shape_of(out, name, suite)
+        rows = estimate([s for s in steps if s.dataset == name], suite, shape or AMAZON_BOOKS, assume)
+        source = f"read from {out / 'data' / name}" if shape else "amazon-books' shape (not prepared yet)"
         parts.append(f"{name} ({source}):\n{render(rows, assume)}")
     return "\n\n".join(parts)
+
+
+class RunPlan:
+    """Every step's planned seconds on the machine that runs the suite, by command (`bench quality`'s
+    ETA): this CPU's rates, or the GPU table's row for the first GPU (the H100's when not in the table);
+    a dataset's shape read once it is prepared, amazon-books' until then. An estimate that fails (a
+    backbone without a readable shape) leaves the ETA unknown, never the run stopped."""
+
+    def __init__(self, steps: list[PlannedStep], suite: Suite, out: Path):
+        self.steps, self.suite, self.out = steps, suite, out
+        self.datasets = list(dict.fromkeys(step.dataset for step in steps))
+        self.shapes: dict[str, DatasetShape] = {}
+        self.assume: Assumptions | None = None
+
+    def __call__(self) -> dict[str, float]:
+        from softrec.errors import UserError
+        from softrec.preflight import device_name
+
+        try:
+            if self.assume is None:
+                device = device_name()
+                gpu = next((name for name in GPU_FLOPS if name in device), "H100")
+                self.assume = assumptions(CPU if device == CPU else gpu, self.suite)
+            seconds = {}
+            for name in self.datasets:
+                if name not in self.shapes and (shape := shape_of(self.out, name, self.suite)):
+                    self.shapes[name] = shape
+                rows = estimate([s for s in self.steps if s.dataset == name], self.suite,
+                                self.shapes.get(name, AMAZON_BOOKS), self.assume)
+                seconds.update((step.command, s) for step, s in rows)
+            return seconds
+        except (UserError, OSError, ValueError, KeyError):
+            return {}
