@@ -234,3 +234,36 @@ def test_manifest_records_what_a_rerun_needs(trained):
     assert saved.model.name == "tiny" and saved.train.seed == 42
     manifest = RunDir(out).manifest()["artefacts"]
     assert manifest["adapter"]["key"] == info["train_key"] and len(manifest["adapter"]["sha256"]) == 64
+
+
+def test_a_built_install_names_the_commit_it_was_built_from(tmp_path):
+    """Long experiments run from a non-editable install (no checkout beside it): the wheel carries its
+    commit in softrec/_build.json, and provenance reads it there."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    src = tmp_path / "src"
+    subprocess.run(["git", "clone", "-q", str(root), str(src)], check=True)
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):  # this working tree's code at its HEAD (a clean clone in CI)
+        if (root / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes((root / name).read_bytes())
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    expected = head.stdout.strip() + ("-dirty" if dirty else "")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "wheels"), str(tmp_path / "src")], check=True, capture_output=True)
+    wheel, = (tmp_path / "wheels").glob("softrec-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(tmp_path / "site")
+    assert json.loads((tmp_path / "site" / "softrec" / "_build.json").read_text()) == {"git_commit": expected}
+    probe = "from softrec.runs import git_commit; print(git_commit())"
+    shown = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}).stdout.strip()
+    assert shown == expected

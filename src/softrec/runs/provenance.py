@@ -60,7 +60,15 @@ def environment() -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
+    """The checkout's HEAD (with -dirty for uncommitted changes to tracked files), or for a built
+    install the commit it was built from (softrec/_build.json, written by setup.py)."""
     here = Path(__file__).resolve().parent
+    built = here.parent / "_build.json"
+    if built.is_file():
+        try:
+            return str(json.loads(built.read_text())["git_commit"])
+        except (OSError, ValueError, KeyError):
+            return None
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
