@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -150,3 +151,27 @@ def test_a_short_step_does_not_rescale_the_long_ones(tmp_path):
     log.mark(prepare, 1.0)  # 8x faster than planned: process start, nothing about training's rate
     assert eta([prepare, train], log, 1, {prepare.command: 8.0, train.command: 3600.0}) == \
         "ETA 1:00 h for 1 step(s) (planned, no long step timed yet)"
+
+
+def test_status_lists_each_step_and_counts_what_checkpoints_have_trained(tmp_path, capsys):
+    from softrec.bench.quality.execution import StepLog, status
+    from softrec.bench.quality.planning import PlannedStep
+
+    run = tmp_path / "demo" / "sft"
+    prepare = PlannedStep("prepare", "demo", "data", ["data"], tmp_path / "data" / "dataset.json")
+    train = PlannedStep("train-llm", "demo", "sft", ["train"], run / "history.json")
+    evaluate = PlannedStep("evaluate-llm", "demo", "sft", ["evaluate"], run / "eval" / "metrics.json")
+    steps = [prepare, train, evaluate]
+    prepare.output.parent.mkdir(parents=True)
+    prepare.output.touch()
+    StepLog(tmp_path).mark(prepare, 3.0)
+    checkpoint = run / "checkpoints" / "checkpoint-50"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 50, "max_steps": 200}))
+    planned = {prepare.command: 8.0, train.command: 4000.0, evaluate.command: 600.0}
+    assert status(steps, tmp_path, planned).splitlines() == [
+        "[1/3] demo data prepare: done in 3 s",
+        "[2/3] demo sft train-llm: trained 50/200 optimizer steps",
+        "[3/3] demo sft evaluate-llm: to run",
+        "ETA 1:00 h for 2 step(s) (planned, no long step timed yet)",  # 3/4 of the training + the evaluation
+    ]

@@ -1,6 +1,6 @@
 """`softrec bench quality`: every method on the shared datasets, one results table.
 
-    softrec bench quality --suite cpu-small --out DIR [--datasets ...] [--methods ...] [--dry-run]
+    softrec bench quality --suite cpu-small --out DIR [--datasets ...] [--methods ...] [--dry-run | --status]
     softrec bench quality --suite gpu --out DIR [--launcher "torchrun --nproc_per_node 4"]
 
 Methods: ICL zero- and few-shot (untuned backbone), SASRec, GRU4Rec, SFT, SOFT and SOFT-sd-only on
@@ -46,7 +46,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from softrec.bench.quality.execution import StepLog, execute, run_in_background
+from softrec.bench.quality.execution import StepLog, execute, run_in_background, status
 from softrec.bench.quality.pack import pack
 from softrec.bench.quality.planning import plan
 from softrec.bench.quality.report import markdown, plot, save_predictions
@@ -115,6 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background", action="store_true",
                         help="lowest CPU priority for the suite and its steps (nice 19, and the Linux autogroup's: "
                         "nice alone yields nothing to other terminals' work there); start it with setsid")
+    parser.add_argument("--status", action="store_true",
+                        help="run nothing: each step finished (its time), part-trained or to run, and the ETA")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rebuild the results from the finished rows in --out")
     parser.add_argument("--pack", type=Path, metavar="FILE",
@@ -153,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.dry_run:
         print("\n".join(step.command for step in steps))
+        return 0
+    if args.status:
+        print(status(steps, out, RunPlan(steps, suite, out)()))
         return 0
     if args.background:
         print("background: " + ", ".join(run_in_background()), flush=True)

@@ -42,10 +42,28 @@ class StepLog:
 LONG_STEP_S = 60.0  # steps planned shorter than this (data preparation) are mostly process start: no guide for others
 
 
+def training_progress(step: PlannedStep) -> tuple[int, int] | None:
+    """(optimizer steps done, planned) of an interrupted or running LLM training: its newest complete
+    checkpoint's trainer state; None for other steps or before the first checkpoint."""
+    from softrec.training.checkpoints import last_complete_checkpoint
+
+    if step.kind != "train-llm" or not (newest := last_complete_checkpoint(step.output.parent / "checkpoints")):
+        return None
+    state = json.loads((newest / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("global_step", 0)), int(state.get("max_steps") or 0)
+
+
+def _left(step: PlannedStep) -> float:
+    """The share of a step still to run: what its checkpoints have not done (early stopping may end it sooner)."""
+    done = training_progress(step)
+    return 1.0 - min(done[0] / done[1], 1.0) if done and done[1] else 1.0
+
+
 def eta(steps: list[PlannedStep], log: StepLog, start: int, planned: dict[str, float]) -> str:
-    """The remaining steps' time: each one's planned seconds (`timeplan`: every run to its epoch cap)
-    times how far off the plan was on the finished steps of its kind (the median of measured / planned),
-    or, while none of its kind has finished, on all the finished long steps together. Hours count on past 24."""
+    """The remaining steps' time: each one's planned seconds (`timeplan`: every run to its epoch cap),
+    less what its checkpoints have done, times how far off the plan was on the finished steps of its
+    kind (the median of measured / planned), or, while none of its kind has finished, on all the
+    finished long steps together. Hours count on past 24."""
     if not planned:
         return "ETA unknown (no time plan)"
     ratios: dict[str, list[float]] = {}
@@ -57,8 +75,8 @@ def eta(steps: list[PlannedStep], log: StepLog, start: int, planned: dict[str, f
                 measured, plan = measured + info["seconds"], plan + planned[command]
     overall = measured / plan if plan else 1.0
     left = [s for s in steps[start:] if not log.finished(s)]
-    seconds = sum(planned.get(s.command, 0.0) * (statistics.median(ratios[s.kind]) if s.kind in ratios else overall)
-                  for s in left)
+    seconds = sum(planned.get(s.command, 0.0) * _left(s) * (statistics.median(ratios[s.kind]) if s.kind in ratios
+                                                            else overall) for s in left)
     hours, rest = divmod(int(seconds), 3600)
     note = f"planned x{overall:.2g} as measured so far" if plan else "planned, no long step timed yet"
     return f"ETA {hours}:{rest // 60:02d} h for {len(left)} step(s) ({note})"
@@ -91,6 +109,23 @@ def execute(steps: list[PlannedStep], out: Path, env: dict[str, str],
         print(f"    finished in {seconds:.0f} s", flush=True)
     return log
 
+
+
+def status(steps: list[PlannedStep], out: Path, planned: dict[str, float]) -> str:
+    """`--status`: each step of the plan, finished (and how long it took), part-trained, or to run; the ETA."""
+    from softrec.preflight import duration
+
+    log, lines, first = StepLog(out), [], None
+    for index, step in enumerate(steps):
+        if log.finished(step):
+            state = f"done in {duration(log.done[step.command]['seconds'])}"
+        else:
+            first = index if first is None else first
+            done = training_progress(step)
+            state = f"trained {done[0]}/{done[1]} optimizer steps" if done else "to run"
+        lines.append(f"[{index + 1}/{len(steps)}] {step.dataset} {step.owner} {step.kind}: {state}")
+    lines.append("every step has finished" if first is None else eta(steps, log, first, planned))
+    return "\n".join(lines)
 
 
 def run_in_background(autogroup: Path = Path("/proc/self/autogroup")) -> list[str]:
