@@ -175,3 +175,9 @@ def test_status_lists_each_step_and_counts_what_checkpoints_have_trained(tmp_pat
         "[3/3] demo sft evaluate-llm: to run",
         "ETA 1:00 h for 2 step(s) (planned, no long step timed yet)",  # 3/4 of the training + the evaluation
     ]
+
+
+def test_a_plan_that_cannot_be_estimated_leaves_the_eta_unknown(tmp_path):
+    suite = dataclasses.replace(quality.SUITES["smoke"], model=str(tmp_path / "no-such-model"))
+    steps = quality.plan(suite, tmp_path, ["demo"], ["sft"], [])
+    assert timeplan.RunPlan(steps, suite, tmp_path)() == {}

@@ -251,7 +251,6 @@ class RunPlan:
         self.assume: Assumptions | None = None
 
     def __call__(self) -> dict[str, float]:
-        from softrec.errors import UserError
         from softrec.preflight import device_name
 
         try:
@@ -267,5 +266,5 @@ class RunPlan:
                                 self.shapes.get(name, AMAZON_BOOKS), self.assume)
                 seconds.update((step.command, s) for step, s in rows)
             return seconds
-        except (UserError, OSError, ValueError, KeyError):
+        except Exception:  # noqa: BLE001 -- a tokenizer or shape that fails to load must not stop the suite
             return {}
