@@ -17,19 +17,26 @@ rows, kept out of the average gain, with their teacher's facts and DIR/study.png
 
 Resumable: finished steps are recorded in DIR/steps.json and skipped; an interrupted step is rerun,
 and `softrec train` picks up its last checkpoint (`--resume`), evaluation and distillation their
-finished chunks. `--pack FILE` carries the folder to another machine (restore: `tar xzf FILE -C DIR`). Suites (sizes stated in results.md):
+finished chunks. `--status` shows where a suite stands and its ETA; `--pack FILE` carries the folder
+to another machine (restore: `tar xzf FILE -C DIR`). `--time-plan GPU` prints each step's estimated
+seconds on one such GPU (assumed rates, unmeasured), `--time-plan cpu` on this CPU (its timed matmul
+rate); the ETA printed before each step is that plan, corrected by the steps timed so far.
+
+Suites (sizes stated in results.md):
   cpu-small  Gemma 3 270M, LoRA; SFT/SOFT on 128 training samples for 2 epochs (effective batch 16),
              validation on 32, test on the first 100 of the 1000 prepared test samples; classic models
              on the whole training pool, at most 50 epochs. Hours on 2 CPU cores. Intervals are wide:
              this scale checks that everything runs and shows magnitudes; it cannot detect SOFT's effect.
+  cpu-medium #15's CPU answer on amazon-books and amazon-industrial: SFT on 1024 training samples for up
+             to 7 epochs (early stopping on 256 validation samples), SOFT with the alpha sweep (1, 10,
+             100) capped at 4 epochs, SOFT-sd-only, SASRec and GRU4Rec, all 1000 test samples. ~8-12 h
+             of machine time a dataset on a 2-core AMX Xeon, about twice that on AVX2-only CPUs
+             (`--time-plan cpu` prices it on yours); run it with --background, across sessions.
   gpu        the reference protocol: 4096/512/1000 samples, 7 epochs (SFT and SOFT), effective batch
              256, bf16, the alpha sweep (1, 10, 100), 5-shot ICL, classic models with their defaults.
              Runs unchanged on one GPU or several (--launcher "torchrun --nproc_per_node N").
   gpu-10min  amazon-books' BIGRec rows (SFT + the sweep) at the reference data sizes, SOFT capped at 4
              epochs: what the time plan fits into one 10-minute call on one H200 (docs/scaling.md).
-  --time-plan GPU prints each step's estimated seconds on one such GPU (assumed rates, unmeasured);
-  --time-plan cpu on this CPU (its timed matmul rate; the run's ETA uses the same plan, corrected by
-  the steps it has timed).
   smoke      the tiny random model on the built-in demo data, a few minutes: checks an install, nothing more.
 
 This module is the command; its parts: `suites` (suites and methods), `planning` (the commands, in
