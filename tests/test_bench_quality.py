@@ -147,6 +147,14 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
                      "--resamples", "200"]) == 0
     assert [c[:2] for c in calls] == [["train", "--method"], ["evaluate", "--run-dir"]]
     assert calls[0][2] == "soft" and calls[1][2] == str(out / "demo" / "soft")
+    retrained = next(info for command, info in json.loads((out / "steps.json").read_text()).items()
+                     if info["kind"] == "train-llm" and info["owner"] == "soft")
+    assert retrained["share_timed"] == 0.0  # its checkpoints had it all: the rerun only resumed and saved
+    rows = json.loads((out / "results.json").read_text())["results"]["demo"]["methods"]
+    assert rows["soft"]["seconds_partial"] and not rows["sft"]["seconds_partial"]
+    text = (out / "results.md").read_text()
+    soft_row = next(line for line in text.splitlines() if line.startswith("| BIGRec-SOFT |"))
+    assert soft_row.endswith("* |") and "* a resumed training" in text
 
     # --report-only runs nothing and reports the finished rows of the methods asked for
     calls.clear()

@@ -181,3 +181,19 @@ def test_a_plan_that_cannot_be_estimated_leaves_the_eta_unknown(tmp_path):
     suite = dataclasses.replace(quality.SUITES["smoke"], model=str(tmp_path / "no-such-model"))
     steps = quality.plan(suite, tmp_path, ["demo"], ["sft"], [])
     assert timeplan.RunPlan(steps, suite, tmp_path)() == {}
+
+
+def test_a_resumed_training_is_timed_for_the_part_it_ran(tmp_path):
+    from softrec.bench.quality.execution import StepLog, eta, status
+    from softrec.bench.quality.planning import PlannedStep
+
+    first, second = (PlannedStep("train-llm", "demo", name, [name], tmp_path / name / "history.json") for name in ("a", "b"))
+    for step in (first, second):
+        step.output.parent.mkdir()
+    first.output.touch()
+    log = StepLog(tmp_path)
+    log.mark(first, 900.0, share=0.25)  # resumed at 3/4: 900 s for a quarter of a 1-hour plan
+    planned = {first.command: 3600.0, second.command: 3600.0}
+    assert eta([first, second], log, 1, planned) == "ETA 1:00 h for 1 step(s) (planned x1 as measured so far)"
+    assert status([first, second], tmp_path, planned).splitlines()[0] == \
+        "[1/2] demo a train-llm: done in 15 min (the last 25% of it, resumed)"

@@ -27,7 +27,9 @@ class StepLog:
     def finished(self, step: PlannedStep) -> bool:
         return step.command in self.done and step.output.exists()
 
-    def mark(self, step: PlannedStep, seconds: float) -> None:
+    def mark(self, step: PlannedStep, seconds: float, share: float = 1.0) -> None:
+        """`share`: the part of the step its final process ran (a resumed training: what its checkpoints
+        had not done); the time of processes killed before it is not known."""
         from softrec.runs import atomic_write_json
 
         if self._machine is None:  # a resumed suite may run on another machine than the steps before it
@@ -36,6 +38,8 @@ class StepLog:
             self._machine = describe(machine())
         self.done[step.command] = {"kind": step.kind, "dataset": step.dataset, "owner": step.owner, "seconds": round(seconds, 1),
                                    "finished": datetime.now(UTC).isoformat(timespec="seconds"), "ran_on": self._machine}
+        if share < 1.0:
+            self.done[step.command]["share_timed"] = round(share, 3)
         atomic_write_json(self.path, self.done)
 
 
@@ -69,10 +73,10 @@ def eta(steps: list[PlannedStep], log: StepLog, start: int, planned: dict[str, f
     ratios: dict[str, list[float]] = {}
     measured = plan = 0.0
     for command, info in log.done.items():
-        if planned.get(command):
-            ratios.setdefault(info["kind"], []).append(info["seconds"] / planned[command])
-            if planned[command] >= LONG_STEP_S:
-                measured, plan = measured + info["seconds"], plan + planned[command]
+        if timed_plan := planned.get(command, 0.0) * info.get("share_timed", 1.0):
+            ratios.setdefault(info["kind"], []).append(info["seconds"] / timed_plan)
+            if timed_plan >= LONG_STEP_S:
+                measured, plan = measured + info["seconds"], plan + timed_plan
     overall = measured / plan if plan else 1.0
     left = [s for s in steps[start:] if not log.finished(s)]
     seconds = sum(planned.get(s.command, 0.0) * _left(s) * (statistics.median(ratios[s.kind]) if s.kind in ratios
@@ -95,6 +99,7 @@ def execute(steps: list[PlannedStep], out: Path, env: dict[str, str],
         argv = list(step.argv)
         if step.kind == "train-llm" and (step.output.parent / "checkpoints").exists():
             argv.append("--resume")  # an interrupted run continues from its last checkpoint
+        share = _left(step)
         print(f"{prefix} {time.strftime('%H:%M:%S')} {eta(steps, log, index, planned())}\n    $ {step.command}", flush=True)
         runner = [*step.launcher, "-m", "softrec"] if step.launcher else [sys.executable, "-m", "softrec"]
         started = time.monotonic()
@@ -105,7 +110,7 @@ def execute(steps: list[PlannedStep], out: Path, env: dict[str, str],
         if status != 0:
             raise UserError(f"step failed with exit status {status}: {step.command} (output in {logfile})")
         seconds = time.monotonic() - started
-        log.mark(step, seconds)
+        log.mark(step, seconds, share)
         print(f"    finished in {seconds:.0f} s", flush=True)
     return log
 
@@ -118,7 +123,9 @@ def status(steps: list[PlannedStep], out: Path, planned: dict[str, float]) -> st
     log, lines, first = StepLog(out), [], None
     for index, step in enumerate(steps):
         if log.finished(step):
-            state = f"done in {duration(log.done[step.command]['seconds'])}"
+            info = log.done[step.command]
+            state = f"done in {duration(info['seconds'])}" + (
+                f" (the last {info['share_timed']:.0%} of it, resumed)" if "share_timed" in info else "")
         else:
             first = index if first is None else first
             done = training_progress(step)

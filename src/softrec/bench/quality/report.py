@@ -61,7 +61,7 @@ def markdown(payload: dict[str, Any]) -> str:
             vs = row.get("vs_sft", {})
             lines.append(f"| {row['label']} | " + " | ".join(cells) +
                          f" | {validity if validity is None else f'{validity:.3f}'} | {_diff_cell(vs.get('HR@10'))} | "
-                         f"{_diff_cell(vs.get('NDCG@10'))} | {row['seconds']:.0f} |")
+                         f"{_diff_cell(vs.get('NDCG@10'))} | {row['seconds']:.0f}{'*' if row.get('seconds_partial') else ''} |")
         lines += ["", *_sensitivity_lines(dataset)]
     lines += _gain_lines(results, payload["average_gains"])
     lines += study_lines(results)
@@ -70,7 +70,7 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += ["## Commands", "", "```sh", f"# {payload['command']}", f"OUT={shlex.quote(out)}"]
     lines += [s["command"].replace(out, "$OUT") for s in payload["steps"]]
     lines += ["```", "", "seconds: wall time of the row's own steps (training, distillation for SOFT rows, "
-              "evaluation), as recorded when they ran.", ""]
+              "evaluation), as recorded when they ran; * a resumed training, timed only from where it resumed.", ""]
     return "\n".join(lines)
 
 

@@ -46,9 +46,12 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
 
     seconds: dict[tuple[str, str], float] = {}
     ran_on: dict[tuple[str, str], set[str]] = {}
+    resumed: set[tuple[str, str]] = set()  # a step's time covers only its final process
     for info in log.done.values():
         key = (info["dataset"], info["owner"])
         seconds[key] = seconds.get(key, 0.0) + info["seconds"]
+        if "share_timed" in info:
+            resumed.add(key)
         ran_on.setdefault(key, set()).add(info.get("ran_on") or NOT_RECORDED)
     results: dict[str, Any] = {}
     for name in datasets:
@@ -61,6 +64,7 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
             ranks[method] = load_predictions(folder / "predictions.jsonl")
             rows[method] = {"label": label(method), "run_dir": str(out / name / method),
                             "seconds": round(seconds.get((name, method), 0.0), 1),
+                            "seconds_partial": (name, method) in resumed,
                             "ran_on": sorted(ran_on.get((name, method), {NOT_RECORDED})),
                             "summary": json.loads((folder / "metrics.json").read_text())}
         if not rows:
