@@ -120,7 +120,10 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     image = matplotlib.image.imread(out / "results.png")  # a PNG that decodes, not just a non-empty file
     assert image.shape[:2] == (540, 1560)  # the 13 x 4.5 in figure at 120 dpi
     assert len(np.unique(image.reshape(-1, image.shape[-1]), axis=0)) > 20  # bars, error bars, text: not blank
-    assert {p.name for p in (tmp_path / "saved").iterdir()} == {"results.json", "results.md", "results.png", "predictions"}
+    curves = matplotlib.image.imread(out / "curves.png")  # the one dataset's panel: SFT's and SOFT's curves
+    assert curves.shape[:2] == (540, 780) and len(np.unique(curves.reshape(-1, curves.shape[-1]), axis=0)) > 20
+    assert {p.name for p in (tmp_path / "saved").iterdir()} == {"results.json", "results.md", "results.png", "curves.png",
+                                                                "predictions"}
     import gzip
 
     saved = {p.name: p for p in (tmp_path / "saved" / "predictions").iterdir()}

@@ -8,6 +8,28 @@ from pathlib import Path
 from typing import Any
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display: benchmarks run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_png(fig: Any, path: Path) -> Path:
+    """The figure as a PNG at 120 dpi, written atomically (a reader never sees half a file); closes it."""
+    import io
+
+    from softrec.runs import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    pyplot().close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():

@@ -10,7 +10,8 @@ a dataset are evaluated on the same test samples, full ranking, l2 grounding for
 
 Results: DIR/results.json (per dataset and method: the test metrics, each with its 95% bootstrap
 interval, and the paired bootstrap difference against SFT), DIR/results.md (the table, the relative
-gain of SOFT over SFT per dataset and metric and on average, the commands) and DIR/results.png.
+gain of SOFT over SFT per dataset and metric and on average, the commands), DIR/results.png and
+DIR/curves.png (every LLM run's validation HR@10 per epoch, the teacher's included).
 Study rows soft-t{E}-{rule} (#15, "when does SOFT help?"): SOFT at the suite's study_alpha on targets
 that SFT's epoch E (or `best`) distils by rule raw|quoted|grounded; paired with SFT like the SOFT
 rows, kept out of the average gain, with their teacher's facts and DIR/study.png.
@@ -56,7 +57,7 @@ from pathlib import Path
 from softrec.bench.quality.execution import StepLog, execute, run_in_background, status
 from softrec.bench.quality.pack import pack
 from softrec.bench.quality.planning import plan
-from softrec.bench.quality.report import markdown, plot, save_predictions
+from softrec.bench.quality.report import curves_plot, markdown, plot, save_predictions
 from softrec.bench.quality.results import average_gains, collect
 from softrec.bench.quality.study import study_plot
 from softrec.bench.quality.suites import (
@@ -187,11 +188,12 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(out / "results.json", payload)
     atomic_write_text(out / "results.md", markdown(payload))
     plot(results, out / "results.png")
-    if study_plot(results, out / "study.png") is None:
-        (out / "study.png").unlink(missing_ok=True)  # an earlier report's plot would describe other rows
+    for draw, name in ((curves_plot, "curves.png"), (study_plot, "study.png")):
+        if draw(results, out / name) is None:
+            (out / name).unlink(missing_ok=True)  # an earlier report's plot would describe other rows
     if args.save:
         args.save.mkdir(parents=True, exist_ok=True)
-        for name in ("results.json", "results.md", "results.png", "study.png"):
+        for name in ("results.json", "results.md", "results.png", "curves.png", "study.png"):
             if (out / name).exists():
                 shutil.copyfile(out / name, args.save / name)
         save_predictions(out, args.save, results, suite.test_limit)

@@ -147,18 +147,11 @@ def _history_lines(results: dict[str, Any]) -> list[str]:
 
 def plot(results: dict[str, Any], path: Path) -> Path | None:
     """Grouped bars of HR@10 and NDCG@10 per dataset and method, with their bootstrap intervals."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from softrec.runs import atomic_write_bytes
+    from softrec.bench import pyplot, write_png
 
     if not results:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), squeeze=False)
+    fig, axes = pyplot().subplots(1, 2, figsize=(13, 4.5), squeeze=False)
     methods = list(dict.fromkeys(m for d in results.values() for m in d["methods"]))
     width = 0.8 / max(len(methods), 1)
     for ax, metric in zip(axes[0], ("HR@10", "NDCG@10"), strict=True):
@@ -178,10 +171,33 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
         ax.set_title(f"{metric} with 95% bootstrap intervals")
     axes[0][1].legend(fontsize=7, ncols=2)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return write_png(fig, path)
+
+
+def curves_plot(results: dict[str, Any], path: Path) -> Path | None:
+    """Validation HR@10 per epoch of every LLM run (the teacher's included), a panel per dataset, the
+    kept epoch starred; nothing written without a run that has a history."""
+    from softrec.bench import pyplot, write_png
+
+    panels = {name: {m: r for m, r in d["methods"].items() if r.get("history") and m != "soft"}
+              for name, d in results.items()}
+    panels = {name: runs for name, runs in panels.items() if runs}
+    if not panels:
+        return None
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (name, runs) in zip(axes[0], panels.items(), strict=True):
+        for i, row in enumerate(runs.values()):
+            epochs = [e["epoch"] for e in row["history"]]
+            ax.plot(epochs, [e.get("HR@10") for e in row["history"]], marker="o", color=f"C{i}", label=row["label"])
+            kept = [e for e in row["history"] if e.get("best")][-1:]  # best-so-far per epoch: the last is kept
+            ax.scatter([e["epoch"] for e in kept], [e.get("HR@10") for e in kept], marker="*", s=180, color=f"C{i}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation HR@10")
+        ax.set_title(f"{name}: validation curves (* kept epoch)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return write_png(fig, path)
 
 
 def save_predictions(out: Path, save: Path, results: dict[str, Any], limit: int | None) -> None:

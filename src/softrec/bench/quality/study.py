@@ -68,15 +68,9 @@ def study_plot(results: dict[str, Any], path: Path) -> Path | None:
               if row["teacher"]["valid_HR@10"] is not None and row.get("gains", {}).get("HR@10") is not None]
     if not points:
         return None
-    import io
+    from softrec.bench import pyplot, write_png
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from softrec.runs import atomic_write_bytes
-
+    plt = pyplot()
     markers = dict(zip(STUDY_RULES, "os^", strict=False))
     colours = {name: f"C{i}" for i, name in enumerate(results)}
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -95,7 +89,4 @@ def study_plot(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_title("When does SOFT help? (labels: teacher epoch)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return write_png(fig, path)
