@@ -114,6 +114,9 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     assert "soft/sft" in payload["results"]["demo"]["gains"]
     text = (out / "results.md").read_text()
     assert "BIGRec-SOFT" in text and "softrec distill --run" in text and "Relative gain" in text
+    distilled = payload["results"]["demo"]["distilled"]  # how good SOFT's targets were, from the SFT run's manifest
+    assert 0 <= distilled["target_hit_share"] <= distilled["exact_title_share"] <= 1
+    assert f"{distilled['exact_title_share']:.1%} are exact catalogue titles" in text
     import matplotlib.image
     import numpy as np
 

@@ -94,9 +94,21 @@ def test_results_record_the_teacher_and_keep_study_rows_out_of_the_average(tmp_p
                {"epoch": 3, "best": False, "valid": {"HR@10": 0.12, "NDCG@10": 0.06, "validity": 0.9}}]
     _finished_row(out, "sft", 4, extra={"sft/history.json": history})
     _finished_row(out, "soft-sd-only", 5)
-    manifest = {"artefacts": {"distilled.jsonl": {"exact_title_share": 0.75}}}
+    manifest = {"artefacts": {"distilled.jsonl": {"exact_title_share": 0.75, "target_hit_share": 0.25}}}
     _finished_row(out, "soft-t1-quoted", 6, extra={"teacher-t1-quoted/manifest.json": manifest})
     _finished_row(out, "soft-tbest-raw", 3)
+    # a teacher distilled by an older softrec (no shares in its manifest): computed from its targets
+    from conftest import make_tiny_dataset
+
+    from softrec.data.prompts import response_text
+
+    data = make_tiny_dataset(out / "data" / "amazon-books")
+    train = data.split("train")[:4]
+    truth = [data.titles[s.target] for s in train]
+    texts = [response_text(truth[0]), response_text(truth[1]), response_text(truth[3]), "no title at all"]
+    (out / "amazon-books" / "teacher-tbest-raw").mkdir()
+    (out / "amazon-books" / "teacher-tbest-raw" / "distilled.jsonl").write_text(
+        "".join(json.dumps({"sample_id": s.sample_id, "target_text": t}) + "\n" for s, t in zip(train, texts, strict=True)))
     assert cli_main(["bench", "quality", "--suite", "cpu-medium", "--datasets", "amazon-books", "--out", str(out),
                      "--methods", "sft,soft-sd-only,soft-t1-quoted,soft-tbest-raw", "--resamples", "200",
                      "--report-only"]) == 0
@@ -106,12 +118,13 @@ def test_results_record_the_teacher_and_keep_study_rows_out_of_the_average(tmp_p
     quoted, best = rows["soft-t1-quoted"], rows["soft-tbest-raw"]
     assert quoted["gains"]["HR@10"] == pytest.approx(50.0) and best["gains"]["HR@10"] == pytest.approx(-25.0)
     assert quoted["vs_sft_baseline"] == "sft" and set(quoted["vs_sft"]["HR@10"]) == {"diff", "low", "high", "p", "detectable_percent", "chance_at_paper_gain"}
-    assert quoted["teacher"] == {"epoch": 1, "rule": "quoted", "exact_title_share": 0.75, "valid_epoch": 1,
-                                 "valid_HR@10": 0.10, "valid_NDCG@10": 0.05, "valid_validity": 0.8}
+    assert quoted["teacher"] == {"epoch": 1, "rule": "quoted", "exact_title_share": 0.75, "target_hit_share": 0.25,
+                                 "valid_epoch": 1, "valid_HR@10": 0.10, "valid_NDCG@10": 0.05, "valid_validity": 0.8}
     assert best["teacher"]["epoch"] is None and best["teacher"]["valid_epoch"] == 2  # SFT's kept epoch
-    assert best["teacher"]["exact_title_share"] is None  # no manifest: not distilled by this bench
+    # 3 of 4 targets are titles (the third another sample's), 2 are the true next item
+    assert (best["teacher"]["exact_title_share"], best["teacher"]["target_hit_share"]) == (0.75, 0.5)
     text = (out / "results.md").read_text()
-    assert "When does SOFT help?" in text and "| BIGRec-SOFT teacher epoch 1, quoted | 0.750 | 0.1000 |" in text
+    assert "When does SOFT help?" in text and "| BIGRec-SOFT teacher epoch 1, quoted | 0.750 | 0.250 | 0.1000 |" in text
     import matplotlib.image
 
     assert matplotlib.image.imread(out / "study.png").shape[:2] == (540, 840)  # 7 x 4.5 in at 120 dpi

@@ -118,3 +118,21 @@ def test_the_schema_and_the_cli_accept_exactly_the_distill_modes():
     distill = build_parser()._subparsers._group_actions[0].choices["distill"]
     mode = next(a for a in distill._actions if "--mode" in a.option_strings)
     assert list(mode.choices) == list(DISTILL_MODES) and "quoted" in DISTILL_MODES
+
+
+def test_the_manifest_records_how_often_the_teacher_names_the_true_next_item(sft_run, tiny_dataset, monkeypatch):
+    from softrec.data.prompts import response_text
+    from softrec.data.subsets import training_samples
+    from softrec.inference import distill as stage
+    from softrec.inference import generate
+    from softrec.runs import RunDir
+
+    config = load_config(None, ["soft.distill_beams=1", "eval.batch_size=4"])
+    samples = training_samples(tiny_dataset, config)
+    answer = tiny_dataset.titles[samples[0].target]  # the teacher answers one title to every prompt
+    monkeypatch.setattr(generate, "generate_beams", lambda model, tokenizer, prompts, **kw: [
+        [response_text(answer)] for _ in prompts])
+    stage.distill(sft_run, tiny_dataset, config, progress=False)
+    entry = RunDir(sft_run).manifest()["artefacts"]["distilled.jsonl"]
+    hits = sum(tiny_dataset.titles[s.target] == answer for s in samples) / len(samples)
+    assert entry["exact_title_share"] == 1.0 and entry["target_hit_share"] == pytest.approx(hits) and 0 < hits < 1

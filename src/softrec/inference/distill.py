@@ -5,7 +5,8 @@ Generation, not training: it runs the inference engine over the trained samples 
 The targets y'_i are the raw top-beam texts (reference, inference.py lines 104-105 and process.py
 line 68: decoded without special tokens, neither grounded nor stripped), stored in
 SFT_RUN_DIR/distilled.jsonl as {"sample_id", "target_text", "exact_title"}; the run's manifest records
-their provenance (key over adapter checksum, decoding settings and data key; share of exact titles). Options beside the
+their provenance (key over adapter checksum, decoding settings and data key; shares of exact titles
+and of true next items, `distilled_shares`). Options beside the
 reference (`config.DISTILL_MODES`): `quoted` cuts the top beam after its first closing quote (a
 run-on '"A"\n"B"...' becomes '"A"'), `grounded` snaps each generation to its nearest catalogue title
 (L2 grounding) and `sample` draws one sampled continuation instead of beam search.
@@ -66,6 +67,17 @@ def load_distilled(run_dir: str | Path) -> dict[str, str]:
     RunDir(run_dir).check(DISTILLED, rebuild)
     RunDir(run_dir).check_inputs(DISTILLED, rebuild)  # made by the run's current weights, not earlier ones
     return {row["sample_id"]: row["target_text"] for row in read_jsonl(path)}
+
+
+def distilled_shares(rows: list[dict[str, Any]], dataset: PreparedDataset, response_rule: str) -> dict[str, float]:
+    """How good the teacher is on the prompts it distils: the share of its targets that are a catalogue
+    title once stripped (`exact_title_share`) and that are the sample's own next item
+    (`target_hit_share`: its top-1 hit rate there, the closest this single beam comes to HR@k)."""
+    truth = {s.sample_id: dataset.titles[s.target] for s in dataset.split("train")}
+    stripped = [strip_response(row["target_text"], response_rule) for row in rows]
+    titles, n = set(dataset.titles), max(len(rows), 1)
+    return {"exact_title_share": sum(t in titles for t in stripped) / n,
+            "target_hit_share": sum(t == truth.get(row["sample_id"]) for t, row in zip(stripped, rows, strict=True)) / n}
 
 
 def _generate_targets(
@@ -138,9 +150,8 @@ def distill(run_dir: str | Path, dataset: PreparedDataset, config: Config, *, pr
         rows = resumable_chunks(run_dir / PARTS / key, len(samples), CHUNK, compute)
         bar.close()
         write_jsonl(run_dir / DISTILLED, rows)
-        exact = sum(r["exact_title"] for r in rows) / max(len(rows), 1)
         run.record(DISTILLED, key, inputs={"weights": run.weights_sha(), "dataset": dataset.checksum},
-                   n=len(rows), exact_title_share=exact,
+                   n=len(rows), **distilled_shares(rows, dataset, config.eval.response_rule),
                    mode=config.soft.distill_mode, beams=config.soft.distill_beams,
                    max_new_tokens=config.soft.distill_max_new_tokens, dataset_key=dataset.checksum)
         shutil.rmtree(run_dir / PARTS, ignore_errors=True)

@@ -25,6 +25,11 @@ class PlannedStep:
         return shlex.join([*self.launcher, *(["softrec"] if not self.launcher else ["-m", "softrec"]), *self.argv])
 
 
+def data_folder(out: Path, dataset: str) -> Path:
+    """Where the suite prepares a dataset (`softrec data prepare --out`)."""
+    return out / "data" / dataset
+
+
 def eval_folder(out: Path, dataset: str, method: str, limit: int | None = None) -> Path:
     """Where a row's test evaluation lands: its metrics.json and predictions.jsonl (`limit`: the
     suite's test_limit, part of the evaluation's name)."""
@@ -56,7 +61,7 @@ class _DatasetPlan:
     def __init__(self, suite: Suite, out: Path, name: str, launcher: list[str], adapters: dict[int, Path]):
         self.suite, self.name, self.launcher, self.bench_out = suite, name, launcher, out
         self.adapters = adapters
-        self.data, self.root = out / "data" / name, out / name
+        self.data, self.root = data_folder(out, name), out / name
         evaluation = ["--split", SPLIT, "--grounding", GROUNDING, "--quiet", "--no-preflight"]
         self.evaluation = evaluation + (["--limit", str(suite.test_limit)] if suite.test_limit else [])
         self.llm_eval = self.evaluation + _sets(suite.llm_sets)

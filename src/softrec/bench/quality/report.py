@@ -62,7 +62,7 @@ def markdown(payload: dict[str, Any]) -> str:
             lines.append(f"| {row['label']} | " + " | ".join(cells) +
                          f" | {validity if validity is None else f'{validity:.3f}'} | {_diff_cell(vs.get('HR@10'))} | "
                          f"{_diff_cell(vs.get('NDCG@10'))} | {row['seconds']:.0f}{'*' if row.get('seconds_partial') else ''} |")
-        lines += ["", *_sensitivity_lines(dataset)]
+        lines += ["", *_sensitivity_lines(dataset), *_distilled_lines(dataset)]
     lines += _gain_lines(results, payload["average_gains"])
     lines += study_lines(results)
     lines += _history_lines(results)
@@ -91,6 +91,16 @@ def _sensitivity_lines(dataset: dict[str, Any]) -> list[str]:
         return []
     return [f"What {dataset['n']} samples can detect ({row['label']} vs {sft['label']}; a paired test at 95%, "
             "normal approximation from the observed per-sample differences): " + "; ".join(parts) + ".", ""]
+
+
+def _distilled_lines(dataset: dict[str, Any]) -> list[str]:
+    """How good the SOFT rows' targets are: SFT's kept epoch on the training prompts it distils."""
+    facts = dataset.get("distilled") or {}
+    if facts.get("exact_title_share") is None:
+        return []
+    return [f"SOFT's distilled targets (SFT's kept epoch, raw text, on its training prompts): "
+            f"{facts['exact_title_share']:.1%} are exact catalogue titles, {facts['target_hit_share']:.1%} "
+            "the true next item.", ""]
 
 
 def _gain_lines(results: dict[str, Any], averages: dict[str, Any]) -> list[str]:

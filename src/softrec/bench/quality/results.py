@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from softrec.bench.quality.execution import StepLog
-from softrec.bench.quality.planning import eval_folder
-from softrec.bench.quality.study import teacher_facts
+from softrec.bench.quality.planning import data_folder, eval_folder
+from softrec.bench.quality.study import DISTILLED, distillation_facts, teacher_facts
 from softrec.bench.quality.suites import (
     GAIN_METRICS,
     PAPER_MEAN_GAIN_PERCENT,
@@ -97,6 +97,8 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
         _study(rows, out / name)
         _choose_alpha(rows, [m for m in methods if alpha_of(m) is not None and m not in rows])
         results[name] = {"n": len(ids), "methods": rows, "gains": _gains(rows)}
+        if (out / name / "sft" / DISTILLED).exists():  # the SOFT rows' targets: SFT's kept epoch, raw text
+            results[name]["distilled"] = distillation_facts(out / name / "sft", data_folder(out, name))
     return results
 
 

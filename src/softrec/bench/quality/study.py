@@ -7,22 +7,40 @@ import json
 from pathlib import Path
 from typing import Any
 
+from softrec.bench.quality.planning import data_folder
 from softrec.bench.quality.suites import STUDY_RULES, teacher_dir, teacher_of
 
 DISTILLED = "distilled.jsonl"
 
 
-def teacher_facts(root: Path, method: str, sft_history: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """A study row's teacher: its epoch (None = SFT's best), rule, exact-title share of its targets
-    on the training prompts (the distill step's manifest entry) and, where SFT's history has that
-    epoch, its validation HR@10 / NDCG@10 / validity."""
-    epoch, rule = teacher_of(method) or (None, "")
-    manifest = root / teacher_dir(method) / "manifest.json"
+def distillation_facts(teacher: Path, prepared: Path) -> dict[str, float | None]:
+    """How good a teacher run's distilled targets are on its training prompts: the shares of exact
+    titles and of true next items (`inference.distill.distilled_shares`), from its manifest, or
+    computed from TEACHER/distilled.jsonl where an older softrec did not record them; None without one."""
+    manifest = teacher / "manifest.json"
     entry = json.loads(manifest.read_text()).get("artefacts", {}).get(DISTILLED, {}) if manifest.exists() else {}
+    shares = {k: entry.get(k) for k in ("exact_title_share", "target_hit_share")}
+    if None in shares.values() and (teacher / DISTILLED).exists() and (prepared / "dataset.json").exists():
+        from softrec.config import load_config
+        from softrec.data.dataset import PreparedDataset
+        from softrec.inference.distill import distilled_shares
+        from softrec.runs import read_jsonl
+
+        config = teacher / "config.yaml"
+        rule = (load_config(config) if config.exists() else load_config()).eval.response_rule
+        shares = distilled_shares(list(read_jsonl(teacher / DISTILLED)), PreparedDataset.load(prepared), rule)
+    return shares
+
+
+def teacher_facts(root: Path, method: str, sft_history: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A study row's teacher: its epoch (None = SFT's best), rule, the shares of exact titles and true
+    next items among its targets on the training prompts (`distillation_facts`) and, where SFT's
+    history has that epoch, its validation HR@10 / NDCG@10 / validity."""
+    epoch, rule = teacher_of(method) or (None, "")
     history = sft_history or []
     kept = [e for e in history if (e.get("epoch") == epoch if epoch is not None else e.get("best"))]
     valid = kept[-1] if kept else {}  # best: the last epoch marked best is the one kept
-    return {"epoch": epoch, "rule": rule, "exact_title_share": entry.get("exact_title_share"),
+    return {"epoch": epoch, "rule": rule, **distillation_facts(root / teacher_dir(method), data_folder(root.parent, root.name)),
             "valid_epoch": valid.get("epoch"),
             **{f"valid_{k}": valid.get(k) for k in ("HR@10", "NDCG@10", "validity")}}
 
@@ -46,15 +64,17 @@ def study_lines(results: dict[str, Any]) -> list[str]:
             lines += ["## When does SOFT help? Teacher and target rule (#15)", "",
                       "SOFT at a fixed alpha on targets distilled from SFT's epoch E (or its best) by each rule; "
                       "gains are over BIGRec-SFT on the same samples and stay out of the headline average. "
-                      "Teacher columns: exact-title share of its targets on the training prompts, validation "
-                      "HR@10 / validity at that epoch.", ""]
-        lines += [f"### {name}", "", "| row | exact titles | teacher valid HR@10 | teacher validity | "
-                  "test HR@10 | HR@10 gain % | HR@10 vs SFT |", "|---|---:|---:|---:|---:|---:|---|"]
+                      "Teacher columns: the shares of its targets on the training prompts that are exact titles "
+                      "and that are the true next item (its top-1 hit rate there), its validation HR@10 / "
+                      "validity at that epoch.", ""]
+        lines += [f"### {name}", "", "| row | exact titles | true next item | teacher valid HR@10 | teacher validity | "
+                  "test HR@10 | HR@10 gain % | HR@10 vs SFT |", "|---|---:|---:|---:|---:|---:|---:|---|"]
         for row in rows.values():
             t, vs = row["teacher"], row.get("vs_sft", {}).get("HR@10")
             vs_cell = "-" if not vs else f"{vs['diff']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}] p={vs['p']:.2f}"
             gain = row.get("gains", {}).get("HR@10")
-            lines.append(f"| {row['label']} | {_number(t['exact_title_share'], 3)} | {_number(t['valid_HR@10'], 4)} | "
+            lines.append(f"| {row['label']} | {_number(t['exact_title_share'], 3)} | {_number(t['target_hit_share'], 3)} | "
+                         f"{_number(t['valid_HR@10'], 4)} | "
                          f"{_number(t['valid_validity'], 2)} | {row['metrics']['HR@10']['value']:.4f} | "
                          f"{'n/a' if gain is None else f'{gain:+.1f}'} | {vs_cell} |")
         lines.append("")

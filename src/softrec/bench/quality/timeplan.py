@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from softrec.bench.quality.planning import PlannedStep
+from softrec.bench.quality.planning import PlannedStep, data_folder
 from softrec.bench.quality.suites import Suite
 from softrec.config import ClassicConfig, EvalConfig, SoftConfig
 from softrec.preflight import (
@@ -223,7 +223,7 @@ def assumptions(device: str, suite: Suite) -> Assumptions:
 
 def shape_of(out: Path, name: str, suite: Suite) -> DatasetShape | None:
     """The dataset's shape read from OUT/data/NAME, or None while it is not prepared."""
-    prepared = out / "data" / name
+    prepared = data_folder(out, name)
     return DatasetShape.of(prepared, suite) if (prepared / "dataset.json").exists() else None
 
 
@@ -233,7 +233,7 @@ def describe(steps: list[PlannedStep], suite: Suite, out: Path, datasets: list[s
     for name in datasets:
         shape = shape_of(out, name, suite)
         rows = estimate([s for s in steps if s.dataset == name], suite, shape or AMAZON_BOOKS, assume)
-        source = f"read from {out / 'data' / name}" if shape else "amazon-books' shape (not prepared yet)"
+        source = f"read from {data_folder(out, name)}" if shape else "amazon-books' shape (not prepared yet)"
         parts.append(f"{name} ({source}):\n{render(rows, assume)}")
     return "\n\n".join(parts)
 
