@@ -114,6 +114,8 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     assert "soft/sft" in payload["results"]["demo"]["gains"]
     text = (out / "results.md").read_text()
     assert "BIGRec-SOFT" in text and "softrec distill --run" in text and "Relative gain" in text
+    commands = [step["command"].split()[1] for step in payload["steps"]]  # in the order they ran, not sorted
+    assert commands.index("data") < commands.index("train") < commands.index("distill")
     distilled = payload["results"]["demo"]["distilled"]  # how good SOFT's targets were, from the SFT run's manifest
     assert 0 <= distilled["target_hit_share"] <= distilled["exact_title_share"] <= 1
     assert f"{distilled['exact_title_share']:.1%} are exact catalogue titles" in text
@@ -218,3 +220,17 @@ def test_validation_curves_star_only_the_kept_epoch():
     lines = _history_lines({"books": {"methods": {"sft": row}}})
     (table_row,) = [line for line in lines if line.startswith("| run | 0.")]
     assert table_row.count("*") == 1 and "0.0200 / 0.50 *" in table_row
+
+
+def test_validation_curves_show_lambda_for_soft_runs_only():
+    from softrec.bench.quality.report import _history_lines
+
+    sft, soft = _run_row([(0.01, True), (0.02, True)]), _run_row([(0.01, True), (0.03, True)])
+    for e in sft["history"]:
+        e["lambda"] = 0.0  # SFT's history records lambda 0 at every epoch
+    for e, (lam, d) in zip(soft["history"], [(0.0, 2.5), (0.4, 1.5)], strict=True):
+        e.update({"lambda": lam, "distance": d})
+    sft["label"], soft["label"] = "sft-run", "soft-run"
+    lines = _history_lines({"books": {"methods": {"sft": sft, "soft-a1": soft}}})
+    sft_line, soft_line = (next(line for line in lines if line.startswith(f"| {name} |")) for name in ("sft-run", "soft-run"))
+    assert "λ" not in sft_line and "0.0300 / 0.50, λ 0.40, d 1.5 *" in soft_line

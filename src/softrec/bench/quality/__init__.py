@@ -134,6 +134,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
+def _steps_in_order(steps: list, log: StepLog, datasets: list[str]) -> list[dict]:
+    """The finished steps in the order they run (steps.json is stored with sorted keys), then any the
+    plan no longer has."""
+    order = {step.command: index for index, step in enumerate(steps)}
+    done = [(command, info) for command, info in log.done.items() if info["dataset"] in datasets]
+    return [{"command": command, **info} for command, info in sorted(done, key=lambda c: order.get(c[0], len(order)))]
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
     import os
@@ -182,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         "command": shlex.join(["softrec", *sys.argv[1:]]) if sys.argv and "softrec" in sys.argv[0] else
         shlex.join(["softrec", "bench", "quality", "--suite", args.suite, "--out", str(args.out)]),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-        "steps": [{"command": command, **info} for command, info in log.done.items() if info["dataset"] in datasets],
+        "steps": _steps_in_order(steps, log, datasets),
         "results": results, "average_gains": average_gains(results),
     }
     atomic_write_json(out / "results.json", payload)

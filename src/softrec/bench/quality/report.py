@@ -143,9 +143,10 @@ def _history_lines(results: dict[str, Any]) -> list[str]:
             cells = []
             # "best" is recorded per epoch as best-so-far; the kept epoch is the last one marked
             kept = max((e["epoch"] for e in row["history"] if e.get("best")), default=None)
+            distilled = any(e.get("lambda") or e.get("distance") is not None for e in row["history"])  # SFT: lambda 0
             for e in row["history"]:
                 cell = f"{e.get('HR@10', float('nan')):.4f} / {e.get('validity', float('nan')):.2f}"
-                if "lambda" in e:
+                if distilled and "lambda" in e:
                     cell += f", λ {e['lambda']:.2f}" + (f", d {e['distance']:.1f}" if e.get("distance") is not None else "")
                 cells.append(cell + (" *" if e.get("epoch") == kept else ""))
             lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
