@@ -197,3 +197,17 @@ def test_a_resumed_training_is_timed_for_the_part_it_ran(tmp_path):
     assert eta([first, second], log, 1, planned) == "ETA 1:00 h for 1 step(s) (planned x1 as measured so far)"
     assert status([first, second], tmp_path, planned).splitlines()[0] == \
         "[1/2] demo a train-llm: done in 15 min (the last 25% of it, resumed)"
+
+
+def test_the_run_records_the_cpu_rate_it_timed_and_status_reuses_it_on_that_machine(tmp_path, monkeypatch):
+    from softrec import preflight
+
+    monkeypatch.setattr(preflight, "cpu_matmul_flops", lambda: 100e9)
+    assert timeplan.suite_cpu_rate(tmp_path, record=False) == 100e9
+    assert not (tmp_path / timeplan.CPU_RATE).exists()  # --status writes nothing
+    assert timeplan.suite_cpu_rate(tmp_path, record=True) == 100e9  # the run, between steps
+    monkeypatch.setattr(preflight, "cpu_matmul_flops", lambda: 40e9)  # timed now, beside the running suite
+    assert timeplan.suite_cpu_rate(tmp_path, record=False) == 100e9
+    saved = json.loads((tmp_path / timeplan.CPU_RATE).read_text())
+    (tmp_path / timeplan.CPU_RATE).write_text(json.dumps({**saved, "machine": "another CPU"}))
+    assert timeplan.suite_cpu_rate(tmp_path, record=False) == 40e9  # another machine's reading is not used

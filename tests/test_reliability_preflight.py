@@ -20,7 +20,7 @@ def fake_device(monkeypatch):
     monkeypatch.delenv("SOFTREC_NO_PREFLIGHT", raising=False)
     monkeypatch.setattr(preflight, "device_name", lambda: "cpu")
     monkeypatch.setattr(preflight, "available_memory", lambda device: 16 * GiB)
-    monkeypatch.setattr(preflight, "_cpu_matmul_flops", lambda: 100e9)
+    monkeypatch.setattr(preflight, "cpu_matmul_flops", lambda: 100e9)
 
 
 def test_model_shape_without_weights(tmp_path):
@@ -118,7 +118,7 @@ def test_soft_adds_its_probe_decoding_and_sd_only_does_not(tiny_dataset):
 
 def test_the_efficiency_factor_is_the_dtypes_on_the_fp32_rate(monkeypatch):
     # bf16 work is priced from the (only) fp32 rate: an AMX VM's bf16 bursts swing 2.5x run to run
-    monkeypatch.setattr(preflight, "_cpu_matmul_flops", lambda: 100e9)
+    monkeypatch.setattr(preflight, "cpu_matmul_flops", lambda: 100e9)
     assert preflight.device_flops("cpu", bf16=True) == 100e9 * preflight.CPU_TRAIN_EFFICIENCY[True]
     assert preflight.device_flops("cpu", generate=True) == 100e9 * preflight.CPU_GENERATE_EFFICIENCY[False]
 
@@ -139,7 +139,7 @@ def test_the_matmul_rate_is_the_median_of_bursts_not_one_lucky_burst(monkeypatch
     monkeypatch.setattr(torch, "randn", lambda *args, **kwargs: FakeMatrix())
     monkeypatch.setattr(preflight.time, "perf_counter", lambda: clock["now"])
     monkeypatch.setattr(preflight, "_CPU_FLOPS", {})
-    rate = preflight._cpu_matmul_flops(n=10, bursts=7, seconds=0.6)
+    rate = preflight.cpu_matmul_flops(n=10, bursts=7, seconds=0.6)
     assert rate == 2 * 10**3 * 4  # 3 matmuls in 0.75 s; the lucky burst did 5 in 0.625 s
     assert next(durations, None) is None
 

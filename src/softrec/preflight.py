@@ -200,20 +200,20 @@ def available_memory(device: str) -> int:
     return 0
 
 
-def device_flops(device: str, *, generate: bool = False, bf16: bool = False) -> float:
-    """Effective FLOP/s: the GPU table, or a short timed fp32 matmul on this CPU times a factor for the
-    kind of work and the dtype it runs in (bf16 where the CPU computes it natively and the setting
-    asks for it)."""
+def device_flops(device: str, *, generate: bool = False, bf16: bool = False, fp32: float | None = None) -> float:
+    """Effective FLOP/s: the GPU table, or a short timed fp32 matmul on this CPU (`fp32`: a rate timed
+    earlier) times a factor for the kind of work and the dtype it runs in (bf16 where the CPU computes
+    it natively and the setting asks for it)."""
     if device != "cpu":
         rate = next((flops for name, flops in GPU_FLOPS.items() if name in device), 50e12)
         return rate * (GPU_GENERATE_EFFICIENCY if generate else 1.0)
-    return _cpu_matmul_flops() * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)[bf16]
+    return (fp32 or cpu_matmul_flops()) * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)[bf16]
 
 
 _CPU_FLOPS: dict[str, float] = {}  # "fp32" -> FLOP/s, measured once per process
 
 
-def _cpu_matmul_flops(n: int = 1024, bursts: int = 7, seconds: float = 0.03) -> float:
+def cpu_matmul_flops(n: int = 1024, bursts: int = 7, seconds: float = 0.03) -> float:
     """The median fp32 rate of `bursts` short timed runs of n^2 matmuls: on a shared 2-core VM one
     burst can run 2.5x faster than the usual rate, and a single 0.1 s timing made the estimate swing
     2x. (bf16 is not timed: see CPU_TRAIN_EFFICIENCY.)"""

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     print(f"softrec bench quality: {len(steps)} steps; {suite.scale()}\n  log: {out / 'bench.log'}", flush=True)
-    log = StepLog(out) if args.report_only else execute(steps, out, env, RunPlan(steps, suite, out))
+    log = StepLog(out) if args.report_only else execute(steps, out, env, RunPlan(steps, suite, out, record=True))
     results = collect(suite, out, datasets, methods, log, resamples=args.resamples)
     if not results:
         raise UserError(f"{out}: no finished evaluations to report")

@@ -62,18 +62,19 @@ class Assumptions:
     rates: tuple[float, float, float] | None = None  # FLOP/s of training, generation, catalogue; None: GPU table
 
     @classmethod
-    def this_cpu(cls, suite: Suite) -> Assumptions:
-        """This CPU's rates for the suite's dtypes; a process start of ~15 s (imports, the cached
-        converted checkpoint, the tokenizer) and SASRec batches of ~0.3 s (0.64 s measured on a 2-core
-        Intel Xeon while an LLM training shared the cores)."""
+    def this_cpu(cls, suite: Suite, fp32: float | None = None) -> Assumptions:
+        """This CPU's rates for the suite's dtypes (`fp32`: its matmul rate timed earlier, else timed
+        now); a process start of ~15 s (imports, the cached converted checkpoint, the tokenizer) and
+        SASRec batches of ~0.3 s (0.64 s measured on a 2-core Intel Xeon while an LLM training shared
+        the cores)."""
         from softrec.hardware import use_bf16
         from softrec.preflight import device_flops
 
         train_bf16 = use_bf16(str(suite.setting("train.bf16", "auto")), "cpu")
         dtype = str(suite.setting("eval.dtype", EvalConfig().dtype))
         eval_bf16 = dtype == "bfloat16" or (dtype == "auto" and use_bf16("auto", "cpu"))
-        rates = (device_flops(CPU, bf16=train_bf16), device_flops(CPU, generate=True, bf16=eval_bf16),
-                 device_flops(CPU, generate=True))  # the catalogue is embedded by the fp32 base model
+        rates = (device_flops(CPU, bf16=train_bf16, fp32=fp32), device_flops(CPU, generate=True, bf16=eval_bf16, fp32=fp32),
+                 device_flops(CPU, generate=True, fp32=fp32))  # the catalogue is embedded by the fp32 base model
         return cls(gpu=CPU, process_s=15.0, train_step_s=0.0, decode_step_s=0.0, classic_step_s=0.3, rates=rates)
 
     @property
@@ -238,14 +239,45 @@ def describe(steps: list[PlannedStep], suite: Suite, out: Path, datasets: list[s
     return "\n\n".join(parts)
 
 
+CPU_RATE = "cpu_rate.json"  # in the suite's folder: this machine's fp32 matmul rate, as the run timed it
+
+
+def suite_cpu_rate(out: Path, *, record: bool) -> float:
+    """This CPU's fp32 matmul rate for the suite in OUT: the one its run timed (between steps, with
+    none of its work running) when OUT/cpu_rate.json names this machine, else timed now and, when
+    `record` (the run, which owns the folder), saved there. `--status` reads it: timed beside the
+    running suite, its ETA swung 8.2-10.3 h from one call to the next."""
+    import json
+    import os
+
+    import torch
+
+    from softrec.bench import cpu_model
+    from softrec.preflight import cpu_matmul_flops
+    from softrec.runs import atomic_write_json
+
+    here = f"{cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    try:
+        saved = json.loads((out / CPU_RATE).read_text(encoding="utf-8"))
+        if saved.get("machine") == here:
+            return float(saved["fp32_flops"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    rate = cpu_matmul_flops()
+    if record and out.is_dir():
+        atomic_write_json(out / CPU_RATE, {"machine": here, "fp32_flops": rate})
+    return rate
+
+
 class RunPlan:
     """Every step's planned seconds on the machine that runs the suite, by command (`bench quality`'s
-    ETA): this CPU's rates, or the GPU table's row for the first GPU (the H100's when not in the table);
-    a dataset's shape read once it is prepared, amazon-books' until then. An estimate that fails (a
-    backbone without a readable shape) leaves the ETA unknown, never the run stopped."""
+    ETA): this CPU's rates (`suite_cpu_rate`; `record`: the run saves the rate it timed), or the GPU
+    table's row for the first GPU (the H100's when not in the table); a dataset's shape read once it
+    is prepared, amazon-books' until then. An estimate that fails (a backbone without a readable
+    shape) leaves the ETA unknown, never the run stopped."""
 
-    def __init__(self, steps: list[PlannedStep], suite: Suite, out: Path):
-        self.steps, self.suite, self.out = steps, suite, out
+    def __init__(self, steps: list[PlannedStep], suite: Suite, out: Path, *, record: bool = False):
+        self.steps, self.suite, self.out, self.record = steps, suite, out, record
         self.datasets = list(dict.fromkeys(step.dataset for step in steps))
         self.shapes: dict[str, DatasetShape] = {}
         self.assume: Assumptions | None = None
@@ -257,7 +289,8 @@ class RunPlan:
             if self.assume is None:
                 device = device_name()
                 gpu = next((name for name in GPU_FLOPS if name in device), "H100")
-                self.assume = assumptions(CPU if device == CPU else gpu, self.suite)
+                self.assume = (Assumptions.this_cpu(self.suite, suite_cpu_rate(self.out, record=self.record))
+                               if device == CPU else Assumptions(gpu=gpu))
             seconds = {}
             for name in self.datasets:
                 if name not in self.shapes and (shape := shape_of(self.out, name, self.suite)):
