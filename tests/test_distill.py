@@ -136,3 +136,30 @@ def test_the_manifest_records_how_often_the_teacher_names_the_true_next_item(sft
     entry = RunDir(sft_run).manifest()["artefacts"]["distilled.jsonl"]
     hits = sum(tiny_dataset.titles[s.target] == answer for s in samples) / len(samples)
     assert entry["exact_title_share"] == 1.0 and entry["target_hit_share"] == pytest.approx(hits) and 0 < hits < 1
+
+
+def test_grounded_mode_maps_every_target_to_its_nearest_title_embedding_the_catalogue_once(
+        sft_run, tiny_dataset, monkeypatch, tmp_path):
+    """`--mode grounded`: every target is a catalogue title (a generated title grounds to itself), and
+    the catalogue is embedded once per run, not once per chunk, then read from the disk cache."""
+    from softrec.data.prompts import response_text
+    from softrec.inference import distill as stage
+    from softrec.inference import generate, grounding
+
+    monkeypatch.setenv("SOFTREC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(stage, "CHUNK", 8)
+    titles = tiny_dataset.titles
+    samples = tiny_dataset.split("train")
+    monkeypatch.setattr(generate, "generate_beams", lambda model, tokenizer, prompts, **kw: [
+        [response_text(titles[i % len(titles)])] for i in range(len(prompts))])
+    embedded = []
+    real_embed = grounding.embed_texts
+    monkeypatch.setattr(grounding, "embed_texts", lambda m, t, texts, **kw: embedded.append(list(texts)) or real_embed(m, t, texts, **kw))
+    config = load_config(None, ["soft.distill_mode=grounded", "soft.distill_beams=1", "eval.batch_size=4"])
+    path = stage.distill(sft_run, tiny_dataset, config, progress=False)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(samples) > stage.CHUNK and len(rows) == len(samples)
+    assert [r["target_text"] for r in rows] == [response_text(titles[i % stage.CHUNK % len(titles)]) for i in range(len(rows))]
+    assert all(r["exact_title"] for r in rows)
+    assert sum(texts == list(titles) for texts in embedded) == 1  # three chunks, one catalogue embedding
+    assert list((tmp_path / "cache" / "embeddings").glob("*.pt"))

@@ -81,8 +81,12 @@ def distilled_shares(rows: list[dict[str, Any]], dataset: PreparedDataset, respo
 
 
 def _generate_targets(
-    model: Any, tokenizer: Any, samples: Sequence[Sample], dataset: PreparedDataset, config: Config
+    model: Any, tokenizer: Any, samples: Sequence[Sample], dataset: PreparedDataset, config: Config,
+    base_model: str | None = None,
 ) -> list[str]:
+    """The top beam of every sample's prompt, as `soft.distill_mode` turns it into a target.
+    `base_model` names the catalogue embedding in the disk cache (grounded mode): without it the
+    catalogue is embedded again for every chunk."""
     from softrec.inference.generate import generate_beams
 
     titles = dataset.titles
@@ -99,11 +103,12 @@ def _generate_targets(
     if soft.distill_mode == "quoted":
         return [first_quoted(t) for t in texts]
     if soft.distill_mode == "grounded":
-        from softrec.inference.grounding import catalogue_embeddings, embed_texts
+        from softrec.inference.grounding import catalogue_embeddings, embed_texts, rank_by_distance
 
-        catalogue = catalogue_embeddings(model, tokenizer, dataset, cache_key=None)
+        # the catalogue, its cache and the tie rule are evaluation's l2 grounding's
+        catalogue = catalogue_embeddings(model, tokenizer, dataset, cache_key=base_model)
         emb = embed_texts(model, tokenizer, [strip_response(t, config.eval.response_rule) or " " for t in texts])
-        nearest = ((emb[:, None, :] - catalogue[None, :, :]) ** 2).sum(-1).argmin(dim=1)
+        nearest = rank_by_distance(emb, catalogue)[:, 0]
         texts = [response_text(titles[int(i)]) for i in nearest]
     return texts
 
@@ -134,12 +139,13 @@ def distill(run_dir: str | Path, dataset: PreparedDataset, config: Config, *, pr
             return run_dir / DISTILLED
         samples = training_samples(dataset, config)
         model, tokenizer = load_run_model(run_dir)
+        base_model = run.info().get("base_model")
         titles = set(dataset.titles)
         bar = tqdm(total=len(samples), desc="distil", unit="prompt", disable=not progress)
 
         def compute(start: int, stop: int) -> list[dict]:
             chunk = samples[start:stop]
-            texts = _generate_targets(model, tokenizer, chunk, dataset, config)
+            texts = _generate_targets(model, tokenizer, chunk, dataset, config, base_model)
             bar.update(len(chunk))
             return [
                 {"sample_id": s.sample_id, "target_text": t,
