@@ -38,7 +38,12 @@ def test_evaluate_writes_results_and_reuses_them(run_dir, capsys):
     assert metrics == json.loads((folder / "metrics.json").read_text())
     assert metrics["n"] == 8 and metrics["eval"]["exclude_history"] is False and metrics["eval"]["num_beams"] == 2
     assert {f"HR@{k}" for k in (1, 5, 10, 20, 50)} <= set(metrics) and "validity" in metrics
-    assert len(read_jsonl(run_dir / "predictions.jsonl")) == 8
+    predictions = read_jsonl(run_dir / "predictions.jsonl")
+    assert len(predictions) == 8
+    # each prompt's decoding steps, and their mean: what generation cost, beside the time plan's guess
+    max_new = metrics["eval"]["max_new_tokens"]
+    assert all(1 <= p["decode_steps"] <= max_new for p in predictions)
+    assert metrics["decode_steps"] == round(sum(p["decode_steps"] for p in predictions) / 8, 2)
 
     assert main(["evaluate", "--run", str(run_dir), "--grounding", "l2", *FAST]) == 0
     assert "up to date" in capsys.readouterr().out

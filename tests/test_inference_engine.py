@@ -61,6 +61,25 @@ def test_some_prompts_finish_early_and_some_run_to_the_limit(adapted, tiny_datas
     assert min(lengths) < 20 and max(lengths) == 20
 
 
+def test_each_prompt_reports_its_own_decoding_steps_whatever_the_batch(adapted, tiny_dataset):
+    """`Beams.steps` (what evaluation records as a prompt's cost): at least its longest beam, at most
+    max_new_tokens, and the same whether the prompt decodes alone or in a refilled batch."""
+    model, tokenizer = adapted
+    prompts = _prompts(tiny_dataset, 12)
+    steps = {}
+    for length_penalty in (0.0, 1.0):
+        runs = [generate_beam_ids(model, tokenizer, prompts, num_beams=4, max_new_tokens=20, batch_size=size,
+                                  length_penalty=length_penalty) for size in (1, 5, 12)]
+        steps[length_penalty] = [b.steps for b in runs[0]]
+        assert all([b.steps for b in run] == steps[length_penalty] for run in runs[1:])
+        assert all(max(map(len, b.token_ids)) <= b.steps <= 20 for b in runs[0])
+    # Without a length penalty a prompt stops once its ended beams cannot be beaten. With the
+    # reference's penalty 1 this model's prompts all decode to the limit, beams ended or not: a running
+    # beam's per-token score can still beat them (why generation costs max_new_tokens steps).
+    assert min(steps[0.0]) < 20 == max(steps[0.0])
+    assert steps[1.0] == [20] * len(prompts)
+
+
 def test_decoding_leaves_the_adapted_weights_bit_identical(adapted, tiny_dataset):
     model, tokenizer = adapted
     before = {name: p.detach().clone() for name, p in model.named_parameters()}

@@ -26,7 +26,7 @@ from softrec.metrics import aggregate, target_rank
 @dataclass
 class EvalResult:
     metrics: dict[str, float]  # "HR@1".."HR@50", "NDCG@1".."NDCG@50", "validity", "n"
-    predictions: list[dict]  # sample_id, target, ranked (top_n ids), target_rank, generated, valid
+    predictions: list[dict]  # sample_id, target, ranked (top_n ids), target_rank, generated, valid[, decode_steps]
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Ranked:
     ranking: list[int]
     generated: str
     valid: bool
+    decode_steps: int | None = None  # the prompt's beam-search steps (what its generation cost)
 
 
 def _frozen_base_vectors(model: Any, tokenizer: Any, dataset: PreparedDataset, queries: list[str],
@@ -121,7 +122,7 @@ def rank_samples(
             head = [item for ids in beam.token_ids for item in trie.items_for(ids)]
             ranking = grounding.merge_rankings(head, ranking)
         ranking = _apply_exclusion(ranking, sample, eval_config.exclude_history)
-        out.append(Ranked(ranking, text, strip_response(text, rule) in titles))
+        out.append(Ranked(ranking, text, strip_response(text, rule) in titles, beam.steps))
     return out
 
 
@@ -144,7 +145,7 @@ def _gather(local: list[tuple[int, dict]], world: int, n: int) -> list[dict]:
 
 
 def prediction_row(sample: Sample, ranked: Ranked, top_n: int) -> dict:
-    return {
+    row = {
         "sample_id": sample.sample_id,
         "target": sample.target,
         "ranked": ranked.ranking[:top_n],
@@ -152,6 +153,15 @@ def prediction_row(sample: Sample, ranked: Ranked, top_n: int) -> dict:
         "generated": ranked.generated,
         "valid": ranked.valid,
     }
+    if ranked.decode_steps is not None:
+        row["decode_steps"] = ranked.decode_steps
+    return row
+
+
+def mean_decode_steps(predictions: Sequence[dict]) -> float | None:
+    """The mean beam-search steps per prompt (what prices generation), None without LLM decoding."""
+    steps = [p["decode_steps"] for p in predictions if "decode_steps" in p]
+    return sum(steps) / len(steps) if steps else None
 
 
 def summarize(predictions: Sequence[dict], ks: Sequence[int]) -> dict[str, float]:

@@ -223,11 +223,15 @@ def start_icl_run(out: Path, data: str | Path, *, model: str, shots: int, seed: 
 # ---------------------------------------------------------------- results
 def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: dict[str, Any],
                    inputs: dict[str, Any]) -> Path:
+    from softrec.evaluation.evaluate import mean_decode_steps
     from softrec.runs import RunDir, atomic_write_json, write_jsonl
 
     with RunDir(run_dir) as run:
         folder = Path("eval") / name
         payload = {**result.metrics, "eval": settings, "decoded_in": settings["decoded_in"]}
+        steps = mean_decode_steps(result.predictions)
+        if steps is not None:  # what the time plan's typical new tokens are checked against
+            payload["decode_steps"] = round(steps, 2)
         atomic_write_json(run.path / folder / "metrics.json", payload)
         write_jsonl(run.path / folder / "predictions.jsonl", result.predictions)
         run.record_many({str(folder / f): {"inputs": inputs} for f in LATEST}, key)

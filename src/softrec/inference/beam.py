@@ -47,10 +47,12 @@ class BeamSettings:
 
 @dataclass
 class BeamResult:
-    """One prompt's finished beams, best first: token ids up to and including the stop token."""
+    """One prompt's finished beams, best first: token ids up to and including the stop token;
+    `steps`: the decoding steps the prompt took (its beams stopping or max_new_tokens), its cost."""
 
     token_ids: list[list[int]]
     scores: list[float]
+    steps: int = 0
 
 
 # A step function: token ids [rows] fed at this step -> last hidden states [rows, hidden].
@@ -170,7 +172,8 @@ def beam_search(first_hidden: torch.Tensor, step: StepFn, candidates: CandidateF
                          done_flags, improvable, state.pending)
 
         for position in (~improvable & state.pending).nonzero().flatten().tolist():
-            record(int(state.ids[position]), _result(done_tokens[position], done_lengths[position], done_scores[position]))
+            record(int(state.ids[position]), _result(done_tokens[position], done_lengths[position], done_scores[position],
+                                                     int(state.steps[position])))
         state.pending = state.pending & improvable
         if not bool(state.pending.any()):
             return admitted
@@ -195,6 +198,7 @@ def beam_search(first_hidden: torch.Tensor, step: StepFn, candidates: CandidateF
                 hidden = torch.cat([hidden, first.repeat_interleave(k, dim=0)])
 
 
-def _result(tokens: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor) -> BeamResult:
+def _result(tokens: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor, steps: int) -> BeamResult:
     rows = tokens.tolist()
-    return BeamResult([row[:length] for row, length in zip(rows, lengths.tolist(), strict=True)], scores.tolist())
+    return BeamResult([row[:length] for row, length in zip(rows, lengths.tolist(), strict=True)], scores.tolist(),
+                      steps)

@@ -41,10 +41,12 @@ from softrec.models.wrappers import causal_lm_of
 
 @dataclass
 class Beams:
-    """One prompt's beams, best first: generated token ids (up to and including EOS) and texts."""
+    """One prompt's beams, best first: generated token ids (up to and including EOS) and texts;
+    `steps`: the decoding steps the prompt took (None from `generate`, where the batch decides)."""
 
     token_ids: list[list[int]]
     texts: list[str]
+    steps: int | None = None
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -405,7 +407,8 @@ def generate_beam_ids(
             tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
 
         def record(index: int, found: BeamResult) -> None:
-            results[index] = Beams(found.token_ids, tokenizer.batch_decode(found.token_ids, skip_special_tokens=True))
+            results[index] = Beams(found.token_ids, tokenizer.batch_decode(found.token_ids, skip_special_tokens=True),
+                                   found.steps)
             bar.update(1)
 
         _decode(causal_lm_of(decoder), prompts, tokenizer, settings, batch_size, constrain_to, record, refill)
