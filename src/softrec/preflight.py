@@ -72,10 +72,22 @@ GPU_FLOPS = {"H100": 250e12, "H200": 250e12, "A100": 100e12, "L4": 40e12, "A10":
 # 760-2200) from one minute to the next while training held 320-380 tokens/s and the fp32 rate
 # 225-245, so the bf16 reading swung the estimate 2.5x and predicted nothing.
 CPU_TRAIN_EFFICIENCY = {False: 0.65, True: 0.7}  # bf16 -> multiple of the fp32 matmul rate
-CPU_GENERATE_EFFICIENCY = {False: 0.7, True: 1.6}
+# Generation, refitted (2026-12-06, 2-core Intel Xeon with AMX, bf16 decoding, nothing else running)
+# once new tokens were priced at the steps prompts really decode (`typical_new_tokens`): a trained
+# teacher's 64 amazon-industrial test prompts read 0.72, the demo's 48 read 1.0-1.13; 0.85 sits
+# between. The fp32 factor (AMD, not re-measured) is the old 0.7 fitted on the demo at 32 steps,
+# rescaled to the demo's FLOPs at its measured 10.8 steps (x0.53) and by the same 0.85/1.07.
+CPU_GENERATE_EFFICIENCY = {False: 0.3, True: 0.85}
+CPU_CATALOGUE_EFFICIENCY = 0.6  # fp32 prefill of titles: 768 industrial titles read 0.61 (same run)
 GPU_GENERATE_EFFICIENCY = 0.1  # assumed, not measured
-TYPICAL_NEW_TOKENS = 32  # beams stop at the end of a title; max_new_tokens is an upper bound
 TYPICAL_RESPONSE_TOKENS = 20  # a quoted title and the end token
+# Decoding steps per prompt of a trained model: the beams end at the end of a title, and with
+# the reference's length penalty 1 a prompt decodes on until no running beam can beat the finished
+# ones (usually the longest beam's length; a run-on to max_new_tokens). Measured (Beams.steps, 4
+# beams, trained SFT teachers, 2026-12-06): 10.8 on the demo's 48 test prompts (titles 5.0 tokens,
+# `title_tokens`), 42.7 on 64 amazon-industrial test prompts (titles 27.2 tokens, 16% run to 64).
+# The line through the two; the constant 32 it replaces read the demo 3x high and industrial 0.75x.
+STEPS_PER_TITLE_TOKEN, STEPS_OVER_TITLE = 1.43, 3.7
 TIME_PROBE = 256  # samples whose token counts price the time (memory: the longest of the first 64)
 BYTES = {"float32": 4, "auto": 4, "bfloat16": 2, "float16": 2}
 
@@ -200,14 +212,25 @@ def available_memory(device: str) -> int:
     return 0
 
 
-def device_flops(device: str, *, generate: bool = False, bf16: bool = False, fp32: float | None = None) -> float:
+def device_flops(device: str, *, generate: bool = False, bf16: bool = False, fp32: float | None = None,
+                 catalogue: bool = False) -> float:
     """Effective FLOP/s: the GPU table, or a short timed fp32 matmul on this CPU (`fp32`: a rate timed
-    earlier) times a factor for the kind of work and the dtype it runs in (bf16 where the CPU computes
-    it natively and the setting asks for it)."""
+    earlier) times a factor for the kind of work (training, decoding, or the catalogue's fp32
+    embedding for grounding) and the dtype it runs in (bf16 where the CPU computes it natively and
+    the setting asks for it)."""
     if device != "cpu":
         rate = next((flops for name, flops in GPU_FLOPS.items() if name in device), 50e12)
-        return rate * (GPU_GENERATE_EFFICIENCY if generate else 1.0)
-    return (fp32 or cpu_matmul_flops()) * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)[bf16]
+        return rate * (GPU_GENERATE_EFFICIENCY if generate or catalogue else 1.0)
+    fp32 = fp32 or cpu_matmul_flops()
+    if catalogue:
+        return fp32 * CPU_CATALOGUE_EFFICIENCY
+    return fp32 * (CPU_GENERATE_EFFICIENCY if generate else CPU_TRAIN_EFFICIENCY)[bf16]
+
+
+def typical_new_tokens(title_tokens: float, max_new_tokens: int) -> float:
+    """The decoding steps a trained model's prompt takes, from the catalogue's mean title length
+    (see STEPS_PER_TITLE_TOKEN); an untrained one runs on to `max_new_tokens`."""
+    return min(float(max_new_tokens), STEPS_PER_TITLE_TOKEN * title_tokens + STEPS_OVER_TITLE)
 
 
 _CPU_FLOPS: dict[str, float] = {}  # "fp32" -> FLOP/s, measured once per process
@@ -304,7 +327,7 @@ def train_flops_per_token(shape: BackboneShape, *, lora: bool, soft: bool, respo
 
 
 def generation_flops(shape: BackboneShape, n_samples: int, *, prompt_tokens: float, num_beams: int,
-                     new_tokens: int) -> float:
+                     new_tokens: float) -> float:
     """The engine's FLOPs: each prompt prefilled once through the decoder layers (the LM head at its
     last token), then every beam's new tokens through the layers and the full LM head. Grounding's
     catalogue embedding is `catalogue_flops`, priced apart (fp32, once per run)."""
@@ -410,16 +433,16 @@ def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str
         "runtime": int(0.5 * GiB) if device == "cpu" else int(1.0 * GiB),
     }
     prompt = prompt_tokens(dataset, config, TIME_PROBE, mean=True)
+    titles = title_tokens(dataset, config)
     flops = generation_flops(shape, n_samples, prompt_tokens=prompt, num_beams=num_beams,
-                             new_tokens=min(max_new_tokens, TYPICAL_NEW_TOKENS))
+                             new_tokens=typical_new_tokens(titles, max_new_tokens))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     from softrec.hardware import use_bf16
 
     native = config.eval.dtype == "bfloat16" or (config.eval.dtype == "auto" and use_bf16("auto", device if device == "cpu" else "cuda"))
     seconds = flops / (device_flops(device, generate=True, bf16=native) * world)
     # the catalogue is embedded by the fp32 base model (once; later runs read it from the disk cache)
-    seconds += catalogue * catalogue_flops(shape, len(dataset.titles), title_tokens(dataset, config)) / device_flops(
-        device, generate=True)
+    seconds += catalogue * catalogue_flops(shape, len(dataset.titles), titles) / device_flops(device, catalogue=True)
     notes = [f"{n_samples} prompts, {num_beams} beams, {max_new_tokens} new tokens, batch {batch_size}"]
     return Estimate(stage, model, device, memory, seconds, available_memory(device), notes)
 

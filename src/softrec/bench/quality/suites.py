@@ -144,7 +144,7 @@ SUITES = {
     # the wheels' install and the GGUF's conversion (~2 min, benchmarks/device_quality.py): the reference
     # data (4096/512/1000) and SFT's 7 epochs, the BIGRec rows only, SOFT capped at 4 epochs (like
     # cpu-medium), micro-batches of 64 (dispatch-bound steps: 4x fewer than 16) and generation in batches
-    # of 512 prompts (~10 GB of KV cache in bf16). Time plan: ~6.3 min, unmeasured (docs/scaling.md).
+    # of 512 prompts (~10 GB of KV cache in bf16). Time plan: ~6.0 min, unmeasured (docs/scaling.md).
     "gpu-10min": Suite(
         "gpu-10min", ("amazon-books",), "gemma-3-270m",
         train_size=None, valid_size=None, test_limit=None, epochs=7, effective_batch=256, micro_batch=64, shots=5,

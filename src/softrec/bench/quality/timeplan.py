@@ -3,7 +3,7 @@
 it has not timed yet).
 
 On this CPU the rates are the preflight's: a short timed fp32 matmul times the factors fitted on
-measured runs (`preflight.CPU_TRAIN_EFFICIENCY`, `CPU_GENERATE_EFFICIENCY`); training is priced on
+measured runs (`preflight.CPU_TRAIN_EFFICIENCY`, `CPU_GENERATE_EFFICIENCY`, `CPU_CATALOGUE_EFFICIENCY`); training is priced on
 the tokens a random micro-batch pads to, the catalogue embedding for grounding once per dataset (it
 is cached on disk after).
 
@@ -20,8 +20,8 @@ of two bounds, plus the start of its `softrec` process:
 For Gemma 3 270M the dispatch bound wins for training and small decoding batches, the FLOP bound for
 decoding batches of 512 prompts (at the table's 10% generation efficiency); the rates are guesses
 from typical eager step times of small models on H100-class GPUs, not readings. Upper bounds: every run goes to its epoch
-cap (early stopping only shortens), untuned models decode `max_new_tokens` (64) steps a batch, trained
-ones the preflight's typical 32.
+cap (early stopping only shortens), untuned models decode `max_new_tokens` (64) steps a prompt, trained
+ones the preflight's `typical_new_tokens` (~1.4 per title token: 19.3 on amazon-books).
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from softrec.config import ClassicConfig, EvalConfig, SoftConfig
 from softrec.preflight import (
     GPU_FLOPS,
     GPU_GENERATE_EFFICIENCY,
-    TYPICAL_NEW_TOKENS,
     TYPICAL_RESPONSE_TOKENS,
     BackboneShape,
     catalogue_flops,
     generation_flops,
     model_shape,
     train_flops_per_token,
+    typical_new_tokens,
 )
 
 CPU = "cpu"  # `--time-plan cpu`: this machine's CPU
@@ -74,7 +74,7 @@ class Assumptions:
         dtype = str(suite.setting("eval.dtype", EvalConfig().dtype))
         eval_bf16 = dtype == "bfloat16" or (dtype == "auto" and use_bf16("auto", "cpu"))
         rates = (device_flops(CPU, bf16=train_bf16, fp32=fp32), device_flops(CPU, generate=True, bf16=eval_bf16, fp32=fp32),
-                 device_flops(CPU, generate=True, fp32=fp32))  # the catalogue is embedded by the fp32 base model
+                 device_flops(CPU, catalogue=True, fp32=fp32))  # the catalogue is embedded by the fp32 base model
         return cls(gpu=CPU, process_s=15.0, train_step_s=0.0, decode_step_s=0.0, classic_step_s=0.3, rates=rates)
 
     @property
@@ -121,7 +121,7 @@ class DatasetShape:
 # amazon-books as `softrec data prepare` makes it (reference sizes; read from the prepared folder);
 # Gemma 3 tokens, padded at micro-batches of 8, measured on the prepared data
 AMAZON_BOOKS = DatasetShape(train=4096, valid=512, test=1000, pool=31163, titles=6343, prompt_tokens=188,
-                            train_tokens=238)
+                            train_tokens=238, title_tokens=10.9)
 
 
 class _Costs:
@@ -137,10 +137,10 @@ class _Costs:
         self.catalogue_left = True  # embedded by the first step that grounds; read from the disk cache after
 
     def generate(self, n: int, *, trained: bool = True, prompt_factor: int = 1, grounds: bool = True) -> float:
-        new = min(self.max_new, TYPICAL_NEW_TOKENS) if trained else self.max_new
+        new = typical_new_tokens(self.data.title_tokens, self.max_new) if trained else self.max_new
         flops = generation_flops(self.model, n, prompt_tokens=self.data.prompt_tokens * prompt_factor,
                                  num_beams=self.beams, new_tokens=new)
-        dispatch = math.ceil(n / self.batch) * new * self.assume.decode_step_s
+        dispatch = math.ceil(n / self.batch) * math.ceil(new) * self.assume.decode_step_s
         return max(flops / self.assume.generate_flops, dispatch) + (self.catalogue() if grounds else 0.0)
 
     def catalogue(self) -> float:
