@@ -28,7 +28,8 @@ def test_plan_distils_the_epoch_by_the_rule_then_trains_soft_on_it(tmp_path):
     assert [(s.kind, s.owner) for s in steps] == [
         ("prepare", "data"), ("train-llm", "sft"), ("evaluate-llm", "sft"),
         ("distill", "soft-t1-quoted"), ("train-llm", "soft-t1-quoted"), ("evaluate-llm", "soft-t1-quoted"),
-        ("distill", "soft-tbest-raw"), ("train-llm", "soft-tbest-raw"), ("evaluate-llm", "soft-tbest-raw")]
+        # soft-tbest-raw is the sweep's alpha-1 run (SOFT at the study alpha on SFT's own targets)
+        ("distill", "soft-a1"), ("train-llm", "soft-a1"), ("evaluate-llm", "soft-a1")]
     distill, train, evaluate = steps[3:6]
     teacher = root / "teacher-t1-quoted"
     assert distill.argv[:11] == ["distill", "--run-dir", str(root / "sft"), "--data", data, "--mode", "quoted",
@@ -39,8 +40,20 @@ def test_plan_distils_the_epoch_by_the_rule_then_trains_soft_on_it(tmp_path):
     assert train.argv[-2:] == ["--epochs", "4"], "the suite's soft_epochs cap, as for the alpha rows"
     assert evaluate.argv[:3] == ["evaluate", "--run-dir", str(root / "soft-t1-quoted")]
     assert evaluate.output == quality.planning.eval_folder(tmp_path, "amazon-books", "soft-t1-quoted") / "metrics.json"
-    best = steps[6].argv
-    assert "--epoch" not in best and best[best.index("--out") + 1] == str(root / "teacher-tbest-raw")
+    assert steps[6].output == root / "sft" / "distilled.jsonl" and "--epoch" not in steps[6].argv
+
+
+def test_best_raw_outside_the_sweep_trains_its_own_row_on_sfts_targets(tmp_path):
+    import dataclasses
+
+    suite = dataclasses.replace(suites.SUITES["cpu-medium"], alphas=(10.0,))
+    assert suites.sweep_twin("soft-tbest-raw", suite) is None
+    steps = quality.plan(suite, tmp_path, ["amazon-books"], ["sft", "soft-tbest-raw"], [])
+    distill, train = steps[3:5]
+    root = tmp_path / "amazon-books"
+    assert distill.output == root / "sft" / "distilled.jsonl" and "--mode" not in distill.argv
+    assert train.argv[:9] == ["train", "--method", "soft", "--alpha", "1", "--distilled", str(root / "sft"),
+                              "--out", str(root / "soft-tbest-raw")]
 
 
 def test_study_rows_reuse_the_sft_steps_of_the_main_rows(tmp_path):
@@ -96,7 +109,7 @@ def test_results_record_the_teacher_and_keep_study_rows_out_of_the_average(tmp_p
     _finished_row(out, "soft-sd-only", 5)
     manifest = {"artefacts": {"distilled.jsonl": {"exact_title_share": 0.75, "target_hit_share": 0.25}}}
     _finished_row(out, "soft-t1-quoted", 6, extra={"teacher-t1-quoted/manifest.json": manifest})
-    _finished_row(out, "soft-tbest-raw", 3)
+    _finished_row(out, "soft-a1", 3)  # soft-tbest-raw's run: the sweep's alpha 1 (not asked for here)
     # a teacher distilled by an older softrec (no shares in its manifest): computed from its targets
     from conftest import make_tiny_dataset
 
@@ -106,8 +119,7 @@ def test_results_record_the_teacher_and_keep_study_rows_out_of_the_average(tmp_p
     train = data.split("train")[:4]
     truth = [data.titles[s.target] for s in train]
     texts = [response_text(truth[0]), response_text(truth[1]), response_text(truth[3]), "no title at all"]
-    (out / "amazon-books" / "teacher-tbest-raw").mkdir()
-    (out / "amazon-books" / "teacher-tbest-raw" / "distilled.jsonl").write_text(
+    (out / "amazon-books" / "sft" / "distilled.jsonl").write_text(
         "".join(json.dumps({"sample_id": s.sample_id, "target_text": t}) + "\n" for s, t in zip(train, texts, strict=True)))
     assert cli_main(["bench", "quality", "--suite", "cpu-medium", "--datasets", "amazon-books", "--out", str(out),
                      "--methods", "sft,soft-sd-only,soft-t1-quoted,soft-tbest-raw", "--resamples", "200",
@@ -121,6 +133,8 @@ def test_results_record_the_teacher_and_keep_study_rows_out_of_the_average(tmp_p
     assert quoted["teacher"] == {"epoch": 1, "rule": "quoted", "exact_title_share": 0.75, "target_hit_share": 0.25,
                                  "valid_epoch": 1, "valid_HR@10": 0.10, "valid_NDCG@10": 0.05, "valid_validity": 0.8}
     assert best["teacher"]["epoch"] is None and best["teacher"]["valid_epoch"] == 2  # SFT's kept epoch
+    assert best["same_run_as"] == "soft-a1" and "(the BIGRec-SOFT alpha=1 run)" in best["label"]
+    assert "soft-a1" not in rows and "soft" not in rows, "read for the study row only"
     # 3 of 4 targets are titles (the third another sample's), 2 are the true next item
     assert (best["teacher"]["exact_title_share"], best["teacher"]["target_hit_share"]) == (0.75, 0.5)
     text = (out / "results.md").read_text()

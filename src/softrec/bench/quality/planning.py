@@ -6,7 +6,15 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from softrec.bench.quality.suites import GROUNDING, SPLIT, Suite, alpha_of, teacher_dir, teacher_of
+from softrec.bench.quality.suites import (
+    GROUNDING,
+    SPLIT,
+    Suite,
+    alpha_of,
+    sweep_twin,
+    teacher_dir,
+    teacher_of,
+)
 
 
 @dataclass
@@ -137,7 +145,12 @@ class _DatasetPlan:
                     self.llm(method, ["--method", method], teacher="sft")
             elif (teacher := teacher_of(method)) is not None:
                 self.llm("sft", ["--method", "sft"])
-                self.study(method, *teacher)
+                if (twin := sweep_twin(method, self.suite)) is not None:  # the sweep's row is this run
+                    self.llm(twin, ["--method", "soft", "--alpha", f"{alpha_of(twin):g}"], teacher="sft")
+                elif teacher == (None, "raw"):  # SFT's own targets, at the study alpha
+                    self.llm(method, ["--method", "soft", "--alpha", f"{self.suite.study_alpha:g}"], teacher="sft")
+                else:
+                    self.study(method, *teacher)
             else:  # llara-sft, llara-soft: SASRec's item embeddings, projected
                 self.classic("sasrec")
                 self.llm("llara-sft", ["--method", "sft", *self.llara])

@@ -20,6 +20,7 @@ from softrec.bench.quality.suites import (
     Suite,
     alpha_of,
     label,
+    sweep_twin,
     teacher_of,
 )
 from softrec.errors import UserError
@@ -54,10 +55,11 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
             resumed.add(key)
         ran_on.setdefault(key, set()).add(info.get("ran_on") or NOT_RECORDED)
     results: dict[str, Any] = {}
+    twins = [t for m in methods if (t := sweep_twin(m, suite)) is not None and t not in methods]
     for name in datasets:
         rows: dict[str, Any] = {}
         ranks: dict[str, dict[str, int | None]] = {}
-        for method in methods:
+        for method in [*methods, *dict.fromkeys(twins)]:
             folder = eval_folder(out, name, method, suite.test_limit)
             if not (folder / "predictions.jsonl").exists():
                 continue
@@ -94,6 +96,9 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
                 rows[method]["vs_sft_baseline"] = baseline
         for method in rows:
             rows[method]["history"] = _history(out / name / method)
+        _twins(rows, suite, methods)
+        for twin in twins:  # read for the study row only: not asked for, so not a row of the table
+            rows.pop(twin, None)
         _study(rows, out / name)
         _choose_alpha(rows, [m for m in methods if alpha_of(m) is not None and m not in rows])
         results[name] = {"n": len(ids), "methods": rows, "gains": _gains(rows)}
@@ -134,6 +139,18 @@ def _choose_alpha(rows: dict[str, Any], pending: Sequence[str] = ()) -> None:
     rows["soft"] = {**copy.deepcopy(rows[chosen]), "label": f"BIGRec-SOFT (alpha={alpha_of(chosen):g}, {how})",
                     "chosen_from": {m: _validation_key(rows[m]) for m in sweep}, "chosen": chosen,
                     "pending": list(pending)}
+
+
+def _twins(rows: dict[str, Any], suite: Suite, methods: Sequence[str]) -> None:
+    """A study row whose run is an alpha-sweep row (`sweep_twin`) shows that row's results under its
+    own name, saying so; planning trains it once."""
+    import copy
+
+    for method in methods:
+        twin = sweep_twin(method, suite)
+        if twin in rows and method not in rows:
+            rows[method] = {**copy.deepcopy(rows[twin]), "label": f"{label(method)} (the {label(twin)} run)",
+                            "same_run_as": twin}
 
 
 def _study(rows: dict[str, Any], root: Path) -> None:

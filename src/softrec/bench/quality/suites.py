@@ -92,8 +92,18 @@ def teacher_of(method: str) -> tuple[int | None, str] | None:
 
 
 def teacher_dir(method: str) -> str:
-    """The folder (beside the rows) of a study row's teacher and its distilled targets."""
-    return method.replace("soft-", "teacher-", 1)
+    """The folder (beside the rows) of a study row's teacher and its distilled targets: SFT's own for
+    its kept weights and the raw rule (the SOFT rows' targets), a folder of its own otherwise."""
+    return "sft" if teacher_of(method) == (None, "raw") else method.replace("soft-", "teacher-", 1)
+
+
+def sweep_twin(method: str, suite: Suite) -> str | None:
+    """The alpha-sweep row that is this study row's run: soft-tbest-raw is SOFT at the study alpha on
+    SFT's own targets, so with the study alpha in the sweep it would train the same run again (~2 h a
+    dataset on a CPU). A study row at SFT's best epoch by number is not known before SFT has trained."""
+    if teacher_of(method) == (None, "raw") and suite.study_alpha in suite.alphas:
+        return alpha_method(suite.study_alpha)
+    return None
 
 
 def known(method: str) -> bool:
