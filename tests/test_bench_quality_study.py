@@ -138,6 +138,8 @@ def test_results_record_the_teacher_and_keep_study_rows_out_of_the_average(tmp_p
     # 3 of 4 targets are titles (the third another sample's), 2 are the true next item
     assert (best["teacher"]["exact_title_share"], best["teacher"]["target_hit_share"]) == (0.75, 0.5)
     text = (out / "results.md").read_text()
+    study = text[text.index("When does SOFT help?"):]
+    assert text.count("teacher best epoch, raw") == study.count("teacher best epoch, raw") == 1, "the study section only"
     assert "When does SOFT help?" in text and "| BIGRec-SOFT teacher epoch 1, quoted | 0.750 | 0.250 | 0.1000 |" in text
     import matplotlib.image
 

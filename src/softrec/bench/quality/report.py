@@ -19,6 +19,11 @@ from softrec.bench.quality.suites import (
 )
 
 
+def own_runs(dataset: dict[str, Any]) -> dict[str, Any]:
+    """The rows with a run of their own: a study row that is a sweep row's run (`same_run_as`) appears
+    only in the study section."""
+    return {m: r for m, r in dataset["methods"].items() if "same_run_as" not in r}
+
 def _cell(metric: dict[str, float] | None, interval: bool) -> str:
     if not metric:
         return "-"
@@ -55,7 +60,7 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += [f"## {name} ({dataset['n']} test samples)", "",
                   "| method | " + " | ".join(TABLE_METRICS) + " | validity | HR@10 vs SFT | NDCG@10 vs SFT | seconds |",
                   "|---|" + "---|" * (len(TABLE_METRICS) + 4)]
-        for row in dataset["methods"].values():
+        for row in own_runs(dataset).values():
             cells = [_cell(row["metrics"].get(m), m in WITH_INTERVAL) for m in TABLE_METRICS]
             validity = row["summary"].get("validity")
             vs = row.get("vs_sft", {})
@@ -132,7 +137,7 @@ def _history_lines(results: dict[str, Any]) -> list[str]:
     """Every LLM run's validation curve (the teacher's included) and, for SOFT, lambda and d_k per epoch."""
     lines = []
     for name, dataset in results.items():
-        runs = {m: r for m, r in dataset["methods"].items() if r.get("history") and m != "soft"}
+        runs = {m: r for m, r in own_runs(dataset).items() if r.get("history") and m != "soft"}
         if not runs:
             continue
         lines += [f"## Validation curves: {name}", "",
@@ -163,7 +168,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     if not results:
         return None
     fig, axes = pyplot().subplots(1, 2, figsize=(13, 4.5), squeeze=False)
-    methods = list(dict.fromkeys(m for d in results.values() for m in d["methods"]))
+    methods = list(dict.fromkeys(m for d in results.values() for m in own_runs(d)))
     width = 0.8 / max(len(methods), 1)
     for ax, metric in zip(axes[0], ("HR@10", "NDCG@10"), strict=True):
         for i, method in enumerate(methods):
@@ -190,7 +195,7 @@ def curves_plot(results: dict[str, Any], path: Path) -> Path | None:
     kept epoch starred; nothing written without a run that has a history."""
     from softrec.bench import pyplot, write_png
 
-    panels = {name: {m: r for m, r in d["methods"].items() if r.get("history") and m != "soft"}
+    panels = {name: {m: r for m, r in own_runs(d).items() if r.get("history") and m != "soft"}
               for name, d in results.items()}
     panels = {name: runs for name, runs in panels.items() if runs}
     if not panels:
