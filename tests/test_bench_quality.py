@@ -84,6 +84,37 @@ def test_the_table_says_what_its_samples_can_detect():
     assert report._sensitivity_lines({"n": 1000, "methods": {"sft": row("BIGRec-SFT", 0.009)}}) == []
 
 
+def test_the_finding_states_the_answer_in_words_with_its_intervals_and_conditions():
+    def row(label, hr10, ndcg10, vs=None, **extra):
+        return {"label": label, "metrics": {"HR@10": {"value": hr10}, "NDCG@10": {"value": ndcg10}},
+                **({"vs_sft": vs} if vs else {}), **extra}
+
+    def diff(d, low, high):
+        return {"diff": d, "low": low, "high": high, "p": 0.5}
+
+    tie = {"HR@10": diff(0.0, -0.011, 0.011), "NDCG@10": diff(-0.0027, -0.0100, 0.0044)}
+    better = {"HR@10": diff(0.02, 0.005, 0.035), "NDCG@10": diff(0.001, -0.002, 0.004)}
+    results = {
+        "industrial": {"n": 1000, "methods": {"sft": row("BIGRec-SFT", 0.086, 0.0542), "soft": row(
+            "BIGRec-SOFT (alpha=1, best on validation so far; alpha 10 not finished)", 0.086, 0.0515, tie,
+            chosen="soft-a1", pending=["soft-a10"])}},
+        "books": {"n": 1000, "methods": {"sft": row("BIGRec-SFT", 0.04, 0.02), "soft": row(
+            "BIGRec-SOFT (alpha=10, chosen on validation)", 0.06, 0.021, better, chosen="soft-a10")}},
+        "no-soft-yet": {"n": 1000, "methods": {"sft": row("BIGRec-SFT", 0.04, 0.02)}},
+    }
+    heading, blank, tie_line, better_line, blank2, conditions, blank3 = report._finding_lines(results)
+    assert heading == "## Finding" and blank == blank2 == blank3 == ""
+    assert tie_line.startswith("- **industrial** (1000 test samples): BIGRec-SOFT alpha=1 vs BIGRec-SFT: "
+                               "no significant difference on HR@10 or NDCG@10.")
+    assert "HR@10 0.0860 -> 0.0860 (+0.0000 [-0.0110, +0.0110], -13% to +13% relative)" in tie_line
+    assert "The paper's +37.59% lies above the interval on HR@10 and NDCG@10." in tie_line
+    assert tie_line.endswith("Provisional: alpha 10 not finished.")
+    assert "BIGRec-SOFT alpha=10 vs BIGRec-SFT: significantly higher on HR@10." in better_line
+    assert "+12% to +88% relative" in better_line and "above the interval on NDCG@10." in better_line
+    assert "Provisional" not in better_line and "one seed" in conditions
+    assert report._finding_lines({"no-soft-yet": results["no-soft-yet"]}) == []
+
+
 def _in_process(monkeypatch, calls):
     """Run each step's `softrec` command in this process (seconds, not a Python start per step)."""
 

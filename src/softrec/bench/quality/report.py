@@ -15,6 +15,7 @@ from softrec.bench.quality.suites import (
     SOFT_PAIRS,
     TABLE_METRICS,
     WITH_INTERVAL,
+    alpha_of,
     label,
 )
 
@@ -43,6 +44,7 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         f"# softrec quality benchmark: suite `{suite['name']}`", "",
         f"Scale: {payload['scale']}.", "",
+        *_finding_lines(results),
         f"Table built {payload['finished']} on {describe(payload['machine'])}.", "",
         "Steps ran on: " + "; ".join(sorted({m for r in results.values() for row in r["methods"].values()
                                              for m in row.get("ran_on", [])})) + " (per row: results.json `ran_on`).", "",
@@ -77,6 +79,50 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += ["```", "", "seconds: wall time of the row's own steps (training, distillation for SOFT rows, "
               "evaluation), as recorded when they ran; * a resumed training, timed only from where it resumed.", ""]
     return "\n".join(lines)
+
+
+def _relative_interval(facts: dict[str, float], base: float) -> str:
+    """A paired difference's 95% interval relative to SFT's value (SFT's value taken as fixed)."""
+    return f"{100 * facts['low'] / base:+.0f}% to {100 * facts['high'] / base:+.0f}%"
+
+
+def _verdict(vs: dict[str, dict[str, float]]) -> str:
+    """Significant at 95% on the table's two metrics (paired bootstrap intervals), in words."""
+    signs = {metric: ("higher" if vs[metric]["low"] > 0 else "lower" if vs[metric]["high"] < 0 else None)
+             for metric in WITH_INTERVAL}
+    found = [f"{word} on {metric}" for metric, word in signs.items() if word]
+    return "significantly " + " and ".join(found) if found else "no significant difference on " + " or ".join(signs)
+
+
+def _finding_lines(results: dict[str, Any]) -> list[str]:
+    """The answer in words, per dataset: the headline SOFT row against SFT (paired 95% intervals, also
+    relative to SFT, beside the paper's average gain), and what it is conditional on."""
+    lines = []
+    for name, dataset in results.items():
+        row, sft = dataset["methods"].get("soft"), dataset["methods"].get("sft")
+        vs = (row or {}).get("vs_sft", {})
+        if not all(metric in vs for metric in WITH_INTERVAL):
+            continue
+        parts = []
+        for metric in WITH_INTERVAL:
+            base, value = sft["metrics"][metric]["value"], row["metrics"][metric]["value"]
+            relative = f", {_relative_interval(vs[metric], base)} relative" if base > 0 else ""
+            parts.append(f"{metric} {base:.4f} -> {value:.4f} ({vs[metric]['diff']:+.4f} "
+                         f"[{vs[metric]['low']:+.4f}, {vs[metric]['high']:+.4f}]{relative})")
+        outside = [m for m in WITH_INTERVAL if sft["metrics"][m]["value"] > 0
+                   and 100 * vs[m]["high"] / sft["metrics"][m]["value"] < PAPER_MEAN_GAIN_PERCENT]
+        paper = (f" The paper's +{PAPER_MEAN_GAIN_PERCENT}% lies above the interval on {' and '.join(outside)}."
+                 if outside else "")
+        pending = (" Provisional: alpha " + ", ".join(f"{alpha_of(m):g}" for m in row["pending"]) + " not finished."
+                   if row.get("pending") else "")
+        soft = f"{LABELS['soft']} alpha={alpha_of(row['chosen']):g}" if row.get("chosen") else row["label"]
+        lines.append(f"- **{name}** ({dataset['n']} test samples): {soft} vs {sft['label']}: "
+                     f"{_verdict(vs)}. " + "; ".join(parts) + "." + paper + pending)
+    if not lines:
+        return []
+    return ["## Finding", "", *lines, "",
+            "Conditional on this scale (above), one seed, the teacher's quality (BIGRec-SFT's row) and the alpha "
+            "chosen on validation; intervals are paired bootstrap 95% over the test samples.", ""]
 
 
 def _sensitivity_lines(dataset: dict[str, Any]) -> list[str]:
