@@ -133,6 +133,7 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     methods = "sasrec,icl-0,sft,soft"
     assert cli_main(["bench", "quality", "--suite", "smoke", "--out", str(out), "--methods", methods,
                      "--resamples", "200", "--save", str(tmp_path / "saved")]) == 0
+    assert not (out / "running.json").exists(), "removed when its step ended"
     etas = [line.split(" ETA ", 1)[1] for line in capsys.readouterr().out.splitlines() if " ETA " in line]
     assert etas[0].endswith("(planned, no long step timed yet)") and all("h for" in eta for eta in etas)  # a time plan
     payload = json.loads((out / "results.json").read_text())

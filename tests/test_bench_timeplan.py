@@ -174,7 +174,30 @@ def test_status_lists_each_step_and_counts_what_checkpoints_have_trained(tmp_pat
         "[2/3] demo sft train-llm: trained 50/200 optimizer steps",
         "[3/3] demo sft evaluate-llm: to run",
         "ETA 1:00 h for 2 step(s) (planned, no long step timed yet)",  # 3/4 of the training + the evaluation
+        f"Nothing is running this suite (no process holds {tmp_path / '.suite.lock'}): run the same command "
+        "without --status to resume it.",
     ]
+
+
+def test_one_process_runs_a_suite_and_status_names_the_step_it_runs(tmp_path):
+    """A second suite process on the same folder is refused at once (it would start the trainings the
+    first is running); --status tells a live suite from one whose process has gone."""
+    from softrec.bench.quality import execution
+    from softrec.bench.quality.planning import PlannedStep
+    from softrec.errors import UserError
+
+    run = tmp_path / "demo" / "sft"
+    train = PlannedStep("train-llm", "demo", "sft", ["train"], run / "history.json")
+    (tmp_path / execution.RUNNING).write_text(json.dumps({"command": train.command, "pid": 4242,
+                                                          "started": "2026-12-06T06:00:00+00:00"}))
+    with execution.suite_lock(tmp_path):
+        with pytest.raises(UserError, match=r"another `softrec bench quality` is running this suite \(pid 4242"):
+            execution.execute([train], tmp_path, {})
+        lines = execution.status([train], tmp_path, {train.command: 100.0}).splitlines()
+        assert lines[0] == "[1/1] demo sft train-llm: running since 2026-12-06T06:00:00+00:00 (suite pid 4242)"
+        assert not any(line.startswith("Nothing is running") for line in lines)
+    lines = execution.status([train], tmp_path, {train.command: 100.0}).splitlines()
+    assert lines[0] == "[1/1] demo sft train-llm: to run" and lines[-1].startswith("Nothing is running this suite")
 
 
 def test_a_plan_that_cannot_be_estimated_leaves_the_eta_unknown(tmp_path):

@@ -1,13 +1,16 @@
-"""Running a plan: each step a `softrec` subprocess, finished steps recorded in DIR/steps.json."""
+"""Running a plan: each step a `softrec` subprocess, finished steps recorded in DIR/steps.json; one
+process at a time runs a suite's steps (DIR/.suite.lock), saying which in DIR/running.json."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,44 @@ class StepLog:
         if share < 1.0:
             self.done[step.command]["share_timed"] = round(share, 3)
         atomic_write_json(self.path, self.done)
+
+
+SUITE_LOCK = ".suite.lock"  # held by the process that runs the suite's steps, for as long as it runs
+RUNNING = "running.json"  # the step it runs now: command, pid, start (removed when the step ends)
+
+
+def _running(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / RUNNING).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def suite_lock(out: Path) -> Iterator[None]:
+    """Exclusive use of OUT's steps: a second suite process on the same folder would start the
+    trainings the first is running (and fail on their run locks midway, hours later)."""
+    from softrec.runs import dir_lock
+
+    info = _running(out) or {}
+    since = f" (pid {info.get('pid')}, step started {info.get('started')})" if info else ""
+    with dir_lock(out / SUITE_LOCK, f"{out}: another `softrec bench quality` is running this suite{since}; "
+                                    "follow it with --status"):
+        yield
+
+
+def suite_running(out: Path) -> bool:
+    """Whether a process holds OUT's suite lock now (checked without creating anything)."""
+    from softrec.errors import UserError
+    from softrec.runs import acquire_lock
+
+    if not (out / SUITE_LOCK).exists():
+        return False
+    try:
+        acquire_lock(out / SUITE_LOCK, "held").release()
+    except UserError:
+        return True
+    return False
 
 
 LONG_STEP_S = 60.0  # steps planned shorter than this (data preparation) are mostly process start: no guide for others
@@ -90,6 +131,13 @@ def execute(steps: list[PlannedStep], out: Path, env: dict[str, str],
             planned: Callable[[], dict[str, float]] = dict) -> StepLog:
     """Runs the unfinished steps in order; `planned()`: every step's planned seconds by command, asked
     again before each step (a dataset's shape is known once prepared)."""
+    with suite_lock(out):
+        return _execute(steps, out, env, planned)
+
+
+def _execute(steps: list[PlannedStep], out: Path, env: dict[str, str], planned: Callable[[], dict[str, float]]) -> StepLog:
+    from softrec.runs import atomic_write_json
+
     log, logfile = StepLog(out), out / "bench.log"
     for index, step in enumerate(steps):
         prefix = f"[{index + 1}/{len(steps)}]"
@@ -103,10 +151,15 @@ def execute(steps: list[PlannedStep], out: Path, env: dict[str, str],
         print(f"{prefix} {time.strftime('%H:%M:%S')} {eta(steps, log, index, planned())}\n    $ {step.command}", flush=True)
         runner = [*step.launcher, "-m", "softrec"] if step.launcher else [sys.executable, "-m", "softrec"]
         started = time.monotonic()
-        with logfile.open("a", encoding="utf-8") as fh:
-            fh.write(f"\n$ {step.command}\n")
-            fh.flush()
-            status = subprocess.run([*runner, *argv], env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        atomic_write_json(out / RUNNING, {"command": step.command, "pid": os.getpid(),
+                                          "started": datetime.now(UTC).isoformat(timespec="seconds")})
+        try:
+            with logfile.open("a", encoding="utf-8") as fh:
+                fh.write(f"\n$ {step.command}\n")
+                fh.flush()
+                status = subprocess.run([*runner, *argv], env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        finally:
+            (out / RUNNING).unlink(missing_ok=True)
         if status != 0:
             raise UserError(f"step failed with exit status {status}: {step.command} (output in {logfile})")
         seconds = time.monotonic() - started
@@ -121,6 +174,8 @@ def status(steps: list[PlannedStep], out: Path, planned: dict[str, float]) -> st
     from softrec.preflight import duration
 
     log, lines, first = StepLog(out), [], None
+    running = suite_running(out)
+    now = (_running(out) or {}) if running else {}
     for index, step in enumerate(steps):
         if log.finished(step):
             info = log.done[step.command]
@@ -130,8 +185,16 @@ def status(steps: list[PlannedStep], out: Path, planned: dict[str, float]) -> st
             first = index if first is None else first
             done = training_progress(step)
             state = f"trained {done[0]}/{done[1]} optimizer steps" if done else "to run"
+            if now.get("command") == step.command:
+                state = f"running since {now['started']} (suite pid {now['pid']})" + (f", {state}" if done else "")
         lines.append(f"[{index + 1}/{len(steps)}] {step.dataset} {step.owner} {step.kind}: {state}")
-    lines.append("every step has finished" if first is None else eta(steps, log, first, planned))
+    if first is None:
+        lines.append("every step has finished")
+    else:
+        lines.append(eta(steps, log, first, planned))
+        if not running:
+            lines.append(f"Nothing is running this suite (no process holds {out / SUITE_LOCK}): run the same command "
+                         "without --status to resume it.")
     return "\n".join(lines)
 
 
