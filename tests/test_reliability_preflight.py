@@ -10,6 +10,7 @@ from softrec import preflight
 from softrec.cli import main
 from softrec.config import load_config
 from softrec.errors import UserError
+from softrec.models import token_counts
 
 GiB = preflight.GiB
 
@@ -180,14 +181,14 @@ def test_the_pipeline_prints_the_whole_recipes_time_and_a_conversion_still_to_co
 
 
 def test_expected_longest_is_the_exact_mean_of_a_random_groups_maximum():
-    assert preflight.expected_longest([1, 2, 3, 4], 2) == pytest.approx((2 * 1 + 3 * 2 + 4 * 3) / 6)
-    assert preflight.expected_longest([4, 1, 3, 2], 1) == pytest.approx(2.5)  # no padding alone
-    assert preflight.expected_longest([1, 2, 3, 4], 4) == preflight.expected_longest([1, 2, 3, 4], 9) == 4
+    assert token_counts.expected_longest([1, 2, 3, 4], 2) == pytest.approx((2 * 1 + 3 * 2 + 4 * 3) / 6)
+    assert token_counts.expected_longest([4, 1, 3, 2], 1) == pytest.approx(2.5)  # no padding alone
+    assert token_counts.expected_longest([1, 2, 3, 4], 4) == token_counts.expected_longest([1, 2, 3, 4], 9) == 4
     import itertools
 
     lengths = [5, 9, 9, 14, 30, 31, 200]
     groups = list(itertools.combinations(lengths, 3))
-    assert preflight.expected_longest(lengths, 3) == pytest.approx(sum(map(max, groups)) / len(groups))
+    assert token_counts.expected_longest(lengths, 3) == pytest.approx(sum(map(max, groups)) / len(groups))
 
 
 def test_training_time_counts_real_tokens_and_the_padding_of_random_micro_batches(tiny_dataset):
@@ -199,9 +200,9 @@ def test_training_time_counts_real_tokens_and_the_padding_of_random_micro_batche
     samples = tiny_dataset.split("train")[:5]
     counted = [len(tokenizer(sample_prompt(tiny_dataset, s, config.model.template, tokenizer)
                              + response_text(tiny_dataset.titles[s.target]))["input_ids"]) for s in samples]
-    assert preflight.sample_lengths(tiny_dataset, config, 5) == counted  # the tokenizer's count, not characters
+    assert token_counts.sample_lengths(tiny_dataset, config, 5) == counted  # the tokenizer's count, not characters
     estimate = preflight.estimate_train(config, tiny_dataset)
-    lengths = preflight.sample_lengths(tiny_dataset, config, preflight.TIME_PROBE)
-    assert f"~{preflight.expected_longest(lengths, 8):.0f} tokens each as micro-batches of 8 pad them" in estimate.summary()
+    lengths = token_counts.sample_lengths(tiny_dataset, config, token_counts.TIME_PROBE)
+    assert f"~{token_counts.expected_longest(lengths, 8):.0f} tokens each as micro-batches of 8 pad them" in estimate.summary()
     grouped = preflight.estimate_train(config.with_(train={"group_by_length": True}), tiny_dataset)
     assert grouped.seconds < estimate.seconds  # length-grouped micro-batches pad (almost) nothing

@@ -99,15 +99,20 @@ class DatasetShape:
     test: int
     pool: int  # train_full windows (classic models)
     titles: int
-    prompt_tokens: int  # the mean (prefill): tokenizer counts (characters / 3.5 without one), preflight.sample_lengths
-    train_tokens: int  # what a random micro-batch of the suite's size pads a sample to (preflight.expected_longest)
+    prompt_tokens: int  # the mean (prefill): tokenizer counts (characters / 3.5 without one), token_counts.sample_lengths
+    train_tokens: int  # what a random micro-batch of the suite's size pads a sample to (token_counts.expected_longest)
     title_tokens: float = 16.0
 
     @classmethod
     def of(cls, prepared: Path, suite: Suite) -> DatasetShape:
         from softrec.config import load_config
         from softrec.data.dataset import PreparedDataset
-        from softrec.preflight import TIME_PROBE, expected_longest, sample_lengths, title_tokens
+        from softrec.models.token_counts import (
+            TIME_PROBE,
+            expected_longest,
+            sample_lengths,
+            title_tokens,
+        )
 
         data = PreparedDataset.load(prepared)
         config = load_config(overrides=[f"model.name={suite.model}"])
