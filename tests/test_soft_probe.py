@@ -108,8 +108,10 @@ def test_each_distilled_target_is_the_top_beam_of_its_own_prompt(tiny_dataset, t
         assert row["target_text"] == _top_beam(model, tokenizer, _prompt(tiny_dataset, by_id[row["sample_id"]])), row
 
 
-def test_soft_run_records_its_training_samples_and_a_probe_among_them(tiny_dataset, tmp_path, capsys):
-    """`softrec train --method soft --train-samples N`: curriculum.json's probe ids are all trained on."""
+def test_soft_run_records_its_training_samples_and_a_probe_among_them(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """`softrec train --method soft --train-samples N`: curriculum.json's probe ids are all trained on;
+    the next alpha of a sweep reuses d_0 and says so."""
+    monkeypatch.setenv("SOFTREC_CACHE", str(tmp_path / "cache"))
     common = ["--data", str(tiny_dataset.path), "--model", "tiny", "--epochs", "1", "--train-samples", "10",
               "--micro-batch", "5", "--effective-batch", "5", "--no-preflight",
               "--set", "eval.num_beams=2", "--set", "eval.max_new_tokens=4", "--set", "train.bf16=off",
@@ -124,4 +126,41 @@ def test_soft_run_records_its_training_samples_and_a_probe_among_them(tiny_datas
     curriculum = json.loads((soft / "curriculum.json").read_text())
     assert len(trained) == 10 and len(curriculum["probe"]) == 4
     assert set(curriculum["probe"]) <= set(trained)
-    assert set(curriculum["distances"]) == {"0", "1"}
+    assert set(curriculum["distances"]) == {"0", "1"} and "d0_reused_from" not in curriculum
+    other = tmp_path / "soft-a10"
+    assert main(["train", "--method", "soft", "--alpha", "10", "--distilled", str(sft), "--out", str(other), *common]) == 0
+    reused = json.loads((other / "curriculum.json").read_text())
+    assert reused["distances"]["0"] == curriculum["distances"]["0"] and "probe-d0" in reused["d0_reused_from"]
+
+
+def test_d0_is_measured_once_per_base_probe_and_decoding_then_read_from_the_cache(tiny_dataset, tiny_backbone,
+                                                                                 tmp_path, monkeypatch):
+    """Every run of an alpha sweep measures d_0 on the same untuned model: the second reads it back
+    (the same value, no decoding); other decoding settings or other base weights measure again."""
+    import copy
+
+    from softrec.inference import generate
+
+    monkeypatch.setenv("SOFTREC_CACHE", str(tmp_path / "cache"))
+    model, tokenizer = tiny_backbone
+    config = _config(**{"train.train_samples": 12, "soft.probe_size": 5})
+    first = probe_distance(tiny_dataset, config).untuned
+    d0 = first(model, tokenizer)
+    assert first.reused_from is None and d0 > 0
+
+    real, calls = generate.generate_beams, []
+    monkeypatch.setattr(generate, "generate_beams", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = probe_distance(tiny_dataset, config).untuned
+    assert again(model, tokenizer) == d0 and calls == [] and again.reused_from.startswith(str(tmp_path / "cache"))
+
+    longer = probe_distance(tiny_dataset, _config(**{"train.train_samples": 12, "soft.probe_size": 5,
+                                                     "soft.distill_max_new_tokens": NEW_TOKENS + 2})).untuned
+    longer(model, tokenizer)
+    assert longer.reused_from is None and calls == [1]
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.get_output_embeddings().weight.mul_(1.5)
+        other.model.norm.weight.add_(0.5)
+    changed = probe_distance(tiny_dataset, config).untuned
+    changed(other, tokenizer)
+    assert changed.reused_from is None and calls == [1, 1]

@@ -15,7 +15,9 @@ y' the SFT model's own generation (the paper's method section; reference trainer
 the loss, to mix the two targets), and the Trainer's events drive it: it computes lambda at each epoch
 start and measures d_k at each epoch end. Its state (distances and lambdas, keyed by
 epoch so a repeated epoch overwrites rather than appends, and the probe's sample ids) lives in
-RUN_DIR/curriculum.json, so a resumed run keeps the distance history.
+RUN_DIR/curriculum.json, so a resumed run keeps the distance history. d_0 depends on nothing a sweep
+varies, so it is measured once and read from the cache after (`_cached_untuned`; curriculum.json's
+`d0_reused_from` names the file).
 
 The probe S is drawn from the samples the run trains on (the `train.train_samples` subset, listed in
 RUN_DIR/train_samples.json), as the reference draws it from its training file train_4096.json
@@ -146,13 +148,17 @@ class Curriculum(TrainerCallback):
                                  "distances": self.distances, "lambdas": self.lambdas}
         if self.probe_ids is not None:
             state["probe"] = self.probe_ids
+        if reused := getattr(getattr(self.measure, "untuned", None), "reused_from", None):
+            state["d0_reused_from"] = reused
         atomic_write_json(self.state_path, state)
 
     def _measure(self, model: Any, tokenizer: Any, epoch: int) -> None:
+        # d_0 through the measure's cache of untuned distances, where it has one
+        measure = getattr(self.measure, "untuned", self.measure) if epoch == 0 else self.measure
         was_training = model.training
         model.eval()
         try:
-            self.distances[epoch] = float(self.measure(model, tokenizer))
+            self.distances[epoch] = float(measure(model, tokenizer))
         finally:
             model.train(was_training)
         self._save()
@@ -223,7 +229,43 @@ def probe_distance(dataset: Any, config: Any) -> Measure:
         return float((emb - cache["targets"]).norm(dim=1).mean())
 
     measure.probe_ids = [s.sample_id for s in probe]  # type: ignore[attr-defined]
+    measure.untuned = _cached_untuned(measure, dataset, config)  # type: ignore[attr-defined]
     return measure
+
+
+D0_VERSION = "probe-d0-v1"  # bump when the probe distance's recipe changes: cached d_0 values go stale
+
+
+def _cached_untuned(measure: Measure, dataset: Any, config: Any) -> Measure:
+    """`measure` for d_0, kept on disk (cache_dir()/probe-d0/) under everything it depends on: the base
+    weights and tokenizer (`model_fingerprint`), the data, prompt template, probe, decoding settings and
+    the dtype they resolve to here, the response rule, the embedding recipe and the seed (a LLaRA
+    projector is initialised from it). Every run of an alpha sweep (and the study rows) measures the
+    same d_0 on the untuned model: minutes of decoding each on a CPU. `.reused_from` names the file a
+    reused value came from."""
+    from softrec.inference.generate import decode_dtype
+    from softrec.inference.grounding import EMBEDDING_VERSION, model_fingerprint
+    from softrec.paths import cache_dir
+    from softrec.runs import content_key
+
+    def untuned(model: Any, tokenizer: Any) -> float:
+        soft = config.soft
+        key = content_key(D0_VERSION, model_fingerprint(model, tokenizer), dataset.checksum, config.model.template,
+                          measure.probe_ids, soft.distill_beams, soft.distill_max_new_tokens, config.eval.batch_size,
+                          str(decode_dtype(config.eval.dtype, model.device)), config.eval.response_rule,
+                          EMBEDDING_VERSION, config.train.seed)
+        path = cache_dir() / "probe-d0" / f"{key}.json"
+        try:
+            untuned.reused_from = str(path)
+            return float(json.loads(path.read_text(encoding="utf-8"))["d0"])
+        except (OSError, ValueError, KeyError, TypeError):
+            untuned.reused_from = None
+        value = float(measure(model, tokenizer))
+        atomic_write_json(path, {"d0": value, "probe_size": len(measure.probe_ids)})
+        return value
+
+    untuned.reused_from = None  # type: ignore[attr-defined]
+    return untuned
 
 
 def curriculum_for(config: Any, dataset: Any, out: str | Path) -> Curriculum | None:
