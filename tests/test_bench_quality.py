@@ -266,3 +266,17 @@ def test_validation_curves_show_lambda_for_soft_runs_only():
     lines = _history_lines({"books": {"methods": {"sft": sft, "soft-a1": soft}}})
     sft_line, soft_line = (next(line for line in lines if line.startswith(f"| {name} |")) for name in ("sft-run", "soft-run"))
     assert "λ" not in sft_line and "0.0300 / 0.50, λ 0.40, d 1.5 *" in soft_line
+
+
+def test_validation_curves_leave_out_the_classic_models(tmp_path):
+    """SASRec/GRU4Rec also record a validation curve (tens of epochs, no validity): the LLM curves
+    table and plot would read 'nan' in dozens of columns."""
+    from softrec.bench.quality.report import _history_lines, curves_plot
+
+    sft, sasrec = _run_row([(0.01, True), (0.02, True)]), _run_row([(0.03, True)] * 30)
+    sft["label"], sasrec["label"] = "sft-run", "sasrec-run"
+    results = {"books": {"methods": {"sft": sft, "sasrec": sasrec}}}
+    lines = _history_lines(results)
+    assert any(line.startswith("| sft-run |") for line in lines) and not any("sasrec-run" in line for line in lines)
+    assert "epoch 3" not in "\n".join(lines)
+    assert curves_plot(results, tmp_path / "curves.png") is not None

@@ -18,12 +18,19 @@ from softrec.bench.quality.suites import (
     alpha_of,
     label,
 )
+from softrec.methods import is_classic
 
 
 def own_runs(dataset: dict[str, Any]) -> dict[str, Any]:
     """The rows with a run of their own: a study row that is a sweep row's run (`same_run_as`) appears
     only in the study section."""
     return {m: r for m, r in dataset["methods"].items() if "same_run_as" not in r}
+
+
+def llm_curves(dataset: dict[str, Any]) -> dict[str, Any]:
+    """The LLM runs whose validation curve the report shows (each once: not the chosen SOFT row's copy).
+    SASRec/GRU4Rec histories (tens of epochs, no validity) stay in results.json."""
+    return {m: r for m, r in own_runs(dataset).items() if r.get("history") and m != "soft" and not is_classic(m)}
 
 def _cell(metric: dict[str, float] | None, interval: bool) -> str:
     if not metric:
@@ -183,7 +190,7 @@ def _history_lines(results: dict[str, Any]) -> list[str]:
     """Every LLM run's validation curve (the teacher's included) and, for SOFT, lambda and d_k per epoch."""
     lines = []
     for name, dataset in results.items():
-        runs = {m: r for m, r in own_runs(dataset).items() if r.get("history") and m != "soft"}
+        runs = llm_curves(dataset)
         if not runs:
             continue
         lines += [f"## Validation curves: {name}", "",
@@ -241,7 +248,7 @@ def curves_plot(results: dict[str, Any], path: Path) -> Path | None:
     kept epoch starred; nothing written without a run that has a history."""
     from softrec.bench import pyplot, write_png
 
-    panels = {name: {m: r for m, r in own_runs(d).items() if r.get("history") and m != "soft"}
+    panels = {name: llm_curves(d)
               for name, d in results.items()}
     panels = {name: runs for name, runs in panels.items() if runs}
     if not panels:
