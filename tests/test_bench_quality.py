@@ -164,7 +164,16 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     import gzip
 
     saved = {p.name: p for p in (tmp_path / "saved" / "predictions").iterdir()}
-    assert set(saved) == {f"demo-{m}.jsonl.gz" for m in rows} | {"machines.json"}  # every row, recomputable
+    assert set(saved) == {f"demo-{m}.jsonl.gz" for m in rows} | {"machines.json", "FORMAT.md"}  # every row
+    # ... recomputable without softrec: FORMAT.md's standard-library code gives the table's numbers
+    code = saved["FORMAT.md"].read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(code, scope)  # noqa: S102 - the documented snippet itself is what is under test
+    for method, row in rows.items():
+        for metric, fn in (("HR@10", scope["hr"]), ("NDCG@10", scope["ndcg"])):
+            assert scope["metric"](saved[f"demo-{method}.jsonl.gz"], fn) == pytest.approx(row["metrics"][metric]["value"])
+    diff, low, high = scope["paired_interval"](saved["demo-sft.jsonl.gz"], saved["demo-soft.jsonl.gz"], resamples=2000)
+    assert diff == pytest.approx(rows["soft"]["vs_sft"]["HR@10"]["diff"]) and low <= diff <= high
     from softrec.bench import cpu_model
 
     machines = json.loads(saved["machines.json"].read_text())  # and the machine each one ran on

@@ -269,12 +269,53 @@ def curves_plot(results: dict[str, Any], path: Path) -> Path | None:
     return write_png(fig, path)
 
 
+PREDICTIONS_FORMAT = """# Per-sample predictions: recompute the table without softrec
+
+`DATASET-ROW.jsonl.gz`: one JSON object per test sample, the same samples in every file of a dataset:
+`sample_id`; `target` (the next item's id); `ranked` (the top 50 item ids, best first); `target_rank`
+(0-based position of the target in the full ranking over the catalogue, null if absent); LLM rows also
+`generated` (the top beam's text), `valid` (it is a catalogue title) and `decode_steps`.
+`machines.json`: the machine(s) each file's steps ran on.
+
+HR@K = share of samples with target_rank < K; NDCG@K = mean of 1 / log2(target_rank + 2) over those
+samples, 0 elsewhere. With the standard library only:
+
+```python
+import gzip, json, math, random
+
+def ranks(path):
+    return {r["sample_id"]: r["target_rank"] for r in map(json.loads, gzip.open(path, "rt"))}
+
+def hr(rank, k=10):
+    return float(rank is not None and rank < k)
+
+def ndcg(rank, k=10):
+    return 1 / math.log2(rank + 2) if rank is not None and rank < k else 0.0
+
+def metric(path, fn=hr, k=10):
+    values = [fn(r, k) for r in ranks(path).values()]
+    return sum(values) / len(values)
+
+def paired_interval(path_a, path_b, fn=hr, k=10, resamples=10_000, seed=0):
+    # 95% paired bootstrap interval of mean(b - a) over the shared samples (the table's "vs SFT")
+    a, b = ranks(path_a), ranks(path_b)
+    diffs = [fn(b[s], k) - fn(a[s], k) for s in sorted(a)]
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(resamples))
+    return sum(diffs) / len(diffs), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+```
+
+(softrec's own bootstrap draws with numpy, so its interval ends differ from this one's in the last digit.)
+"""
+
+
 def save_predictions(out: Path, save: Path, results: dict[str, Any], limit: int | None) -> None:
-    """Every row's per-sample predictions, gzipped, so the table can be recomputed without softrec,
-    and predictions/machines.json: each file's machine(s), as its steps recorded them."""
+    """Every row's per-sample predictions, gzipped, so the table can be recomputed without softrec
+    (predictions/FORMAT.md says how), and predictions/machines.json: each file's machine(s), as its
+    steps recorded them."""
     import gzip
 
-    from softrec.runs import atomic_write_json
+    from softrec.runs import atomic_write_json, atomic_write_text
 
     folder = save / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
@@ -288,4 +329,5 @@ def save_predictions(out: Path, save: Path, results: dict[str, Any], limit: int 
                     fh.write(source.read_bytes())
                 machines[f"{name}-{method}.jsonl.gz"] = row.get("ran_on")
     atomic_write_json(folder / "machines.json", machines)
+    atomic_write_text(folder / "FORMAT.md", PREDICTIONS_FORMAT)
 
