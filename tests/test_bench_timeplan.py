@@ -199,6 +199,13 @@ def test_one_process_runs_a_suite_and_status_names_the_step_it_runs(tmp_path):
     lines = execution.status([train], tmp_path, {train.command: 100.0}).splitlines()
     assert lines[0] == "[1/1] demo sft train-llm: to run" and lines[-1].startswith("Nothing is running this suite")
 
+    # history.json is written after every epoch: an unfinished training shows its validation so far
+    run.mkdir(parents=True)
+    train.output.write_text(json.dumps([{"epoch": 1, "best": True, "valid": {"HR@10": 0.0977}},
+                                        {"epoch": 2, "best": False, "valid": {"HR@10": 0.0859}}]))
+    lines = execution.status([train], tmp_path, {train.command: 100.0}).splitlines()
+    assert lines[0] == "[1/1] demo sft train-llm: to run; validation HR@10 by epoch 0.0977*, 0.0859"
+
 
 def test_a_plan_that_cannot_be_estimated_leaves_the_eta_unknown(tmp_path):
     suite = dataclasses.replace(quality.SUITES["smoke"], model=str(tmp_path / "no-such-model"))

@@ -98,6 +98,19 @@ def training_progress(step: PlannedStep) -> tuple[int, int] | None:
     return int(state.get("global_step", 0)), int(state.get("max_steps") or 0)
 
 
+def _validation_so_far(step: PlannedStep) -> str:
+    """An unfinished LLM training's validation HR@10 per finished epoch (its history.json, written after
+    each), the best one so far starred; empty before the first epoch has ended."""
+    if step.kind != "train-llm" or not step.output.exists():
+        return ""
+    try:
+        epochs = json.loads(step.output.read_text(encoding="utf-8"))
+        values = [f"{e['valid']['HR@10']:.4f}{'*' if e.get('best') else ''}" for e in epochs]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f"; validation HR@10 by epoch {', '.join(values)}" if values else ""
+
+
 def _left(step: PlannedStep) -> float:
     """The share of a step still to run: what its checkpoints have not done (early stopping may end it sooner)."""
     done = training_progress(step)
@@ -187,6 +200,7 @@ def status(steps: list[PlannedStep], out: Path, planned: dict[str, float]) -> st
             state = f"trained {done[0]}/{done[1]} optimizer steps" if done else "to run"
             if now.get("command") == step.command:
                 state = f"running since {now['started']} (suite pid {now['pid']})" + (f", {state}" if done else "")
+            state += _validation_so_far(step)
         lines.append(f"[{index + 1}/{len(steps)}] {step.dataset} {step.owner} {step.kind}: {state}")
     if first is None:
         lines.append("every step has finished")
