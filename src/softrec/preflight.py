@@ -381,8 +381,8 @@ def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str
     }
     prompt = prompt_tokens(dataset, config, TIME_PROBE, mean=True)
     titles = title_tokens(dataset, config)
-    flops = generation_flops(shape, n_samples, prompt_tokens=prompt, num_beams=num_beams,
-                             new_tokens=typical_new_tokens(titles, max_new_tokens))
+    steps = typical_new_tokens(titles, max_new_tokens)
+    flops = generation_flops(shape, n_samples, prompt_tokens=prompt, num_beams=num_beams, new_tokens=steps)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     from softrec.hardware import use_bf16
 
@@ -390,7 +390,8 @@ def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str
     seconds = flops / (device_flops(device, generate=True, bf16=native) * world)
     # the catalogue is embedded by the fp32 base model (once; later runs read it from the disk cache)
     seconds += catalogue * catalogue_flops(shape, len(dataset.titles), titles) / device_flops(device, catalogue=True)
-    notes = [f"{n_samples} prompts, {num_beams} beams, {max_new_tokens} new tokens, batch {batch_size}"]
+    notes = [f"{n_samples} prompts, {num_beams} beams, up to {max_new_tokens} new tokens (~{steps:.0f} priced for "
+             f"titles of ~{titles:.0f} tokens), batch {batch_size}"]
     return Estimate(stage, model, device, memory, seconds, available_memory(device), notes)
 
 
