@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -78,3 +79,27 @@ def test_fresh_run_ignores_an_earlier_attempts_state(tmp_path):
     callback = Curriculum(Scheduler("adaptive", alpha=1.0), lambda m, t: 5.0, path)
     callback.on_train_begin(None, SimpleNamespace(epoch=0.0, global_step=0), None, model=_Model())
     assert callback.distances == {0: 5.0}
+
+
+def test_a_resumed_run_keeps_saying_where_its_reused_d0_came_from(tmp_path):
+    def measure(model, tokenizer):
+        return 2.0
+
+    def untuned(model, tokenizer):
+        return 4.0
+
+    untuned.reused_from = "/cache/probe-d0/key.json"
+    measure.untuned = untuned
+    first = Curriculum(Scheduler("adaptive", alpha=1.0), measure, tmp_path / "c.json")
+    first.on_train_begin(None, SimpleNamespace(epoch=0.0, global_step=0), None, model=_Model())
+    assert first.distances == {0: 4.0}  # d_0 through the cache-aware measure
+    assert json.loads((tmp_path / "c.json").read_text())["d0_reused_from"] == "/cache/probe-d0/key.json"
+
+    def plain(model, tokenizer):
+        return 2.0
+
+    plain.untuned = lambda model, tokenizer: pytest.fail("d_0 measured again on resume")
+    resumed = Curriculum(Scheduler("adaptive", alpha=1.0), plain, tmp_path / "c.json")
+    resumed.on_train_begin(None, SimpleNamespace(epoch=1.5, global_step=3), None, model=_Model())
+    resumed.on_epoch_end(None, SimpleNamespace(epoch=2.0), None, model=_Model())
+    assert json.loads((tmp_path / "c.json").read_text())["d0_reused_from"] == "/cache/probe-d0/key.json"

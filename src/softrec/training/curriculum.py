@@ -121,6 +121,7 @@ class Curriculum(TrainerCallback):
         self.epoch = 0  # the epoch in progress (0: training has not started)
         self.distances: dict[int, float] = {}
         self.lambdas: dict[int, float] = {}
+        self.d0_reused_from: str | None = None
 
     @property
     def lam(self) -> float:
@@ -140,6 +141,7 @@ class Curriculum(TrainerCallback):
         saved = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.exists() else {}
         self.distances = {int(k): v for k, v in saved.get("distances", {}).items()}
         self.lambdas = {int(k): v for k, v in saved.get("lambdas", {}).items()}
+        self.d0_reused_from = saved.get("d0_reused_from")  # a resumed run does not measure d_0 again
 
     def _save(self) -> None:
         if self.state_path is None:
@@ -148,7 +150,7 @@ class Curriculum(TrainerCallback):
                                  "distances": self.distances, "lambdas": self.lambdas}
         if self.probe_ids is not None:
             state["probe"] = self.probe_ids
-        if reused := getattr(getattr(self.measure, "untuned", None), "reused_from", None):
+        if reused := getattr(getattr(self.measure, "untuned", None), "reused_from", None) or self.d0_reused_from:
             state["d0_reused_from"] = reused
         atomic_write_json(self.state_path, state)
 
@@ -170,7 +172,7 @@ class Curriculum(TrainerCallback):
         if state.global_step > 0:
             self._load()
         else:
-            self.distances, self.lambdas = {}, {}
+            self.distances, self.lambdas, self.d0_reused_from = {}, {}, None
         # d_0: the untuned model. A fresh LoRA (B initialised to 0) computes exactly the base model.
         if self.scheduler.needs_distances and 0 not in self.distances:
             self._measure(model, processing_class, 0)
