@@ -83,3 +83,25 @@ def sft_run(tmp_path):
     peft_model.save_pretrained(run_dir / "adapter")
     RunDir(run_dir).update_info(base_model="tiny", method="sft")
     return run_dir
+
+
+@pytest.fixture()
+def bench_steps_in_process(monkeypatch):
+    """`bench quality` runs each step's `softrec` command in this process (seconds, not a Python start per
+    step); the list the fixture returns collects every step's argv."""
+    import contextlib
+    import subprocess
+    import types
+
+    from softrec.bench.quality import execution
+    from softrec.cli import main as cli_main
+
+    calls: list[list[str]] = []
+
+    def run(argv, env, stdout, stderr):
+        calls.append(argv[argv.index("softrec") + 1:])
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stdout):
+            return types.SimpleNamespace(returncode=cli_main(argv[argv.index("softrec") + 1:]))
+
+    monkeypatch.setattr(execution, "subprocess", types.SimpleNamespace(run=run, STDOUT=subprocess.STDOUT))
+    return calls

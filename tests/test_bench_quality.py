@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import types
 
 import pytest
 
 from softrec.bench import quality
-from softrec.bench.quality import execution, report, results, suites
+from softrec.bench.quality import report, results, suites
 from softrec.cli import main as cli_main
 
 
@@ -115,20 +112,8 @@ def test_the_finding_states_the_answer_in_words_with_its_intervals_and_condition
     assert report._finding_lines({"no-soft-yet": results["no-soft-yet"]}) == []
 
 
-def _in_process(monkeypatch, calls):
-    """Run each step's `softrec` command in this process (seconds, not a Python start per step)."""
-
-    def run(argv, env, stdout, stderr):
-        calls.append(argv[argv.index("softrec") + 1:])
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stdout):
-            return types.SimpleNamespace(returncode=cli_main(argv[argv.index("softrec") + 1:]))
-
-    monkeypatch.setattr(execution, "subprocess", types.SimpleNamespace(run=run, STDOUT=subprocess.STDOUT))
-
-
-def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeypatch, capsys):
-    calls: list[list[str]] = []
-    _in_process(monkeypatch, calls)
+def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, bench_steps_in_process, capsys):
+    calls = bench_steps_in_process
     out = tmp_path / "bench"
     methods = "sasrec,icl-0,sft,soft"
     assert cli_main(["bench", "quality", "--suite", "smoke", "--out", str(out), "--methods", methods,
@@ -160,7 +145,7 @@ def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, monkeyp
     curves = matplotlib.image.imread(out / "curves.png")  # the one dataset's panel: SFT's and SOFT's curves
     assert curves.shape[:2] == (540, 780) and len(np.unique(curves.reshape(-1, curves.shape[-1]), axis=0)) > 20
     assert {p.name for p in (tmp_path / "saved").iterdir()} == {"results.json", "results.md", "results.png", "curves.png",
-                                                                "predictions"}
+                                                                "predictions", "carry"}
     import gzip
 
     saved = {p.name: p for p in (tmp_path / "saved" / "predictions").iterdir()}

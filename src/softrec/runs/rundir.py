@@ -145,13 +145,16 @@ class RunDir:
 
     def check_inputs(self, name: str, rebuild: str, *, weights: str | None = None) -> None:
         """UserError when artefact `name` was computed from weights other than the run's current
-        ones (the run was retrained since): a stale result is never used. `weights` overrides the
+        ones (the run was retrained since): a stale result is never used. A run with no weights
+        passes. `weights` overrides the
         current checksum (when the caller has it already)."""
         recorded = self.record_inputs(name).get("weights")
         if recorded is None:
             return
         current = weights if weights is not None else self.weights_sha()
-        if recorded != current:
+        # no weights at all (a run restored without them, `bench quality --restore`): nothing contradicts
+        # the record, and the artefact's own bytes are still checked by `check`
+        if current is not None and recorded != current:
             raise UserError(f"{self.path / name}: computed from other weights than the run's current ones "
                             f"(retrained since?); {rebuild}")
 

@@ -19,7 +19,9 @@ rows, kept out of the average gain, with their teacher's facts and DIR/study.png
 Resumable: finished steps are recorded in DIR/steps.json and skipped; an interrupted step is rerun,
 and `softrec train` picks up its last checkpoint (`--resume`), evaluation and distillation their
 finished chunks. `--status` shows where a suite stands and its ETA; `--pack FILE` carries the folder
-to another machine (restore: `tar xzf FILE -C DIR`). `--time-plan GPU` prints each step's estimated
+to another machine (restore: `tar xzf FILE -C DIR`); `--save DIR` also keeps the finished LLM runs
+without their weights in DIR/carry/, which `--restore DIR` writes back on another machine (`carry`).
+`--steps distill` runs only the distillations (every teacher's targets while its weights are here). `--time-plan GPU` prints each step's estimated
 seconds on one such GPU (assumed rates, unmeasured), `--time-plan cpu` on this CPU (its timed matmul
 rate); the ETA printed before each step is that plan, corrected by the steps timed so far.
 
@@ -42,8 +44,8 @@ Suites (sizes stated in results.md):
 
 This module is the command; its parts: `suites` (suites and methods), `planning` (the commands, in
 order), `execution` (running them, DIR/steps.json), `results` (collecting metrics, intervals, gains) and
-`report` (results.md, results.png, saved predictions) and `pack` (--pack: the folder in one file,
-to resume on another machine).
+`report` (results.md, results.png, saved predictions), `pack` (--pack: the folder in one file,
+to resume on another machine) and `carry` (--save's carry/ and --restore: the runs without weights).
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from softrec.bench.quality.execution import StepLog, execute, run_in_background, status
+from softrec.bench.quality.carry import CARRY, restore, save_carry
+from softrec.bench.quality.execution import StepLog, execute, run_in_background, status, suite_lock
 from softrec.bench.quality.pack import pack
-from softrec.bench.quality.planning import plan
+from softrec.bench.quality.planning import STEP_KINDS, plan
 from softrec.bench.quality.report import curves_plot, markdown, plot, save_predictions
 from softrec.bench.quality.results import average_gains, collect
 from softrec.bench.quality.study import study_plot
@@ -99,6 +102,13 @@ def _teacher_adapters(values: list[str], datasets: list[str]) -> dict[tuple[str,
     return adapters
 
 
+def _kinds(value: str) -> set[str]:
+    kinds = {v.strip() for v in value.split(",") if v.strip()}
+    if not kinds or kinds - set(STEP_KINDS):
+        raise UserError(f"--steps: unknown {sorted(kinds - set(STEP_KINDS)) or value!r}; choose from {', '.join(STEP_KINDS)}")
+    return kinds
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default="cpu-small", choices=sorted(SUITES))
     parser.add_argument("--out", required=True, type=Path, help="folder for the runs and results.{json,md,png}")
@@ -131,6 +141,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run nothing: write FILE (tar.gz) with what resuming --out on another machine needs "
                         "(steps, data, finished rows, each run's newest checkpoint); restore it with "
                         "`tar xzf FILE -C OUT` on the same --out path")
+    parser.add_argument("--restore", type=Path, action="append", default=[], metavar="SAVED",
+                        help="first write back the finished LLM runs (no weights) that a --save folder keeps in "
+                        "SAVED/carry/, where --out lacks them, so the suite goes on without redoing them on another "
+                        "machine; into the same --out path; repeatable")
+    parser.add_argument("--steps", metavar="KINDS", help="run only the plan's steps of these kinds (comma-separated: "
+                        f"{', '.join(STEP_KINDS)}), e.g. distill: every teacher's targets while its weights are here")
     parser.set_defaults(func=run)
 
 
@@ -166,12 +182,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     adapters = _teacher_adapters(args.teacher_adapter, datasets)
     steps = plan(suite, out, datasets, methods, shlex.split(args.launcher), adapters)
+    kinds = _kinds(args.steps) if args.steps else None
     if args.time_plan:
         print(describe(steps, suite, out, datasets, args.time_plan))
         return 0
     if args.dry_run:
         print("\n".join(step.command for step in steps))
         return 0
+    for saved in args.restore:
+        out.mkdir(parents=True, exist_ok=True)
+        with suite_lock(out):
+            restored = restore(saved.resolve(), out)
+        print(f"restored from {saved}: {', '.join(restored) or 'nothing (every run there is in --out already)'}"
+              + ("; these runs have no weights here" if restored else ""), flush=True)
     if args.status:
         print(status(steps, out, RunPlan(steps, suite, out)()))
         return 0
@@ -180,8 +203,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     print(f"softrec bench quality: {len(steps)} steps; {suite.scale()}\n  log: {out / 'bench.log'}", flush=True)
-    log = StepLog(out) if args.report_only else execute(steps, out, env, RunPlan(steps, suite, out, record=True))
+    chosen = [step for step in steps if kinds is None or step.kind in kinds]
+    log = StepLog(out) if args.report_only else execute(chosen, out, env, RunPlan(steps, suite, out, record=True))
     results = collect(suite, out, datasets, methods, log, resamples=args.resamples)
+    if not results and kinds is not None:
+        print(f"{out}: no finished evaluations to report yet")
+        return 0
     if not results:
         raise UserError(f"{out}: no finished evaluations to report")
     payload = {
@@ -205,5 +232,7 @@ def run(args: argparse.Namespace) -> int:
             if (out / name).exists():
                 shutil.copyfile(out / name, args.save / name)
         save_predictions(out, args.save, results, suite.test_limit)
+        carried = save_carry(steps, out, args.save)
+        print(f"kept in {args.save / CARRY} (for --restore): {', '.join(carried['runs']) or 'no finished LLM run'}")
     print(f"results: {out / 'results.md'}")
     return 0

@@ -16,6 +16,8 @@ from softrec.bench.quality.suites import (
     teacher_of,
 )
 
+STEP_KINDS = ("prepare", "train-classic", "evaluate-classic", "train-llm", "distill", "evaluate-llm")
+
 
 @dataclass
 class PlannedStep:
