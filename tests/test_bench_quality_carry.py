@@ -41,6 +41,8 @@ def test_a_saved_suite_is_restored_without_weights_and_goes_on_without_redoing_i
     restored = [info for info in log.values() if "restored_from" in info]
     assert len(restored) == 5 and all(info["restored_from"] == str(saved) for info in restored)
 
+    assert cli_main([*SMOKE, "--out", str(out), "--methods", "sft,soft", "--status"]) == 0
+    assert f"restored from {saved} (no weights here)" in capsys.readouterr().out
     calls.clear()  # a second restore leaves existing runs alone
     assert cli_main([*SMOKE, "--out", str(out), "--methods", "sft,soft", "--restore", str(saved), "--report-only"]) == 0
     assert "restored from" in capsys.readouterr().out and calls == []

@@ -193,7 +193,8 @@ def status(steps: list[PlannedStep], out: Path, planned: dict[str, float]) -> st
         if log.finished(step):
             info = log.done[step.command]
             state = f"done in {duration(info['seconds'])}" + (
-                f" (the last {info['share_timed']:.0%} of it, resumed)" if "share_timed" in info else "")
+                f" (the last {info['share_timed']:.0%} of it, resumed)" if "share_timed" in info else "") + (
+                f", restored from {info['restored_from']} (no weights here)" if "restored_from" in info else "")
         else:
             first = index if first is None else first
             done = training_progress(step)
