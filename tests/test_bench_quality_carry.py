@@ -79,3 +79,18 @@ def test_steps_runs_only_the_kinds_asked_for(tmp_path, bench_steps_in_process, c
     assert (out / "demo" / "teacher-tbest-quoted" / "distilled.jsonl").is_file()
     assert cli_main([*SMOKE, "--out", str(out), "--steps", "distil"]) == 2
     assert "--steps: unknown ['distil']" in capsys.readouterr().err
+
+
+def test_a_study_teacher_is_kept_and_a_run_still_training_is_not(tmp_path, bench_steps_in_process, capsys):
+    out, saved = tmp_path / "bench", tmp_path / "saved"
+    methods = ["--methods", "sft,soft-tbest-quoted"]
+    assert cli_main([*SMOKE, "--out", str(out), *methods, "--steps", "prepare,train-llm,evaluate-llm"]) != 0  # no targets yet
+    capsys.readouterr()
+    assert cli_main([*SMOKE, "--out", str(out), *methods, "--steps", "distill"]) == 0
+    (out / "demo" / "soft-tbest-quoted").mkdir(parents=True)  # as if its training had started
+    (out / "demo" / "soft-tbest-quoted" / "run.json").write_text("{}")
+    assert cli_main([*SMOKE, "--out", str(out), *methods, "--report-only", "--save", str(saved)]) == 0
+    index = json.loads((saved / "carry" / "carry.json").read_text())
+    assert set(index["runs"]) == {"demo/sft", "demo/teacher-tbest-quoted"}
+    assert "distilled.jsonl" in index["runs"]["demo/teacher-tbest-quoted"]["files"]
+    assert not any("adapter" in name for name in index["runs"]["demo/teacher-tbest-quoted"]["files"])
