@@ -20,8 +20,15 @@ def test_distill_covers_every_training_sample_and_is_reused(sft_run, tiny_datase
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["sample_id"] for r in rows] == [s.sample_id for s in tiny_dataset.split("train")]
     assert all(isinstance(r["target_text"], str) for r in rows)
-    assert stage.load_distilled(sft_run) == {r["sample_id"]: r["target_text"] for r in rows}
+    assert stage.load_distilled(sft_run, tiny_dataset) == {r["sample_id"]: r["target_text"] for r in rows}
     assert not (sft_run / stage.PARTS).exists()
+    from conftest import make_tiny_dataset
+
+    from softrec.errors import UserError
+
+    other = make_tiny_dataset(sft_run.parent / "other-data", seed=1)  # another dataset: not this teacher's
+    with pytest.raises(UserError, match="distilled from other data"):
+        stage.load_distilled(sft_run, other)
 
     # a second call with the same adapter, data and settings generates nothing
     monkeypatch.setattr(stage, "_generate_targets", lambda *a, **k: pytest.fail("regenerated"))

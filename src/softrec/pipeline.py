@@ -39,7 +39,7 @@ def train(config: Config, dataset: PreparedDataset, run_dir: Path, *, distilled_
     from softrec.training.trainer import train_llm
 
     _log(f"train {config.train.method}: {config.model.name} -> {run_dir}")
-    distilled = load_distilled(distilled_from) if is_soft(config.train.method) else None
+    distilled = load_distilled(distilled_from, dataset) if is_soft(config.train.method) else None
     train_llm(config, dataset, run_dir, resume=(run_dir / "checkpoints").exists(),
               distilled=distilled, validator=validator_for(config, dataset))
     return run_dir

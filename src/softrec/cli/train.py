@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     check_name(config.model.name)
     check_trackers(config.train.report_to)
     dataset = _dataset(args.data)
-    distilled = _distilled_targets(config, args)
+    distilled = _distilled_targets(config, args, dataset)
     from softrec.evaluation.validation import validator_for
     from softrec.preflight import preflight_train
     from softrec.training.trainer import train_llm
@@ -140,7 +140,7 @@ def _dataset(path: Path) -> Any:
     return PreparedDataset.load(path)
 
 
-def _distilled_targets(config: Any, args: argparse.Namespace) -> dict[str, str] | None:
+def _distilled_targets(config: Any, args: argparse.Namespace, dataset: Any) -> dict[str, str] | None:
     """The self-distilled targets the SOFT methods train on (none for sft); the method's curriculum
     is built by the training stage itself."""
     method = config.train.method
@@ -152,4 +152,4 @@ def _distilled_targets(config: Any, args: argparse.Namespace) -> dict[str, str] 
         raise UserError(f"--method {method} needs --distilled SFT_RUN_DIR (an SFT run after `softrec distill`)")
     from softrec.inference.distill import load_distilled
 
-    return load_distilled(args.distilled)
+    return load_distilled(args.distilled, dataset)

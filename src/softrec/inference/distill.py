@@ -58,14 +58,20 @@ def distill_key(run_dir: Path, dataset: PreparedDataset, config: Config) -> str:
     )
 
 
-def load_distilled(run_dir: str | Path) -> dict[str, str]:
-    """sample_id -> self-distilled response text (used verbatim as the training response)."""
+def load_distilled(run_dir: str | Path, dataset: PreparedDataset | None = None) -> dict[str, str]:
+    """sample_id -> self-distilled response text (used verbatim as the training response). With
+    `dataset`: UserError when the targets were distilled from other data (a teacher of another
+    dataset, or a restored run whose data was prepared differently here)."""
     path = Path(run_dir) / DISTILLED
     if not path.exists():
         raise UserError(f"{path}: no self-distilled targets; run `softrec distill --run {run_dir} --data DIR` first")
     rebuild = f"rebuild it with `softrec distill --run {run_dir} --data DIR`"
     RunDir(run_dir).check(DISTILLED, rebuild)
     RunDir(run_dir).check_inputs(DISTILLED, rebuild)  # made by the run's current weights, not earlier ones
+    recorded = (RunDir(run_dir).manifest()["artefacts"].get(DISTILLED) or {}).get("dataset_key")
+    if dataset is not None and recorded is not None and recorded != dataset.checksum:
+        raise UserError(f"{path}: distilled from other data (dataset key {recorded}) than {dataset.path} "
+                        f"({dataset.checksum}); distil this dataset, or train on the one the teacher saw")
     return {row["sample_id"]: row["target_text"] for row in read_jsonl(path)}
 
 
