@@ -37,6 +37,23 @@ def test_dependencies_come_first(tmp_path):
     assert soft_train[soft_train.index("--train-samples") + 1] == "128"
 
 
+def test_the_sweeps_other_soft_runs_fork_from_its_first_and_are_priced_one_epoch_less(tmp_path):
+    from softrec.bench.quality.timeplan import Assumptions, DatasetShape, _Costs
+
+    steps = _plan(tmp_path, ["soft-a1", "soft-a10", "soft-a100", "soft-sd-only", "soft-tbest-quoted"], suite="cpu-medium", datasets=("books",))
+    trains = {s.owner: s.argv for s in steps if s.kind == "train-llm"}
+    first = str(tmp_path / "books" / "soft-a1")
+    assert "--fork-from" not in trains["soft-a1"] and "--fork-from" not in trains["sft"]
+    assert "--fork-from" not in trains["soft-tbest-quoted"]  # other targets: another epoch 1
+    for owner in ("soft-a10", "soft-a100", "soft-sd-only"):
+        assert trains[owner][trains[owner].index("--fork-from") + 1] == first
+    shape = DatasetShape(train=4096, valid=512, test=1000, pool=20000, titles=5000, prompt_tokens=130, train_tokens=150)
+    suite = quality.SUITES["cpu-medium"]
+    price = _Costs(suite, shape, Assumptions()).seconds
+    seconds = {s.owner: price(s) for s in steps if s.kind == "train-llm"}
+    assert seconds["soft-a10"] == seconds["soft-sd-only"] < seconds["soft-a1"]
+
+
 def test_launcher_prefixes_llm_training_and_evaluation_only(tmp_path):
     steps = quality.plan(quality.SUITES["gpu"], tmp_path, ["ml-100k"], ["sft", "sasrec"], ["torchrun", "--nproc_per_node", "2"])
     for step in steps:

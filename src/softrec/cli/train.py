@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     soft.add_argument("--distilled", type=Path, metavar="SFT_RUN_DIR",
                       help="SFT run holding distilled.jsonl (softrec distill)")
     soft.add_argument("--alpha", type=float, help="pace of the adaptive curriculum (soft.alpha)")
+    soft.add_argument("--fork-from", type=Path, metavar="SOFT_RUN_DIR",
+                      help="take epoch 1 (lambda 1, the same for every alpha and sd-only) from this SOFT run on the same "
+                      "targets and settings instead of training it again; from the start when it kept no fork-point/")
     add_config_options(parser)
     parser.set_defaults(func=run)
 
@@ -65,6 +68,7 @@ _LLM_ONLY_FLAGS = {
     "model": "--model", "backbone": "--backbone", "sasrec_run": "--sasrec-run", "train_samples": "--train-samples",
     "valid_samples": "--valid-samples", "micro_batch": "--micro-batch", "effective_batch": "--effective-batch",
     "full": "--full", "distilled": "--distilled", "num_beams": "--num-beams", "alpha": "--alpha", "no_preflight": "--no-preflight",
+    "fork_from": "--fork-from",
 }
 
 
@@ -123,8 +127,10 @@ def run(args: argparse.Namespace) -> int:
     info = {"command": getattr(args, "command_line", None)}
     if distilled is not None:
         info["distilled_from"] = str(args.distilled.resolve())
+    if args.fork_from is not None and distilled is None:
+        raise UserError("--fork-from is only for the SOFT methods: SFT's epoch 1 is no SOFT run's")
     result = train_llm(config, dataset, args.out, resume=args.resume, distilled=distilled,
-                       validator=validator_for(config, dataset), info=info)
+                       validator=validator_for(config, dataset), info=info, fork_from=args.fork_from)
     best = "" if result.best_metric is None else f" ({config.train.selection_metric} {result.best_metric:.4f})"
     state = "reused finished run" if result.reused else f"{len(result.history)} epochs" + (
         ", stopped early" if result.stopped_early else "")

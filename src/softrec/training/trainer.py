@@ -43,6 +43,7 @@ from softrec.training.checkpoints import (
     weights_saver,
 )
 from softrec.training.curriculum import Curriculum, curriculum_for
+from softrec.training.fork import ForkPointCallback, fork_settings, start_from_fork
 from softrec.training.selection import EpochEndCallback, Validator
 from softrec.training.soft_trainer import SoftTrainer
 
@@ -115,15 +116,19 @@ def prepare_model(model: Any, config: Config) -> Any:
     return model.train()
 
 
-def training_key(config: Config, dataset: PreparedDataset, distilled: dict[str, str] | None) -> str:
+def training_key(config: Config, dataset: PreparedDataset, distilled: dict[str, str] | None,
+                 for_fork: bool = False) -> str:
     """What a finished training depends on: settings (bar data, which the dataset key covers),
-    the prepared data and the self-distilled targets."""
+    the prepared data and the self-distilled targets. `for_fork`: without the method and alpha, the
+    key of the epoch 1 that SOFT siblings share (`fork.py`)."""
     from softrec.data.prompts import prompt_fingerprint
 
     settings = config.model_dump(mode="json")
     settings.pop("data", None)
     for name in ("report_to", "keep_epoch_adapters", "keep_epoch_models"):  # where logs and extra copies go
         settings["train"].pop(name, None)  # never changes the weights (nor the keys of runs made before them)
+    if for_fork:
+        settings = fork_settings(settings)
     return content_key(settings, dataset.checksum, content_key(sorted((distilled or {}).items())),
                        prompt_fingerprint(config.model.template))
 
@@ -140,9 +145,11 @@ def build_trainer(
     validator: Validator | None = None,
     model_and_tokenizer: tuple[Any, Any] | None = None,
     progress: bool = True,
+    fork_key: str | None = None,
 ) -> tuple[SoftTrainer, EpochEndCallback]:
     """The SoftTrainer `train_llm` runs (model with LoRA, data, curriculum, callbacks), ready for
-    `.train()`. `curriculum=None` builds config.train.method's own (`curriculum_for`; none for SFT)."""
+    `.train()`. `curriculum=None` builds config.train.method's own (`curriculum_for`; none for SFT).
+    `fork_key`: keep a SOFT run's epoch-1 state for its siblings under this key (`fork.py`)."""
     from transformers import set_seed
 
     train_cfg = config.train
@@ -211,6 +218,8 @@ def build_trainer(
     all_callbacks: list[TrainerCallback] = [*([curriculum] if curriculum is not None else []), *(callbacks or []),
                                             epoch_cb, JsonlLogCallback(out / "logs" / "metrics.jsonl"),
                                             CheckpointSealCallback()]
+    if curriculum is not None and fork_key is not None:  # SOFT: its epoch 1 is every sibling's (`fork.py`)
+        all_callbacks.append(ForkPointCallback(out, fork_key, curriculum.scheduler.first()))
     lora = train_cfg.lora.enabled
     if train_cfg.keep_epoch_adapters if lora else train_cfg.keep_epoch_models:  # a whole model per epoch: opt-in
         all_callbacks.append(EpochWeightsCallback(out, lora))
@@ -276,6 +285,7 @@ def train_llm(
     model_and_tokenizer: tuple[Any, Any] | None = None,
     progress: bool = True,
     info: dict[str, Any] | None = None,
+    fork_from: Path | None = None,
 ) -> TrainResult:
     """Train config.model.name on dataset's train split into RUN_DIR `out` (see module docstring).
 
@@ -283,6 +293,7 @@ def train_llm(
     is false: then the last epoch is kept); the evaluation layer provides one
     (`softrec.evaluation.validation.validator`). `curriculum=None` builds the method's own (SOFT). `model_and_tokenizer` overrides loading config.model.name (tests);
     `info` adds fields to run.json. The run directory is locked (by rank 0) while training.
+    `fork_from`: a SOFT sibling run whose epoch 1 this one takes instead of training it (`fork.py`).
     """
     if validator is None and config.train.validate_every_epoch:
         raise ValueError("train.validate_every_epoch: pass validator= (the evaluation layer's "
@@ -293,6 +304,7 @@ def train_llm(
             return _train_llm(
                 config, dataset, Path(out), resume=resume, distilled=distilled, curriculum=curriculum, callbacks=callbacks,
                 validator=validator, model_and_tokenizer=model_and_tokenizer, progress=progress, info=info,
+                fork_from=fork_from,
             )
         except BaseException as exc:
             _mark_stopped(Path(out), exc)
@@ -324,6 +336,7 @@ def _train_llm(
     model_and_tokenizer: tuple[Any, Any] | None,
     progress: bool,
     info: dict[str, Any] | None,
+    fork_from: Path | None,
 ) -> TrainResult:
 
     train_cfg = config.train
@@ -354,11 +367,14 @@ def _train_llm(
     checkpoint = last_complete_checkpoint(out / CHECKPOINTS) if resume else None
     if resume and checkpoint is None:
         log.warning("%s: no checkpoint to resume from; starting from the beginning", out)
+    fork_key = training_key(config, dataset, distilled, for_fork=True) if distilled is not None else None
     if checkpoint is None and is_main_process():
         _clear_previous_attempt(out)
         stale = [name for name in run.manifest()["artefacts"] if name.startswith(f"{EPOCHS}/")]
         for name in (weights_name, "history.json", *stale):  # recorded again when this training finishes
             run.invalidate(name)
+        if fork_from is not None and fork_key is not None:
+            checkpoint = _fork(config, Path(fork_from), out, fork_key)
     elif checkpoint is not None and is_main_process():
         step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
         truncate_jsonl(out / "logs" / "metrics.jsonl", step)
@@ -366,7 +382,7 @@ def _train_llm(
 
     trainer, epoch_cb = build_trainer(
         config, dataset, out, distilled=distilled, curriculum=curriculum, callbacks=callbacks, validator=validator,
-        model_and_tokenizer=model_and_tokenizer, progress=progress,
+        model_and_tokenizer=model_and_tokenizer, progress=progress, fork_key=fork_key,
     )
     tokenizer = trainer.processing_class
     if is_main_process():  # which samples this run trains on (the SOFT probe is drawn from them)
@@ -398,6 +414,17 @@ def _train_llm(
         stopped_early=epoch_cb.stopped_early,
         global_step=trainer.state.global_step,
     )
+
+
+def _fork(config: Config, sibling: Path, out: Path, key: str) -> Path | None:
+    """The checkpoint SIBLING's epoch 1 gives this run (`fork.start_from_fork`); None: train from the start."""
+    from softrec.training.curriculum import scheduler_for
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would have to copy it: not worth it there
+        log.warning("--fork-from: not under several processes; training from the start")
+        return None
+    scheduler = scheduler_for(config.train.method, config.soft, config.train.epochs)
+    return start_from_fork(sibling, out, key, scheduler.first(), scheduler.needs_distances)
 
 
 def _load_backbone(name: str) -> tuple[Any, Any]:

@@ -8,7 +8,7 @@ targets (KBs), and what the table needs of a finished row is its metrics, predic
 validation curve. Restoring an SFT teacher that way saves its 1-3 h of training on 2 CPU cores.
 
 Kept of each run folder: every file but its weights (adapter/, model/, epochs/, checkpoints/,
-*.safetensors), its TensorBoard logs/ and its predictions.jsonl files, which are taken from the
+fork-point/, *.safetensors), its TensorBoard logs/ and its predictions.jsonl files, which are taken from the
 save's predictions/ when their bytes are there (gzipped; else kept here); *.jsonl gzipped. A run is
 kept only when every planned step writing into it has finished. Classic rows (a minute each) are not
 kept: they rerun. DIR/carry/carry.json lists the runs, their predictions and their finished steps.
@@ -35,7 +35,7 @@ from softrec.errors import UserError
 
 CARRY = "carry"
 INDEX = "carry.json"
-_LEFT_OUT_DIRS = {"adapter", "model", "epochs", "checkpoints", "logs"}
+_LEFT_OUT_DIRS = {"adapter", "model", "epochs", "checkpoints", "logs", "fork-point"}
 _LEFT_OUT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth"}
 PREDICTIONS = "predictions.jsonl"
 

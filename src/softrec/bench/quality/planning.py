@@ -10,6 +10,7 @@ from softrec.bench.quality.suites import (
     GROUNDING,
     SPLIT,
     Suite,
+    alpha_method,
     alpha_of,
     sweep_twin,
     teacher_dir,
@@ -109,6 +110,12 @@ class _DatasetPlan:
             train_args = [*train_args, "--distilled", str(self.root / teacher)]
         self.train_evaluate(method, train_args, soft=teacher is not None)
 
+    def fork(self, method: str) -> list[str]:
+        """`--fork-from` the sweep's first run for the other SOFT runs on SFT's targets: their epoch 1
+        (lambda 1) is its epoch 1 (`softrec.training.fork`); none for the first run itself."""
+        first = alpha_method(self.suite.alphas[0]) if self.suite.alphas else None
+        return ["--fork-from", str(self.root / first)] if first and method != first else []
+
     def study(self, method: str, epoch: int | None, rule: str) -> None:
         """A soft-t{E}-{rule} row: SFT's epoch E (or best) distilled by `rule` into a teacher run of
         its own, then SOFT at the suite's fixed study alpha on those targets."""
@@ -142,9 +149,10 @@ class _DatasetPlan:
             elif method in ("sft", "soft", "soft-sd-only") or alpha_of(method) is not None:
                 self.llm("sft", ["--method", "sft"])
                 if alpha_of(method) is not None:
-                    self.llm(method, ["--method", "soft", "--alpha", f"{alpha_of(method):g}"], teacher="sft")
+                    self.llm(method, ["--method", "soft", "--alpha", f"{alpha_of(method):g}", *self.fork(method)],
+                             teacher="sft")
                 elif method != "sft":
-                    self.llm(method, ["--method", method], teacher="sft")
+                    self.llm(method, ["--method", method, *self.fork(method)], teacher="sft")
             elif (teacher := teacher_of(method)) is not None:
                 self.llm("sft", ["--method", "sft"])
                 if (twin := sweep_twin(method, self.suite)) is not None:  # the sweep's row is this run

@@ -166,8 +166,9 @@ class _Costs:
         flops = n * tokens * per_token
         return max(flops / self.assume.train_flops, math.ceil(n / self.suite.micro_batch) * self.assume.train_step_s)
 
-    def train(self, soft: bool) -> float:
-        epochs = (self.suite.soft_epochs or self.suite.epochs) if soft else self.suite.epochs
+    def train(self, soft: bool, forked: bool = False) -> float:
+        """Every epoch to the cap; `forked`: epoch 1 is a sibling's (`--fork-from`), not trained here."""
+        epochs = ((self.suite.soft_epochs or self.suite.epochs) if soft else self.suite.epochs) - int(forked)
         valid = self.generate(min(self.data.valid, self.suite.valid_size or self.data.valid), grounds=False)
         seconds = epochs * (self.train_epoch(soft) + valid) + self.catalogue()
         if soft:  # the probe: d_0 with the untuned base, then after every epoch; it grounds nothing
@@ -190,7 +191,8 @@ class _Costs:
         if step.kind == "distill":
             return self.assume.process_s + self.generate(self.train_samples(), grounds=False)  # the teacher's samples, raw text
         if step.kind == "train-llm":
-            return self.assume.process_s + self.train(soft=step.owner.startswith(("soft", "llara-soft")))
+            return self.assume.process_s + self.train(soft=step.owner.startswith(("soft", "llara-soft")),
+                                                      forked="--fork-from" in step.argv)
         if step.owner.startswith("icl"):
             shots = 0 if step.owner == "icl-0" else self.suite.shots
             return self.assume.process_s + self.generate(self.test(), trained=False, prompt_factor=1 + shots)
