@@ -43,7 +43,7 @@ from softrec.training.checkpoints import (
     weights_saver,
 )
 from softrec.training.curriculum import Curriculum, curriculum_for
-from softrec.training.fork import ForkPointCallback, fork_settings, start_from_fork
+from softrec.training.fork import FORK_POINT, ForkPointCallback, fork_settings, start_from_fork
 from softrec.training.selection import EpochEndCallback, Validator
 from softrec.training.soft_trainer import SoftTrainer
 
@@ -450,8 +450,8 @@ def _clear_previous_attempt(out: Path) -> None:
 
     # and the resumable chunks of evaluations/distillations of the previous weights, which no key
     # made from the new weights can ever match (a killed run left them behind)
-    # the previous attempt's epoch weights are no teachers of this training
-    for name in (CHECKPOINTS, "logs", EPOCHS, "distilled.parts",
+    # the previous attempt's epoch weights are no teachers of this training, its epoch 1 no sibling's
+    for name in (CHECKPOINTS, "logs", EPOCHS, FORK_POINT, "distilled.parts",
                  *(str(p.relative_to(out)) for p in out.glob("eval/*.parts"))):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("history.json",):
