@@ -65,6 +65,13 @@ def test_launcher_prefixes_llm_training_and_evaluation_only(tmp_path):
 def test_unknown_method_is_a_one_line_error(tmp_path, capsys):
     assert cli_main(["bench", "quality", "--out", str(tmp_path), "--methods", "sft,bert4rec", "--dry-run"]) == 2
     assert "bert4rec" in capsys.readouterr().err
+    for row in ("soft-a", "soft-ax", "soft-a1x"):  # not an alpha: refused before float() would raise
+        assert cli_main(["bench", "quality", "--out", str(tmp_path), "--methods", row, "--dry-run"]) == 2
+        assert row in capsys.readouterr().err
+    assert cli_main(["bench", "quality", "--suite", "cpu-medium", "--out", str(tmp_path), "--methods", "soft-a10,soft-a0.5",
+                     "--dry-run"]) == 0  # one run of the sweep, or an alpha beside it
+    commands = capsys.readouterr().out
+    assert "--alpha 10 " in commands and "--alpha 0.5 " in commands
 
 
 def test_relative_gain_and_its_average():

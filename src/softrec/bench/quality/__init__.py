@@ -115,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", help="comma-separated subset (default: the suite's: ml-100k, amazon-books, "
                         "amazon-industrial), looked up like `softrec data prepare --dataset`")
     parser.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)} (default: the suite's), "
-                        f"and study rows {STUDY_PATTERN}")
+                        f"and {STUDY_PATTERN}")
     parser.add_argument("--teacher-adapter", action="append", default=[], metavar="DATASET:E=DIR",
                         help="study rows soft-tE-*: SFT's epoch E on DATASET is the peft adapter in DIR (for an "
                         "SFT run that does not keep RUN/epochs/epoch-E); repeatable")

@@ -25,7 +25,8 @@ SPLIT, GROUNDING = "test", "l2"
 # "when does SOFT help?" (#15): rows soft-t{E}-{rule}, SOFT trained on the SFT run's epoch E (or best)
 # as teacher with distilled-target rule `rule`; `sample` is left out, the study compares beam rules only
 STUDY_RULES = tuple(mode for mode in DISTILL_MODES if mode != "sample")
-STUDY_PATTERN = f"soft-t{{E}}-{{rule}} (E: an epoch number or best; rule: {', '.join(STUDY_RULES)})"
+STUDY_PATTERN = (f"soft-aALPHA (one run of the alpha sweep, e.g. soft-a10), soft-t{{E}}-{{rule}} (E: an epoch number "
+                 f"or best; rule: {', '.join(STUDY_RULES)})")
 _STUDY = re.compile(rf"soft-t(best|[1-9][0-9]*)-({'|'.join(STUDY_RULES)})")
 
 
@@ -106,8 +107,12 @@ def sweep_twin(method: str, suite: Suite) -> str | None:
     return None
 
 
+_ALPHA_ROW = re.compile(r"soft-a(?=[0-9.])[0-9]*\.?[0-9]*(e[-+]?[0-9]+)?")
+
+
 def known(method: str) -> bool:
-    return method in METHODS or teacher_of(method) is not None
+    """A table row: a method, one run of an alpha sweep (soft-a10) or a study row."""
+    return method in METHODS or _ALPHA_ROW.fullmatch(method) is not None or teacher_of(method) is not None
 
 
 def label(method: str) -> str:
