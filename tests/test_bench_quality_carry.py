@@ -26,6 +26,11 @@ def test_a_saved_suite_is_restored_without_weights_and_goes_on_without_redoing_i
     assert "demo/sft/distilled.jsonl.gz" in kept and "demo/soft/history.json" in kept
     assert not any(part in name for name in kept for part in ("adapter", "checkpoints", "epochs", "safetensors"))
     assert not any(name.endswith("predictions.jsonl.gz") for name in kept)  # taken from saved/predictions/
+    from softrec.bench import cpu_model
+
+    for folder in ("demo/sft", "demo/sft/eval/test-l2-limit8", "demo/soft"):  # each names its machine
+        machines = json.loads((saved / "carry" / folder / "ran_on.json").read_text())["ran_on"]
+        assert machines and all(m.startswith(cpu_model()) for m in machines)
     before = _metrics(out, "soft")
 
     shutil.move(out, tmp_path / "elsewhere")  # another machine: --out is gone, the saved folder is not

@@ -38,6 +38,7 @@ INDEX = "carry.json"
 _LEFT_OUT_DIRS = {"adapter", "model", "epochs", "checkpoints", "logs", "fork-point"}
 _LEFT_OUT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth"}
 PREDICTIONS = "predictions.jsonl"
+RAN_ON = "ran_on.json"
 
 
 def _sha(data: bytes) -> str:
@@ -95,11 +96,22 @@ def save_carry(steps: list[PlannedStep], out: Path, save: Path) -> dict[str, Any
                 data, target = gzip.compress(data, mtime=0), target.with_name(target.name + ".gz")
             atomic_write_bytes(target, data)
             entry["files"].append(relative.as_posix())
+        _name_machines(save / CARRY / name, entry["files"], sorted({log.done[s.command].get("ran_on") or "not recorded"
+                                                                     for s in done}))
         index["runs"][name] = entry
         index["steps"].update({s.command: {"output": s.output.relative_to(out).as_posix(), "step": log.done[s.command]}
                                for s in done})
     atomic_write_json(save / CARRY / INDEX, index)
     return index
+
+
+def _name_machines(folder: Path, files: list[str], machines: list[str]) -> None:
+    """RAN_ON in every carried folder that holds results: the machines the run's steps ran on (not
+    restored: it describes the save, not the run)."""
+    from softrec.runs import atomic_write_json
+
+    for parent in sorted({Path(f).parent for f in files}):
+        atomic_write_json(folder / parent / RAN_ON, {"ran_on": machines})
 
 
 def restore(saved: Path, out: Path) -> list[str]:
