@@ -59,15 +59,21 @@ class ForkPointCallback(TrainerCallback):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         with atomic_dir(self.out / FORK_POINT) as tmp:
             shutil.copytree(checkpoint, tmp / checkpoint.name)
-            for name in _FILES:
-                if (self.out / name).is_file():
-                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(self.out / name, tmp / name)
-            for name in _DIRS:
-                if (self.out / name).is_dir():
-                    shutil.copytree(self.out / name, tmp / name)
+            _copy_run_state(self.out, tmp)
             atomic_write_json(tmp / _INFO, {"key": self.key, "step": state.global_step, "epoch": FORK_EPOCH,
                                             "lambda": self.first_lambda, "checkpoint": checkpoint.name})
+
+
+def _copy_run_state(source: Path, target: Path) -> None:
+    """The run files and folders a fork point holds besides the checkpoint, from `source` to `target`."""
+    for name in _FILES:
+        if (source / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, target / name)
+    for name in _DIRS:
+        if (source / name).is_dir():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source / name, target / name, dirs_exist_ok=True)
 
 
 def start_from_fork(sibling: Path, out: Path, key: str, first_lambda: float, needs_distances: bool) -> Path | None:
@@ -89,14 +95,7 @@ def start_from_fork(sibling: Path, out: Path, key: str, first_lambda: float, nee
     ]
     if reason := next((r for r in reasons if r), None):
         raise UserError(f"--fork-from {sibling}: its epoch {FORK_EPOCH} is not this run's: {reason}")
-    for name in _FILES:
-        if (point / name).is_file():
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(point / name, out / name)
-    for name in _DIRS:
-        if (point / name).is_dir():
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(point / name, out / name, dirs_exist_ok=True)
+    _copy_run_state(point, out)
     checkpoint = out / "checkpoints" / info["checkpoint"]
     shutil.copytree(point / info["checkpoint"], checkpoint)
     run = RunDir(out)

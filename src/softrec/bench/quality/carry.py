@@ -142,8 +142,7 @@ def restore(saved: Path, out: Path) -> list[str]:
 
 
 def _restore_run(saved: Path, out: Path, name: str, entry: dict[str, Any]) -> bool:
-    from softrec.runs import atomic_dir
-    from softrec.runs.provenance import path_sha256
+    from softrec.runs import RunDir, atomic_dir
 
     run = out / name
     if run.exists():
@@ -158,9 +157,9 @@ def _restore_run(saved: Path, out: Path, name: str, entry: dict[str, Any]) -> bo
         for relative, source in entry["predictions"].items():
             (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
             (tmp / relative).write_bytes(gzip.decompress((saved / source).read_bytes()))
-        manifest = json.loads((tmp / "manifest.json").read_text(encoding="utf-8")) if (tmp / "manifest.json").exists() else {}
-        for artefact, recorded in (manifest.get("artefacts") or {}).items():
-            if (tmp / artefact).is_file() and path_sha256(tmp / artefact) != recorded.get("sha256"):
+        restored = RunDir(tmp)
+        for artefact in restored.manifest()["artefacts"]:
+            if (tmp / artefact).is_file() and not restored.valid(artefact):
                 raise UserError(f"--restore {saved}: {name}/{artefact} differs from its checksum in the run's "
                                 "manifest.json (the save was edited or truncated); nothing restored for it")
     return True
