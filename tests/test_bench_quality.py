@@ -45,8 +45,12 @@ def test_the_sweeps_other_soft_runs_fork_from_its_first_and_are_priced_one_epoch
     first = str(tmp_path / "books" / "soft-a1")
     assert "--fork-from" not in trains["soft-a1"] and "--fork-from" not in trains["sft"]
     assert "--fork-from" not in trains["soft-tbest-quoted"]  # other targets: another epoch 1
+    evaluations = {s.owner: s.argv for s in steps if s.kind == "evaluate-llm"}
     for owner in ("soft-a10", "soft-a100", "soft-sd-only"):
         assert trains[owner][trains[owner].index("--fork-from") + 1] == first
+        # kept the shared epoch 1: the first run's evaluation is theirs (copied when the tensors agree)
+        assert evaluations[owner][evaluations[owner].index("--reuse-from") + 1] == first
+    assert not any("--reuse-from" in evaluations[o] for o in ("soft-a1", "sft", "soft-tbest-quoted"))
     shape = DatasetShape(train=4096, valid=512, test=1000, pool=20000, titles=5000, prompt_tokens=130, train_tokens=150)
     suite = quality.SUITES["cpu-medium"]
     price = _Costs(suite, shape, Assumptions()).seconds

@@ -117,3 +117,54 @@ def test_classic_runs_dispatch_to_load_ranker(run_dir, monkeypatch, tiny_dataset
     assert main(["evaluate", "--run", str(run_dir), "--quiet"]) == 0
     rows = read_jsonl(run_dir / "predictions.jsonl")
     assert all(row["ranked"][:3] == [n_items - 1, n_items - 2, n_items - 3] for row in rows)
+
+
+def test_reuse_from_copies_a_siblings_evaluation_only_when_its_tensors_are_this_runs(sft_run, tiny_dataset,
+                                                                                   tmp_path, monkeypatch, capsys):
+    """SOFT siblings that kept their shared epoch 1 hold the same tensors under different model cards:
+    the second one's evaluation is the first one's, copied (no model loaded); other tensors, other
+    decoding settings or --force evaluate."""
+    monkeypatch.setenv("SOFTREC_CACHE", str(tmp_path / "cache"))
+    from softrec.evaluation import evaluate
+    from softrec.evaluation.stage import tensors_fingerprint
+
+    data = ["--data", str(tiny_dataset.path), "--grounding", "l2", *FAST]
+    first, sibling = sft_run, tmp_path / "sibling"
+    assert main(["evaluate", "--run", str(first), *data]) == 0
+    shutil.copytree(first / "adapter", sibling / "adapter")
+    (sibling / "adapter" / "README.md").write_text("another run's model card\n")
+    (sibling / "run.json").write_text((first / "run.json").read_text())
+    assert tensors_fingerprint(sibling) == tensors_fingerprint(first)
+    real = evaluate.evaluate_model
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda *a, **k: pytest.fail("evaluated, not copied"))
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(sibling), "--reuse-from", str(first), *data]) == 0
+    assert "its result copied" in capsys.readouterr().out
+    folder = Path("eval") / "test-l2"
+    assert (sibling / folder / "predictions.jsonl").read_bytes() == (first / folder / "predictions.jsonl").read_bytes()
+    copied = json.loads((sibling / "metrics.json").read_text())
+    assert copied.pop("copied_from") == str(first.resolve())
+    assert copied == json.loads((first / "metrics.json").read_text())
+    assert main(["evaluate", "--run", str(sibling), *data]) == 0  # recorded as its own: a rerun reuses it
+    assert "up to date" in capsys.readouterr().out
+
+    calls = []
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    other_decoding = ["--data", str(tiny_dataset.path), "--grounding", "l2", "--num-beams", "3",
+                      "--max-new-tokens", "6", "--quiet"]
+    assert main(["evaluate", "--run", str(sibling), "--reuse-from", str(first), *other_decoding]) == 0
+    assert calls, "the first run has no evaluation with 3 beams: nothing to copy"
+    calls.clear()
+    assert main(["evaluate", "--run", str(sibling), "--reuse-from", str(first), "--force", *data]) == 0
+    assert calls and "copied_from" not in json.loads((sibling / "metrics.json").read_text())
+
+    from safetensors.torch import load_file, save_file
+
+    weights = sibling / "adapter" / "adapter_model.safetensors"
+    save_file({k: v + 1e-3 for k, v in load_file(weights).items()}, weights)
+    assert tensors_fingerprint(sibling) != tensors_fingerprint(first)
+    calls.clear()
+    third = tmp_path / "third"
+    shutil.copytree(sibling, third, ignore=shutil.ignore_patterns("eval", "metrics.json", "predictions.jsonl", "manifest.json"))
+    assert main(["evaluate", "--run", str(third), "--reuse-from", str(first), *data]) == 0
+    assert calls and "copied_from" not in json.loads((third / "metrics.json").read_text())

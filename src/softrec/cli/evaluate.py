@@ -47,7 +47,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run_info(run_dir)  # not a run directory: refused before its settings are read
         config = run_config(run_dir, args.config, args.overrides, _eval_flags(args))
         evaluate_run(run_dir, config, data=args.data, split=args.split, limit=args.limit, force=args.force,
-                     progress=not args.quiet, preflight=not args.no_preflight)
+                     progress=not args.quiet, preflight=not args.no_preflight, reuse_from=args.reuse_from)
     return 0
 
 
@@ -64,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, help="prompts per generate call")
     ev.add_argument("--limit", type=int, metavar="N", help="only the first N samples of the split")
     ev.add_argument("--force", action="store_true", help="recompute even if a valid result exists")
+    ev.add_argument("--reuse-from", action="append", default=[], metavar="RUN_DIR",
+                    help="copy this run's evaluation (same settings) instead of recomputing it when its trained "
+                         "tensors are byte-identical to RUN_DIR's own, e.g. SOFT siblings that kept their shared "
+                         "epoch 1 (repeatable)")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.add_argument("--no-preflight", action="store_true", help="skip the memory/time estimate and its refusal")
     ev.add_argument("--method", choices=["icl"], help="icl = guidance-only baseline with the untuned --model")

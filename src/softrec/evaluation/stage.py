@@ -266,13 +266,66 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return "  ".join(f"{k}={metrics[k]:.4f}" for k in shown) + f"  n={metrics.get('n')}"
 
 
+# ---------------------------------------------------------------- a sibling's evaluation
+def tensors_fingerprint(run_dir: Path) -> str | None:
+    """The trained tensors alone (every *.safetensors under adapter/ or model/, with the weights' config
+    read as data): siblings whose best epoch is the same shared epoch 1 (`softrec train --fork-from`)
+    have the same tensors but different model cards, so `path_sha256` of the folder tells them apart."""
+    from softrec.runs import content_key, file_sha256
+
+    for name in ("adapter", "model"):
+        folder = run_dir / name
+        if folder.is_dir():
+            tensors = {str(f.relative_to(folder)): file_sha256(f) for f in sorted(folder.rglob("*.safetensors"))}
+            configs = {}
+            for config in ("adapter_config.json", "config.json"):
+                if (folder / config).is_file():  # lists sorted: peft writes target_modules in set order
+                    data = json.loads((folder / config).read_text(encoding="utf-8"))
+                    configs[config] = {k: sorted(v, key=str) if isinstance(v, list) else v for k, v in data.items()}
+            return content_key(name, tensors, configs) if tensors else None
+    return None
+
+
+def _sibling_result(sibling: Path, run_dir: Path, folder: Path, settings: dict[str, Any]) -> bool:
+    """True when SIBLING holds a valid evaluation at `folder` with these settings (its own method
+    aside) of the very tensors this run has: then it is this run's result too, to the byte."""
+    if sibling.resolve() == run_dir.resolve() or not (sibling / "run.json").is_file():
+        return False
+    from softrec.runs import RunDir, content_key
+
+    info = run_info(sibling)
+    mine = tensors_fingerprint(run_dir)
+    if is_classic(info.get("method")) or info.get("method") == "icl" or not mine or mine != tensors_fingerprint(sibling):
+        return False
+    try:
+        weights = _weights_fingerprint(sibling, info)
+    except UserError:  # its weights are not its own any more: nothing of it is reused
+        return False
+    key = content_key({**settings, "method": info.get("method")}, weights, info.get("shots"))
+    return all(RunDir(sibling).valid(str(folder / f), key) for f in LATEST)
+
+
+def _copy_sibling(sibling: Path, run_dir: Path, folder: Path, key: str, inputs: dict[str, Any]) -> None:
+    from softrec.runs import RunDir, atomic_write_bytes, atomic_write_json
+
+    metrics = json.loads((sibling / folder / "metrics.json").read_text(encoding="utf-8"))
+    with RunDir(run_dir) as run:
+        atomic_write_bytes(run.path / folder / "predictions.jsonl", (sibling / folder / "predictions.jsonl").read_bytes())
+        atomic_write_json(run.path / folder / "metrics.json", {**metrics, "copied_from": str(sibling.resolve())})
+        run.record_many({str(folder / f): {"inputs": inputs, "copied_from": str(sibling.resolve())} for f in LATEST},
+                        key)
+        _publish_latest(run, folder, key)
+
+
 # ---------------------------------------------------------------- the stage
 def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None = None, split: str = "test",
                  limit: int | None = None, force: bool = False, progress: bool = True, preflight: bool = True,
-                 say: Callable[[str], None] = print) -> Path:
+                 reuse_from: Sequence[str | Path] = (), say: Callable[[str], None] = print) -> Path:
     """Evaluate RUN_DIR on `split` of `data` (default: the run's dataset) with `config.eval` (see the
     module docstring); returns RUN_DIR/eval/<name>. `config` is usually `run_config(run_dir, ...)`:
-    the run's own settings with the caller's changes. Rank 0 reports through `say`."""
+    the run's own settings with the caller's changes. `reuse_from`: runs whose evaluation with these
+    settings is copied, not recomputed, when their trained tensors are this run's (SOFT siblings that
+    kept their shared epoch 1); unless `force`. Rank 0 reports through `say`."""
     from softrec.data.prompts import prompt_fingerprint
     from softrec.runs import RunDir, content_key
 
@@ -303,6 +356,15 @@ def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None
                 metrics = json.loads((run_dir / folder / "metrics.json").read_text())
                 say(f"up to date (use --force to recompute): {run_dir / folder}")
                 say(format_metrics(metrics))
+            return run_dir / folder
+        sibling = None if force else next((Path(s) for s in reuse_from
+                                           if _sibling_result(Path(s), run_dir, folder, settings)), None)
+        if sibling is not None:
+            if rank == 0:
+                _copy_sibling(sibling, run_dir, folder, key, inputs)
+                say(f"the same tensors as {sibling}, evaluated with the same settings: its result copied")
+                say(format_metrics(json.loads((run_dir / folder / "metrics.json").read_text())))
+            _barrier()
             return run_dir / folder
         if rank == 0:  # a read-only run directory fails here, not after the evaluation
             from softrec.runs import probe_writable

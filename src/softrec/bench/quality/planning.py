@@ -135,7 +135,9 @@ class _DatasetPlan:
         cap = ["--epochs", str(self.suite.soft_epochs)] if soft and self.suite.soft_epochs else []
         self.step("train-llm", method, ["train", *train_args, "--out", str(run), *self.llm_train, *cap],
                   run / "history.json", launcher=True)
-        self.step("evaluate-llm", method, ["evaluate", "--run-dir", str(run), "--data", str(self.data),
+        # a forked run that kept the shared epoch 1 has its sibling's tensors: its evaluation is copied
+        reuse = ["--reuse-from", train_args[train_args.index("--fork-from") + 1]] if "--fork-from" in train_args else []
+        self.step("evaluate-llm", method, ["evaluate", "--run-dir", str(run), "--data", str(self.data), *reuse,
                                            *self.llm_eval], self.metrics(method), launcher=True)
 
     def steps(self, methods: list[str]) -> list[PlannedStep]:
