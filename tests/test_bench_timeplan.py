@@ -138,6 +138,9 @@ def test_eta_corrects_the_plan_by_what_each_kind_of_step_took(tmp_path):
     log.mark(steps[2], 250.0)  # evaluation half its plan: only evaluation is corrected by it
     assert eta(steps, log, 1, planned) == "ETA 0:37 h for 2 step(s) (planned x1.5 as measured so far)"
     assert eta(steps, log, 1, {}) == "ETA unknown (no time plan)"
+    steps[3].output.touch()
+    log.mark(steps[3], 20.0)  # an evaluation copied from a sibling (--reuse-from): no rate
+    assert eta(steps, log, 1, planned) == "ETA 0:33 h for 1 step(s) (planned x1.5 as measured so far)"
     assert eta(steps, StepLog(tmp_path / "new"), 0, dict.fromkeys(planned, 30_000.0)).startswith("ETA 33:20 h")
 
 

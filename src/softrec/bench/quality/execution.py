@@ -121,13 +121,15 @@ def eta(steps: list[PlannedStep], log: StepLog, start: int, planned: dict[str, f
     """The remaining steps' time: each one's planned seconds (`timeplan`: every run to its epoch cap),
     less what its checkpoints have done, times how far off the plan was on the finished steps of its
     kind (the median of measured / planned), or, while none of its kind has finished, on all the
-    finished long steps together. Hours count on past 24."""
+    finished long steps together. A long step done in under LONG_STEP_S skipped its work (an
+    evaluation copied from a sibling, `--reuse-from`) and says nothing of the rate. Hours count on past 24."""
     if not planned:
         return "ETA unknown (no time plan)"
     ratios: dict[str, list[float]] = {}
     measured = plan = 0.0
     for command, info in log.done.items():
-        if timed_plan := planned.get(command, 0.0) * info.get("share_timed", 1.0):
+        timed_plan = planned.get(command, 0.0) * info.get("share_timed", 1.0)
+        if timed_plan and not (info["seconds"] < LONG_STEP_S <= timed_plan):
             ratios.setdefault(info["kind"], []).append(info["seconds"] / timed_plan)
             if timed_plan >= LONG_STEP_S:
                 measured, plan = measured + info["seconds"], plan + timed_plan
