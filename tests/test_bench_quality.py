@@ -109,6 +109,18 @@ def test_the_table_says_what_its_samples_can_detect():
     assert report._sensitivity_lines({"n": 1000, "methods": {"sft": row("BIGRec-SFT", 0.009)}}) == []
 
 
+def test_a_row_whose_evaluation_is_a_siblings_says_so():
+    def row(label, **summary):
+        return {"label": label, "summary": summary}
+
+    dataset = {"methods": {"soft-a1": row("BIGRec-SOFT alpha=1"),
+                           "soft-a10": row("BIGRec-SOFT alpha=10", copied_from="/runs/medium/books/soft-a1")}}
+    assert report._copied_lines(dataset) == [
+        "BIGRec-SOFT alpha=10 kept the epoch it shares with `soft-a1` (the same weights, byte for byte): "
+        "its test evaluation is that run's, copied.", ""]
+    assert report._copied_lines({"methods": {"soft-a1": row("BIGRec-SOFT alpha=1")}}) == []
+
+
 def test_the_finding_states_the_answer_in_words_with_its_intervals_and_conditions():
     def row(label, hr10, ndcg10, vs=None, **extra):
         return {"label": label, "metrics": {"HR@10": {"value": hr10}, "NDCG@10": {"value": ndcg10}},

@@ -76,7 +76,7 @@ def markdown(payload: dict[str, Any]) -> str:
             lines.append(f"| {row['label']} | " + " | ".join(cells) +
                          f" | {validity if validity is None else f'{validity:.3f}'} | {_diff_cell(vs.get('HR@10'))} | "
                          f"{_diff_cell(vs.get('NDCG@10'))} | {row['seconds']:.0f}{'*' if row.get('seconds_partial') else ''} |")
-        lines += ["", *_sensitivity_lines(dataset), *_distilled_lines(dataset)]
+        lines += ["", *_copied_lines(dataset), *_sensitivity_lines(dataset), *_distilled_lines(dataset)]
     lines += _gain_lines(results, payload["average_gains"])
     lines += study_lines(results)
     lines += _history_lines(results)
@@ -86,6 +86,16 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += ["```", "", "seconds: wall time of the row's own steps (training, distillation for SOFT rows, "
               "evaluation), as recorded when they ran; * a resumed training, timed only from where it resumed.", ""]
     return "\n".join(lines)
+
+
+def _copied_lines(dataset: dict[str, Any]) -> list[str]:
+    """Rows whose test evaluation is a sibling's (`softrec evaluate --reuse-from`): the same tensors."""
+    lines = []
+    for row in own_runs(dataset).values():
+        if source := row["summary"].get("copied_from"):
+            lines.append(f"{row['label']} kept the epoch it shares with `{Path(source).name}` (the same "
+                         "weights, byte for byte): its test evaluation is that run's, copied.")
+    return [*lines, ""] if lines else []
 
 
 def _relative_interval(facts: dict[str, float], base: float) -> str:
