@@ -84,7 +84,9 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += ["## Commands", "", "```sh", f"# {payload['command']}", f"OUT={shlex.quote(out)}"]
     lines += [s["command"].replace(out, "$OUT") for s in payload["steps"]]
     lines += ["```", "", "seconds: wall time of the row's own steps (training, distillation for SOFT rows, "
-              "evaluation), as recorded when they ran; * a resumed training, timed only from where it resumed.", ""]
+              "evaluation), as recorded when they ran; * a resumed training, timed only from where it resumed. "
+              "A run forked from a sibling's epoch 1 (`--fork-from` above) is timed from its epoch 2 on, and an "
+              "evaluation copied from a sibling (`--reuse-from`) takes seconds.", ""]
     return "\n".join(lines)
 
 
