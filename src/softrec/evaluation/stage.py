@@ -224,19 +224,28 @@ def start_icl_run(out: Path, data: str | Path, *, model: str, shots: int, seed: 
 def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: dict[str, Any],
                    inputs: dict[str, Any]) -> Path:
     from softrec.evaluation.evaluate import mean_decode_steps
-    from softrec.runs import RunDir, atomic_write_json, write_jsonl
+    from softrec.runs import write_jsonl
+
+    folder = Path("eval") / name
+    payload = {**result.metrics, "eval": settings, "decoded_in": settings["decoded_in"]}
+    steps = mean_decode_steps(result.predictions)
+    if steps is not None:  # what the time plan's typical new tokens are checked against
+        payload["decode_steps"] = round(steps, 2)
+    _store(run_dir, folder, key, payload, lambda path: write_jsonl(path, result.predictions), {"inputs": inputs})
+    return run_dir / folder
+
+
+def _store(run_dir: Path, folder: Path, key: str, payload: dict[str, Any], write_predictions: Callable[[Path], None],
+           record: dict[str, Any]) -> None:
+    """metrics.json (`payload`) and predictions.jsonl into RUN_DIR/`folder`, recorded under `key` with
+    `record`, then published as the run's latest."""
+    from softrec.runs import RunDir, atomic_write_json
 
     with RunDir(run_dir) as run:
-        folder = Path("eval") / name
-        payload = {**result.metrics, "eval": settings, "decoded_in": settings["decoded_in"]}
-        steps = mean_decode_steps(result.predictions)
-        if steps is not None:  # what the time plan's typical new tokens are checked against
-            payload["decode_steps"] = round(steps, 2)
         atomic_write_json(run.path / folder / "metrics.json", payload)
-        write_jsonl(run.path / folder / "predictions.jsonl", result.predictions)
-        run.record_many({str(folder / f): {"inputs": inputs} for f in LATEST}, key)
+        write_predictions(run.path / folder / "predictions.jsonl")
+        run.record_many({str(folder / f): record for f in LATEST}, key)
         _publish_latest(run, folder, key)
-    return run_dir / folder
 
 
 def _decoded_in(settings: dict[str, Any]) -> str | None:
@@ -286,16 +295,15 @@ def tensors_fingerprint(run_dir: Path) -> str | None:
     return None
 
 
-def _sibling_result(sibling: Path, run_dir: Path, folder: Path, settings: dict[str, Any]) -> bool:
+def _sibling_result(sibling: Path, run_dir: Path, tensors: str, folder: Path, settings: dict[str, Any]) -> bool:
     """True when SIBLING holds a valid evaluation at `folder` with these settings (its own method
-    aside) of the very tensors this run has: then it is this run's result too, to the byte."""
+    aside) of the very tensors this run has (`tensors`): then it is this run's result too, to the byte."""
     if sibling.resolve() == run_dir.resolve() or not (sibling / "run.json").is_file():
         return False
     from softrec.runs import RunDir, content_key
 
     info = run_info(sibling)
-    mine = tensors_fingerprint(run_dir)
-    if is_classic(info.get("method")) or info.get("method") == "icl" or not mine or mine != tensors_fingerprint(sibling):
+    if is_classic(info.get("method")) or info.get("method") == "icl" or tensors != tensors_fingerprint(sibling):
         return False
     try:
         weights = _weights_fingerprint(sibling, info)
@@ -305,16 +313,24 @@ def _sibling_result(sibling: Path, run_dir: Path, folder: Path, settings: dict[s
     return all(RunDir(sibling).valid(str(folder / f), key) for f in LATEST)
 
 
-def _copy_sibling(sibling: Path, run_dir: Path, folder: Path, key: str, inputs: dict[str, Any]) -> None:
-    from softrec.runs import RunDir, atomic_write_bytes, atomic_write_json
+def _reusable_sibling(reuse_from: Sequence[str | Path], run_dir: Path, folder: Path,
+                      settings: dict[str, Any]) -> Path | None:
+    """The first of `reuse_from` whose evaluation at `folder` is this run's (`_sibling_result`)."""
+    if not reuse_from or not (tensors := tensors_fingerprint(run_dir)):
+        return None
+    return next((Path(s) for s in reuse_from if _sibling_result(Path(s), run_dir, tensors, folder, settings)), None)
 
-    metrics = json.loads((sibling / folder / "metrics.json").read_text(encoding="utf-8"))
-    with RunDir(run_dir) as run:
-        atomic_write_bytes(run.path / folder / "predictions.jsonl", (sibling / folder / "predictions.jsonl").read_bytes())
-        atomic_write_json(run.path / folder / "metrics.json", {**metrics, "copied_from": str(sibling.resolve())})
-        run.record_many({str(folder / f): {"inputs": inputs, "copied_from": str(sibling.resolve())} for f in LATEST},
-                        key)
-        _publish_latest(run, folder, key)
+
+def _copy_sibling(sibling: Path, run_dir: Path, folder: Path, key: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """SIBLING's evaluation at `folder` stored as this run's (marked `copied_from`); its metrics."""
+    from softrec.runs import atomic_write_bytes
+
+    source = str(sibling.resolve())
+    metrics = {**json.loads((sibling / folder / "metrics.json").read_text(encoding="utf-8")), "copied_from": source}
+    predictions = (sibling / folder / "predictions.jsonl").read_bytes()
+    _store(run_dir, folder, key, metrics, lambda path: atomic_write_bytes(path, predictions),
+           {"inputs": inputs, "copied_from": source})
+    return metrics
 
 
 # ---------------------------------------------------------------- the stage
@@ -357,13 +373,12 @@ def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None
                 say(f"up to date (use --force to recompute): {run_dir / folder}")
                 say(format_metrics(metrics))
             return run_dir / folder
-        sibling = None if force else next((Path(s) for s in reuse_from
-                                           if _sibling_result(Path(s), run_dir, folder, settings)), None)
+        sibling = None if force else _reusable_sibling(reuse_from, run_dir, folder, settings)
         if sibling is not None:
             if rank == 0:
-                _copy_sibling(sibling, run_dir, folder, key, inputs)
+                metrics = _copy_sibling(sibling, run_dir, folder, key, inputs)
                 say(f"the same tensors as {sibling}, evaluated with the same settings: its result copied")
-                say(format_metrics(json.loads((run_dir / folder / "metrics.json").read_text())))
+                say(format_metrics(metrics))
             _barrier()
             return run_dir / folder
         if rank == 0:  # a read-only run directory fails here, not after the evaluation

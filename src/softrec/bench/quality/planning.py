@@ -103,18 +103,22 @@ class _DatasetPlan:
             "evaluate", "--method", "icl", "--shots", str(shots), "--model", self.suite.model, "--data", str(self.data),
             "--out", str(self.root / method), *self.llm_eval], self.metrics(method), launcher=True)
 
-    def llm(self, method: str, train_args: list[str], teacher: str | None = None) -> None:
+    def llm(self, method: str, train_args: list[str], teacher: str | None = None, sibling: Path | None = None) -> None:
+        """Train (SOFT on `teacher`'s targets, distilled first, when given; forked from `sibling`'s epoch 1
+        when given) and evaluate `method`."""
+        if sibling:
+            train_args = [*train_args, "--fork-from", str(sibling)]
         if teacher:
             self.step("distill", method, ["distill", "--run-dir", str(self.root / teacher), "--data", str(self.data),
                                           *_sets(self.suite.llm_sets)], self.root / teacher / "distilled.jsonl")
             train_args = [*train_args, "--distilled", str(self.root / teacher)]
-        self.train_evaluate(method, train_args, soft=teacher is not None)
+        self.train_evaluate(method, train_args, soft=teacher is not None, sibling=sibling)
 
-    def fork(self, method: str) -> list[str]:
-        """`--fork-from` the sweep's first run for the other SOFT runs on SFT's targets: their epoch 1
-        (lambda 1) is its epoch 1 (`softrec.training.fork`); none for the first run itself."""
+    def fork(self, method: str) -> Path | None:
+        """The sweep's first run, which the other SOFT runs on SFT's targets fork from: their epoch 1
+        (lambda 1) is its epoch 1 (`softrec.training.fork`); None for the first run itself."""
         first = alpha_method(self.suite.alphas[0]) if self.suite.alphas else None
-        return ["--fork-from", str(self.root / first)] if first and method != first else []
+        return self.root / first if first and method != first else None
 
     def study(self, method: str, epoch: int | None, rule: str) -> None:
         """A soft-t{E}-{rule} row: SFT's epoch E (or best) distilled by `rule` into a teacher run of
@@ -130,13 +134,13 @@ class _DatasetPlan:
         self.train_evaluate(method, ["--method", "soft", "--alpha", f"{self.suite.study_alpha:g}",
                                      "--distilled", str(teacher)], soft=True)
 
-    def train_evaluate(self, method: str, train_args: list[str], soft: bool) -> None:
+    def train_evaluate(self, method: str, train_args: list[str], soft: bool, sibling: Path | None = None) -> None:
         run = self.root / method
         cap = ["--epochs", str(self.suite.soft_epochs)] if soft and self.suite.soft_epochs else []
         self.step("train-llm", method, ["train", *train_args, "--out", str(run), *self.llm_train, *cap],
                   run / "history.json", launcher=True)
         # a forked run that kept the shared epoch 1 has its sibling's tensors: its evaluation is copied
-        reuse = ["--reuse-from", train_args[train_args.index("--fork-from") + 1]] if "--fork-from" in train_args else []
+        reuse = ["--reuse-from", str(sibling)] if sibling else []
         self.step("evaluate-llm", method, ["evaluate", "--run-dir", str(run), "--data", str(self.data), *reuse,
                                            *self.llm_eval], self.metrics(method), launcher=True)
 
@@ -151,10 +155,10 @@ class _DatasetPlan:
             elif method in ("sft", "soft", "soft-sd-only") or alpha_of(method) is not None:
                 self.llm("sft", ["--method", "sft"])
                 if alpha_of(method) is not None:
-                    self.llm(method, ["--method", "soft", "--alpha", f"{alpha_of(method):g}", *self.fork(method)],
-                             teacher="sft")
+                    self.llm(method, ["--method", "soft", "--alpha", f"{alpha_of(method):g}"], teacher="sft",
+                             sibling=self.fork(method))
                 elif method != "sft":
-                    self.llm(method, ["--method", method, *self.fork(method)], teacher="sft")
+                    self.llm(method, ["--method", method], teacher="sft", sibling=self.fork(method))
             elif (teacher := teacher_of(method)) is not None:
                 self.llm("sft", ["--method", "sft"])
                 if (twin := sweep_twin(method, self.suite)) is not None:  # the sweep's row is this run
