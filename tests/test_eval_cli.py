@@ -168,3 +168,13 @@ def test_reuse_from_copies_a_siblings_evaluation_only_when_its_tensors_are_this_
     shutil.copytree(sibling, third, ignore=shutil.ignore_patterns("eval", "metrics.json", "predictions.jsonl", "manifest.json"))
     assert main(["evaluate", "--run", str(third), "--reuse-from", str(first), *data]) == 0
     assert calls and "copied_from" not in json.loads((third / "metrics.json").read_text())
+
+
+def test_reuse_from_a_path_that_is_not_a_run_is_refused_before_any_work(sft_run, tiny_dataset, tmp_path, capsys):
+    """A mistyped --reuse-from must not silently fall back to a full evaluation."""
+    missing = tmp_path / "no-such-run"
+    code = main(["evaluate", "--run", str(sft_run), "--reuse-from", str(missing), "--data", str(tiny_dataset.path),
+                 *FAST])
+    assert code == 2
+    assert f"--reuse-from {missing}: not a softrec run directory" in capsys.readouterr().err
+    assert not (sft_run / "eval").exists()

@@ -346,6 +346,9 @@ def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None
     from softrec.runs import RunDir, content_key
 
     run_dir = Path(run_dir)
+    for sibling in map(Path, reuse_from):  # a mistyped path would silently evaluate for 15 minutes
+        if not (sibling / "run.json").is_file():
+            raise UserError(f"--reuse-from {sibling}: not a softrec run directory (no run.json)")
     with process_group() as (rank, _world):
         info = run_info(run_dir)
         dataset = run_dataset(data, info)
