@@ -244,3 +244,27 @@ def test_the_run_records_the_cpu_rate_it_timed_and_status_reuses_it_on_that_mach
     saved = json.loads((tmp_path / timeplan.CPU_RATE).read_text())
     (tmp_path / timeplan.CPU_RATE).write_text(json.dumps({**saved, "machine": "another CPU"}))
     assert timeplan.suite_cpu_rate(tmp_path, record=False) == 40e9  # another machine's reading is not used
+
+
+def test_a_forked_rows_evaluation_is_priced_as_a_copy_once_it_kept_the_shared_epoch(tmp_path):
+    """SOFT alpha 10 and 100 fork alpha 1's epoch 1; when one keeps that epoch its evaluation is
+    alpha 1's, copied (`--reuse-from`), so the ETA must not plan 15 minutes of decoding for it."""
+    import json
+
+    suite = quality.SUITES["cpu-medium"]
+    fast = timeplan.Assumptions(gpu=timeplan.CPU, train_step_s=0.0, decode_step_s=0.0, rates=(1e12, 1e12, 1e12))
+    steps = quality.plan(suite, tmp_path, ["amazon-books"], ["soft-a1", "soft-a10"], [])
+    evaluation = next(s for s in steps if s.kind == "evaluate-llm" and s.owner == "soft-a10")
+    assert "--reuse-from" in evaluation.argv
+
+    def seconds(**info) -> float:
+        run_dir = tmp_path / "amazon-books" / "soft-a10"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "run.json").write_text(json.dumps({"forked_at_epoch": 1, **info}))
+        rows = timeplan.estimate(steps, suite, timeplan.AMAZON_BOOKS, fast)
+        return next(planned for step, planned in rows if step.command == evaluation.command)
+
+    full = seconds(status="training", best_epoch=None)
+    assert full > 2 * fast.process_s  # 1000 test prompts decoded
+    assert seconds(status="finished", best_epoch=2) == full  # a later epoch won: its own tensors
+    assert seconds(status="finished", best_epoch=1) == fast.process_s

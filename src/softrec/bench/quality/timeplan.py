@@ -21,7 +21,9 @@ For Gemma 3 270M the dispatch bound wins for training and small decoding batches
 decoding batches of 512 prompts (at the table's 10% generation efficiency); the rates are guesses
 from typical eager step times of small models on H100-class GPUs, not readings. Upper bounds: every run goes to its epoch
 cap (early stopping only shortens), untuned models decode `max_new_tokens` (64) steps a prompt, trained
-ones the preflight's `typical_new_tokens` (~1.4 per title token: 19.3 on amazon-books).
+ones the preflight's `typical_new_tokens` (~1.4 per title token: 19.3 on amazon-books; a weak
+teacher's run-ons decode more: 44-53 steps measured on amazon-books at validity 0.1). A forked row's
+evaluation is priced as a copy once its training finished keeping the shared epoch.
 """
 
 from __future__ import annotations
@@ -196,7 +198,26 @@ class _Costs:
         if step.owner.startswith("icl"):
             shots = 0 if step.owner == "icl-0" else self.suite.shots
             return self.assume.process_s + self.generate(self.test(), trained=False, prompt_factor=1 + shots)
+        if _copies_its_sibling(step):
+            return self.assume.process_s
         return self.assume.process_s + self.generate(self.test())
+
+
+def _copies_its_sibling(step: PlannedStep) -> bool:
+    """A forked row's evaluation (`--reuse-from`) once its training finished keeping the epoch it
+    was forked at: the sibling's tensors, so its evaluation is copied in seconds. Until then it is
+    priced in full (a later epoch may still win)."""
+    import json
+
+    if "--reuse-from" not in step.argv or "--run-dir" not in step.argv:
+        return False
+    run_dir = Path(step.argv[step.argv.index("--run-dir") + 1])
+    try:
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(info, dict) and info.get("status") == "finished"
+            and info.get("best_epoch") is not None and info.get("best_epoch") == info.get("forked_at_epoch"))
 
 
 def estimate(steps: list[PlannedStep], suite: Suite, shape: DatasetShape,
