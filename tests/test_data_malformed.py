@@ -4,37 +4,23 @@ Each case corrupts one valid fixture (tests/fixtures/datafiles.py) the way a rea
 strict CSV quoting, NUL and invisible characters, duplicate JSON keys, colliding ids, non-finite
 numbers, deep nesting, decompression bombs, encrypted/unsupported zips, FIFOs and devices. Every
 case must end in exit 2 with ONE stderr line naming the file and its line (or field), before any
-output is written; the valid inputs around them must still parse.
+output is written; the valid inputs around them must still parse (tests/test_data_readers_valid.py).
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import signal
 import zipfile
 
 import pytest
-from fixtures import datafiles
+from fixtures import datafiles, edits
 
 from softrec.cli import main
-from softrec.data.readers import files, jsontext, read_source, tables
-from softrec.errors import DataFormatError
-
 
 # ------------------------------------------------------------------ helpers
-def _set_line(path, number, text):
-    """Replace line `number` (1-based) of a text file."""
-    lines = path.read_text(encoding="utf-8").split("\n")
-    lines[number - 1] = text
-    path.write_text("\n".join(lines), encoding="utf-8")
-
-
-def _append(path, text):
-    path.write_text(path.read_text(encoding="utf-8").rstrip("\n") + "\n" + text + "\n", encoding="utf-8")
-
 
 def _digit_generic(root):
     """The generic CSV pair with integer item ids 1..10 (so '01' can collide with '1')."""
@@ -46,88 +32,65 @@ def _digit_generic(root):
     return d
 
 
-def _zip(root, data: bytes | None = None, method=zipfile.ZIP_DEFLATED):
-    """A GroupLens-style zip; `data` replaces u.data."""
-    path = datafiles.grouplens_zip(root)
-    if data is None:
-        return path
-    with zipfile.ZipFile(path) as archive:
-        item = archive.read("ml-100k/u.item")
-    with zipfile.ZipFile(path, "w", compression=method) as archive:
-        archive.writestr("ml-100k/u.data", data)
-        archive.writestr("ml-100k/u.item", item)
-    return path
-
-
-def _patch_zip_headers(path, offset_local, offset_central, value: bytes):
-    """Overwrite a field in every local (PK\\3\\4) and central (PK\\1\\2) header of a zip."""
-    raw = bytearray(path.read_bytes())
-    for signature, offset in ((b"PK\x03\x04", offset_local), (b"PK\x01\x02", offset_central)):
-        at = raw.find(signature)
-        while at >= 0:
-            raw[at + offset:at + offset + len(value)] = value
-            at = raw.find(signature, at + 4)
-    path.write_bytes(bytes(raw))
-
 
 # ------------------------------------------------------------------ generic CSV (interactions.csv + items.csv)
 def unterminated_quote_swallows_next_row(root):
     d = datafiles.generic(root)
-    _set_line(d / "items.csv", 3, 'b1,"Emma,Someone')  # closed by the quote that opens line 4
+    edits.set_line(d / "items.csv", 3, 'b1,"Emma,Someone')  # closed by the quote that opens line 4
     return d, ["items.csv:3", "field 'title'", "unterminated quote"]
 
 
 def unterminated_quote_at_end_of_file(root):
     d = datafiles.generic(root)
-    _set_line(d / "items.csv", 11, 'b9,"Ulysses,Someone')
+    edits.set_line(d / "items.csv", 11, 'b9,"Ulysses,Someone')
     return d, ["items.csv:11", "field 'title'", "never closed"]
 
 
 def text_after_closing_quote(root):
     d = datafiles.generic(root)
-    _set_line(d / "items.csv", 4, 'b2,"Dracula" by Stoker,Someone')
+    edits.set_line(d / "items.csv", 4, 'b2,"Dracula" by Stoker,Someone')
     return d, ["items.csv:4", "field 'title'", "closing quote"]
 
 
 def row_with_too_few_fields(root):
     d = datafiles.generic(root)
-    _set_line(d / "interactions.csv", 5, "u0,b3")
+    edits.set_line(d / "interactions.csv", 5, "u0,b3")
     return d, ["interactions.csv:5", "expected 3 fields, found 2"]
 
 
 def nul_byte_in_title(root):
     d = datafiles.generic(root)
-    _set_line(d / "items.csv", 4, 'b2,"Drac\x00ula",Someone')
+    edits.set_line(d / "items.csv", 4, 'b2,"Drac\x00ula",Someone')
     return d, ["items.csv:4", "NUL"]
 
 
 def infinite_timestamp(root):
     d = datafiles.generic(root)
-    _set_line(d / "interactions.csv", 3, "u0,b7,inf")
+    edits.set_line(d / "interactions.csv", 3, "u0,b7,inf")
     return d, ["interactions.csv:3", "field 'timestamp'", "finite"]
 
 
 def overflowing_timestamp(root):
     d = datafiles.generic(root)
-    _set_line(d / "interactions.csv", 6, "u0,b7,1e999")
+    edits.set_line(d / "interactions.csv", 6, "u0,b7,1e999")
     return d, ["interactions.csv:6", "field 'timestamp'", "finite"]
 
 
 def nan_timestamp(root):
     d = datafiles.generic(root)
-    _set_line(d / "interactions.csv", 2, "u0,b0,NaN")
+    edits.set_line(d / "interactions.csv", 2, "u0,b0,NaN")
     return d, ["interactions.csv:2", "field 'timestamp'", "'NaN'"]
 
 
 def ids_01_and_1_collide(root):
     d = _digit_generic(root)
-    _append(d / "items.csv", "01,Another Dune")
+    edits.append_line(d / "items.csv", "01,Another Dune")
     return d, ["items.csv:12", "field 'item'", "'01' is the same number as id '1'", "line 2"]
 
 
 def interaction_id_spelled_differently(root):
     d = _digit_generic(root)
-    _set_line(d / "interactions.csv", 2, "u0,01,1000000")
+    edits.set_line(d / "interactions.csv", 2, "u0,01,1000000")
     return d, ["interactions.csv:2", "field 'item'", "'01' is not in items.csv", "same spelling"]
 
 
@@ -141,32 +104,32 @@ def fifo_items_csv(root):
 # ------------------------------------------------------------------ RecBole atomic files
 def recbole_duplicate_item_id(root):
     d = datafiles.recbole(root)
-    _set_line(d / "tiny.item", 4, "1\tNot Dune\t1993")
+    edits.set_line(d / "tiny.item", 4, "1\tNot Dune\t1993")
     return d, ["tiny.item:4", "field 'item_id'", "'1' is listed twice"]
 
 
 def recbole_ids_01_and_1(root):
     d = datafiles.recbole(root)
-    _set_line(d / "tiny.item", 11, "010\tUlysses\t1999")
-    _set_line(d / "tiny.item", 6, "10\tThe Hobbit\t1994")
+    edits.set_line(d / "tiny.item", 11, "010\tUlysses\t1999")
+    edits.set_line(d / "tiny.item", 6, "10\tThe Hobbit\t1994")
     return d, ["tiny.item:11", "'010' is the same number as id '10'"]
 
 
 def recbole_unterminated_quote(root):
     d = datafiles.recbole(root)
-    _set_line(d / "tiny.item", 3, '2\t"Emma\t1991')
+    edits.set_line(d / "tiny.item", 3, '2\t"Emma\t1991')
     return d, ["tiny.item:3", "field 'movie_title'", "quote"]
 
 
 def recbole_nul_in_interactions(root):
     d = datafiles.recbole(root)
-    _set_line(d / "tiny.inter", 5, "u0\t4\t4\x00\t1003000")
+    edits.set_line(d / "tiny.inter", 5, "u0\t4\t4\x00\t1003000")
     return d, ["tiny.inter:5", "NUL"]
 
 
 def recbole_minus_infinity_timestamp(root):
     d = datafiles.recbole(root)
-    _set_line(d / "tiny.inter", 4, "u0\t2\t4\t-Infinity")
+    edits.set_line(d / "tiny.inter", 4, "u0\t2\t4\t-Infinity")
     return d, ["tiny.inter:4", "field 'timestamp'", "finite"]
 
 
@@ -185,92 +148,81 @@ def recbole_item_file_is_a_device(root):
 
 
 # ------------------------------------------------------------------ sliding windows + id2name4Rec.json
-def _titles(d, text):
-    (d / "id2name4Rec.json").write_text(text, encoding="utf-8")
-
-
-def _pairs(mapping):
-    return "{\n" + ",\n".join(f" {json.dumps(k)}: {v}" for k, v in mapping) + "\n}"
-
-
-def _title_pairs():
-    return [(str(i + 1), json.dumps(t)) for i, t in enumerate(datafiles.TITLES)]
-
 
 def duplicate_json_key_replaces_a_title(root):
     d = datafiles.windows(root)
-    pairs = _title_pairs()
+    pairs = edits.title_pairs()
     pairs.insert(3, ("3", json.dumps("Frankenstein")))  # 'Dracula' (id 3) would silently become this
-    _titles(d, _pairs(pairs))
+    edits.write_titles(d, edits.json_pairs(pairs))
     return d, ["id2name4Rec.json:5", "key '3' appears twice", "different values"]
 
 
 def json_keys_01_and_1(root):
     d = datafiles.windows(root)
-    _titles(d, _pairs([*_title_pairs(), ("01", json.dumps("Another Dune"))]))
+    edits.write_titles(d, edits.json_pairs([*edits.title_pairs(), ("01", json.dumps("Another Dune"))]))
     return d, ["id2name4Rec.json:12", "'01' is the same number as id '1'", "line 2"]
 
 
 def json_nan_title(root):
     d = datafiles.windows(root)
-    pairs = _title_pairs()
+    pairs = edits.title_pairs()
     pairs[2] = ("3", "NaN")
-    _titles(d, _pairs(pairs))
+    edits.write_titles(d, edits.json_pairs(pairs))
     return d, ["id2name4Rec.json:4", "non-standard JSON value NaN"]
 
 
 def json_escaped_nul_in_title(root):
     d = datafiles.windows(root)
-    pairs = _title_pairs()
+    pairs = edits.title_pairs()
     pairs[1] = ("2", '"Em\\u0000ma"')
-    _titles(d, _pairs(pairs))
+    edits.write_titles(d, edits.json_pairs(pairs))
     return d, ["id2name4Rec.json:3", "NUL"]
 
 
 def json_nested_too_deep(root):
     d = datafiles.windows(root)
-    pairs = _title_pairs()
+    pairs = edits.title_pairs()
     pairs[4] = ("5", "[" * 100 + "]" * 100)
-    _titles(d, _pairs(pairs))
+    edits.write_titles(d, edits.json_pairs(pairs))
     return d, ["id2name4Rec.json:6", "nested more than 64 levels"]
 
 
 def json_nested_beyond_recursion_limit(root):
     d = datafiles.windows(root)
-    _titles(d, '{"1": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    edits.write_titles(d, '{"1": ' + "[" * 200_000 + "]" * 200_000 + "}")
     return d, ["id2name4Rec.json:1", "nested more than"]
 
 
 def json_title_not_a_string(root):
     d = datafiles.windows(root)
-    pairs = _title_pairs()
+    pairs = edits.title_pairs()
     pairs[6] = ("7", "{\"name\": \"Middlemarch\"}")
-    _titles(d, _pairs(pairs))
+    edits.write_titles(d, edits.json_pairs(pairs))
     return d, ["id2name4Rec.json:8", "key '7'", "expected a title string"]
 
 
 def window_infinite_timestamp(root):
     d = datafiles.windows(root)
-    _set_line(d / "train.csv", 3, 'u0,"[1, 8]",Infinity')
+    edits.set_line(d / "train.csv", 3, 'u0,"[1, 8]",Infinity')
     return d, ["train.csv:3", "field 'timestamp'", "finite"]
 
 
 def window_unterminated_quote(root):
     d = datafiles.windows(root)
-    _set_line(d / "train.csv", 2, 'u0,"[1, 8, 5],1000002')
+    edits.set_line(d / "train.csv", 2, 'u0,"[1, 8, 5],1000002')
     return d, ["train.csv:2", "field 'item_ids'", "quote"]
 
 
 # ------------------------------------------------------------------ D3 CSV + items.txt / item.json
 def d3_items_txt_ids_01_and_1(root):
     d = datafiles.d3(root)
-    _append(d / "items.txt", "<a_99>\tAnother Emma\t01")
+    edits.append_line(d / "items.txt", "<a_99>\tAnother Emma\t01")
     return d, ["items.txt:11", "field 'item_id'", "'01' is the same number as id '1'"]
 
 
 def d3_items_txt_duplicate_id(root):
     d = datafiles.d3(root)
-    _append(d / "items.txt", "<a_99>\tNot Dracula\t2")
+    edits.append_line(d / "items.txt", "<a_99>\tNot Dracula\t2")
     return d, ["items.txt:11", "'2' is listed twice", "line 3"]
 
 
@@ -313,13 +265,13 @@ def d3_nul_in_csv(root):
 
 def d3_unterminated_history_quote(root):
     d = datafiles.d3(root)
-    _set_line(d / "valid.csv", 2, "u0,\"['Dune', 'Emma'],Emma,\"[0]\",1,\"[]\",<a_1>")
+    edits.set_line(d / "valid.csv", 2, "u0,\"['Dune', 'Emma'],Emma,\"[0]\",1,\"[]\",<a_1>")
     return d, ["valid.csv:2", "field 'history_item_title'"]
 
 
 # ------------------------------------------------------------------ Amazon Reviews 2023 (JSON Lines)
 def _jsonl(d, name, number, text):
-    _set_line(d / name, number, text)
+    edits.set_line(d / name, number, text)
 
 
 def amazon_duplicate_title_key(root):
@@ -348,7 +300,7 @@ def amazon_deeply_nested_line(root):
 
 def amazon_item_listed_twice_with_other_title(root):
     d = datafiles.amazon2023(root, gz=False)
-    _append(d / "meta_Books.jsonl", '{"parent_asin": "P2", "title": "Carmilla"}')
+    edits.append_line(d / "meta_Books.jsonl", '{"parent_asin": "P2", "title": "Carmilla"}')
     return d, ["meta_Books.jsonl:11", "field 'title'", "line 3"]
 
 
@@ -395,18 +347,18 @@ def amazon_csv_gzip_bomb(root):
 
 # ------------------------------------------------------------------ GroupLens ml-100k.zip
 def zip_bomb(root):
-    return _zip(root, b"1\t2\t4\t100\n" * (2 << 20)), ["ml-100k.zip!ml-100k/u.data", "decompression bomb"]
+    return edits.grouplens_zip(root, b"1\t2\t4\t100\n" * (2 << 20)), ["ml-100k.zip!ml-100k/u.data", "decompression bomb"]
 
 
 def zip_encrypted(root):
-    path = _zip(root)
-    _patch_zip_headers(path, 6, 8, b"\x01\x00")  # general purpose flag bit 0: encrypted
+    path = edits.grouplens_zip(root)
+    edits.patch_zip_headers(path, 6, 8, b"\x01\x00")  # general purpose flag bit 0: encrypted
     return path, ["ml-100k.zip!ml-100k/u.data", "encrypted"]
 
 
 def zip_unsupported_compression(root):
-    path = _zip(root)
-    _patch_zip_headers(path, 8, 10, b"\x62\x00")  # method 98 (PPMd)
+    path = edits.grouplens_zip(root)
+    edits.patch_zip_headers(path, 8, 10, b"\x62\x00")  # method 98 (PPMd)
     return path, ["ml-100k.zip!ml-100k/u.data", "compression method 98 is not supported"]
 
 
@@ -424,7 +376,7 @@ def zip_duplicate_item_id(root):
 
 def zip_infinite_timestamp(root):
     data = "".join(f"{u[1:]}\t{i + 1}\t4\t{t}\n" for u, i, t in datafiles.rows()).replace("\t1000000\n", "\tinf\n", 1)
-    return _zip(root, data.encode()), ["ml-100k.zip!u.data:1", "field 'timestamp'", "finite"]
+    return edits.grouplens_zip(root, data.encode()), ["ml-100k.zip!u.data:1", "field 'timestamp'", "finite"]
 
 
 def grouplens_dir_fifo(root):
@@ -498,140 +450,3 @@ def test_every_case_written_is_in_the_corpus():
     written = {name for name, f in globals().items() if inspect.isfunction(f) and f.__module__ == __name__
                and not name.startswith(("_", "test_")) and list(inspect.signature(f).parameters) == ["root"]}
     assert sorted(c.__name__ for c in CORPUS) == sorted(written)
-
-
-# ------------------------------------------------------------------ what must still parse
-@pytest.mark.parametrize("fmt", sorted(datafiles.WRITERS))
-def test_valid_fixtures_still_parse(tmp_path, fmt):
-    source = read_source(datafiles.WRITERS[fmt](tmp_path))
-    assert len(source.catalogue) == len(datafiles.TITLES)
-    assert not any("invisible" in n for n in source.notes)
-
-
-def test_quoted_commas_doubled_quotes_and_crlf_parse(tmp_path):
-    d = datafiles.generic(tmp_path)
-    text = (d / "items.csv").read_text().replace('"Dune"', '"Dune, ""the"" novel"')
-    (d / "items.csv").write_bytes(text.replace("\n", "\r\n").encode())
-    source = read_source(d)
-    assert source.catalogue["title"].iloc[0] == 'Dune, "the" novel'
-
-
-def test_same_value_repeated_json_key_is_accepted(tmp_path):
-    d = datafiles.windows(tmp_path)
-    pairs = _title_pairs()
-    pairs.insert(3, ("3", json.dumps("Dracula")))
-    _titles(d, _pairs(pairs))
-    assert read_source(d).catalogue.set_index("item").loc["3", "title"] == "Dracula"
-
-
-def test_invisible_characters_are_stripped_and_counted(tmp_path):
-    d = datafiles.generic(tmp_path)
-    text = (d / "items.csv").read_text()
-    text = text.replace('"Emma"', '"Em\u200bma"').replace('"Dracula"', '"\u202eDracula\u202c\x07"')
-    (d / "items.csv").write_text(text)
-    source = read_source(d)
-    titles = list(source.catalogue["title"])
-    assert titles[1] == "Emma" and titles[2] == "Dracula"
-    (note,) = [n for n in source.notes if "invisible" in n]
-    assert "4 invisible" in note and "2 title(s)" in note and "U+200B" in note
-
-
-def test_tabs_and_line_breaks_inside_json_titles_are_kept_for_the_protocol(tmp_path):
-    d = datafiles.windows(tmp_path)
-    pairs = _title_pairs()
-    pairs[0] = ("1", json.dumps("Dune\tMessiah"))
-    _titles(d, _pairs(pairs))
-    assert read_source(d).catalogue["title"].iloc[0] == "Dune\tMessiah"
-
-
-def test_streamed_line_length_is_capped(tmp_path, monkeypatch):
-    d = datafiles.amazon2023(tmp_path, gz=False)
-    monkeypatch.setattr(files, "MAX_LINE_BYTES", 300)
-    _set_line(d / "meta_Books.jsonl", 2, json.dumps({"parent_asin": "P1", "title": "E" * 400}))
-    with pytest.raises(DataFormatError, match=r"meta_Books.jsonl:2: line longer than"):
-        read_source(d)
-
-
-def test_zip_with_lying_sizes_is_stopped_while_reading(tmp_path, monkeypatch):
-    """The declared size passes the check; the real expansion is capped as it is read."""
-    monkeypatch.setattr(files, "MAX_INFLATE_RATIO", 1)
-    monkeypatch.setattr(files, "_RATIO_FLOOR", 10)
-    path = _zip(tmp_path, b"1\t2\t4\t100\n" * 50)
-    with pytest.raises(DataFormatError, match="decompression bomb"):
-        read_source(path)
-
-
-def test_gzip_limits_scale_with_the_compressed_size():
-    assert files.inflate_limit(10) == 1 << 20
-    assert files.inflate_limit(1 << 20) == 100 << 20
-    assert files.inflate_limit(1 << 30) == files.MAX_INFLATED_BYTES  # read whole into memory: capped
-    assert files.inflate_limit(1 << 30, in_memory=False) == 100 << 30  # streamed (multi-GB reviews): ratio only
-
-
-@pytest.mark.parametrize("streamed", [True, False])
-def test_gzip_declared_size_is_refused_before_decompressing(tmp_path, monkeypatch, streamed):
-    d = datafiles.amazon2023(tmp_path, gz=True)
-    name = "Books.jsonl.gz" if streamed else "meta_Books.jsonl.gz"
-    raw = bytearray((d / name).read_bytes())
-    raw[-4:] = (3 << 30).to_bytes(4, "little")  # the trailer claims 3 GiB
-    (d / name).write_bytes(bytes(raw))
-    monkeypatch.setattr(files.gzip, "GzipFile", None)  # decompressing at all would fail the test
-    with pytest.raises(DataFormatError, match=rf"{name}: declares 3,221,225,472 bytes uncompressed"):
-        read_source(d) if streamed else files.read_bytes(d / name)
-
-
-@pytest.mark.parametrize("streamed", [True, False])
-def test_gzip_bomb_with_a_lying_trailer_is_stopped_while_reading(tmp_path, streamed):
-    d = datafiles.amazon2023(tmp_path, gz=True)
-    raw = bytearray(gzip.compress(b" " * (4 << 20)))
-    raw[-4:] = b"\0\0\0\0"
-    (d / "Books.jsonl.gz").write_bytes(bytes(raw))
-    with pytest.raises(DataFormatError, match=r"Books.jsonl.gz: expands past 1,048,576 bytes"):
-        read_source(d) if streamed else files.read_bytes(d / "Books.jsonl.gz")
-
-
-def test_load_json_reports_lines():
-    with pytest.raises(DataFormatError, match=r"f.json:3: key 'a' appears twice"):
-        jsontext.load_json('{\n "a": 1,\n "a": 2\n}', "f.json")
-    with pytest.raises(DataFormatError, match=r"f.json:2: non-standard JSON value -Infinity"):
-        jsontext.load_json('[1,\n-Infinity]', "f.json")
-    assert jsontext.load_json('{"s": "NaN Infinity \\"a\\": {"}', "f.json") == {"s": 'NaN Infinity "a": {'}
-    assert jsontext.load_json(io.StringIO("[1]").read(), "f.json") == [1]
-
-
-@pytest.mark.parametrize("text", [
-    "user,item,timestamp\nu0,b1,5\nu1,b2,6\n",
-    "user,item,timestamp\r\nu0,b1,5\r\n\r\nu1,b2,6",
-    "user,item,timestamp\n\nu0,b1,5\n\n\nu1,,6\n,,\nu2,b\u00e9,7\n",
-    "user,item,timestamp\nu0, b1 ,5\nu1,b2,6 \n",
-])
-def test_fast_unquoted_path_agrees_with_the_strict_csv_path(tmp_path, text):
-    """Quote-free text goes through pandas' C parser after a vectorised field count; it must give
-    exactly what the strict csv-module path gives."""
-    path = tmp_path / "interactions.csv"
-    fast = tables.read_table(path, ["user", "item", "timestamp"], text=text)
-    rows, lines = tables.parse_rows(path, text, ",", ["user", "item", "timestamp"], quoting=0, first=2)
-    kept = [(r, n) for r, n in zip(rows, lines, strict=True) if any(r)]
-    assert [list(r) for r in fast[["user", "item", "timestamp"]].itertuples(index=False)] == [r for r, _ in kept]
-    assert list(fast["_line"]) == [n for _, n in kept]
-
-
-@pytest.mark.parametrize("text, line, found", [
-    ("user,item,timestamp\nu0,b1,5\nu1,b2\n", 3, 2),
-    ("user,item,timestamp\nu0,b1,5,9\n", 2, 4),
-    ("user,item,timestamp\r\nu0,b1,5\r\n   \r\n", 3, 1),
-])
-def test_fast_unquoted_path_counts_fields_per_line(tmp_path, text, line, found):
-    with pytest.raises(DataFormatError, match=rf"interactions.csv:{line}: expected 3 fields, found {found}"):
-        tables.read_table(tmp_path / "interactions.csv", ["user", "item", "timestamp"], text=text)
-
-
-def test_stripped_characters_are_reported_by_prepare(tmp_path, capsys):
-    d = datafiles.generic(tmp_path)
-    (d / "items.csv").write_text((d / "items.csv").read_text().replace('"Emma"', '"\u200fEmma\u200e"'))
-    assert main(["data", "prepare", "--dataset", str(d), "--out", str(tmp_path / "out"), "--k-core", "0"]) == 0
-    out = capsys.readouterr().out
-    assert "note: titles: removed 2 invisible control/format character(s) from 1 title(s)" in out
-    assert "U+200F RIGHT-TO-LEFT MARK" in out
-    titles = [json.loads(line)["title"] for line in (tmp_path / "out" / "catalogue.jsonl").read_text().splitlines()]
-    assert "Emma" in titles and not any("\u200f" in t for t in titles)
