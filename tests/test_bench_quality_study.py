@@ -26,11 +26,12 @@ def test_plan_distils_the_epoch_by_the_rule_then_trains_soft_on_it(tmp_path):
                          ["sft", "soft-t1-quoted", "soft-tbest-raw"], [])
     root, data = tmp_path / "amazon-books", str(tmp_path / "data" / "amazon-books")
     assert [(s.kind, s.owner) for s in steps] == [
-        ("prepare", "data"), ("train-llm", "sft"), ("evaluate-llm", "sft"),
-        ("distill", "soft-t1-quoted"), ("train-llm", "soft-t1-quoted"), ("evaluate-llm", "soft-t1-quoted"),
-        # soft-tbest-raw is the sweep's alpha-1 run (SOFT at the study alpha on SFT's own targets)
-        ("distill", "soft-a1"), ("train-llm", "soft-a1"), ("evaluate-llm", "soft-a1")]
-    distill, train, evaluate = steps[3:6]
+        ("prepare", "data"), ("train-llm", "sft"), ("evaluate-llm", "sft"), ("distill", "soft-t1-quoted"),
+        # soft-tbest-raw is the sweep's alpha-1 run (SOFT at the study alpha on SFT's own targets): a
+        # headline row, so it trains before the study row
+        ("distill", "soft-a1"), ("train-llm", "soft-a1"), ("evaluate-llm", "soft-a1"),
+        ("train-llm", "soft-t1-quoted"), ("evaluate-llm", "soft-t1-quoted")]
+    distill, train, evaluate = steps[3], steps[7], steps[8]
     teacher = root / "teacher-t1-quoted"
     assert distill.argv[:11] == ["distill", "--run-dir", str(root / "sft"), "--data", data, "--mode", "quoted",
                                  "--epoch", "1", "--out", str(teacher)]
@@ -40,7 +41,7 @@ def test_plan_distils_the_epoch_by_the_rule_then_trains_soft_on_it(tmp_path):
     assert train.argv[-2:] == ["--epochs", "4"], "the suite's soft_epochs cap, as for the alpha rows"
     assert evaluate.argv[:3] == ["evaluate", "--run-dir", str(root / "soft-t1-quoted")]
     assert evaluate.output == quality.planning.eval_folder(tmp_path, "amazon-books", "soft-t1-quoted") / "metrics.json"
-    assert steps[6].output == root / "sft" / "distilled.jsonl" and "--epoch" not in steps[6].argv
+    assert steps[4].output == root / "sft" / "distilled.jsonl" and "--epoch" not in steps[4].argv
 
 
 def test_best_raw_outside_the_sweep_trains_its_own_row_on_sfts_targets(tmp_path):
@@ -61,6 +62,24 @@ def test_study_rows_reuse_the_sft_steps_of_the_main_rows(tmp_path):
                          ["soft-a1", "soft-t1-raw", "soft-t2-grounded"], [])
     assert [s.owner for s in steps if s.kind == "train-llm"] == ["sft", "soft-a1", "soft-t1-raw", "soft-t2-grounded"]
     assert len({s.command for s in steps}) == len(steps)
+
+
+def test_every_datasets_headline_rows_run_before_any_study_row(tmp_path):
+    """A many-hour suite answers SOFT vs SFT on all its datasets first; the study rows' training and
+    evaluation follow, each dataset's in its own order. Their distillations stay beside SFT: a new
+    machine has SFT's targets (`--restore`) but not its weights."""
+    steps = quality.plan(suites.SUITES["cpu-medium"], tmp_path, ["amazon-books", "ml-100k"],
+                         ["sft", "soft-t1-raw", "soft-a1"], [])
+    assert [(s.dataset, s.kind, s.owner) for s in steps if s.kind != "prepare"] == [
+        ("amazon-books", "train-llm", "sft"), ("amazon-books", "evaluate-llm", "sft"),
+        ("amazon-books", "distill", "soft-t1-raw"), ("amazon-books", "distill", "soft-a1"),
+        ("amazon-books", "train-llm", "soft-a1"), ("amazon-books", "evaluate-llm", "soft-a1"),
+        ("ml-100k", "train-llm", "sft"), ("ml-100k", "evaluate-llm", "sft"),
+        ("ml-100k", "distill", "soft-t1-raw"), ("ml-100k", "distill", "soft-a1"),
+        ("ml-100k", "train-llm", "soft-a1"), ("ml-100k", "evaluate-llm", "soft-a1"),
+        ("amazon-books", "train-llm", "soft-t1-raw"), ("amazon-books", "evaluate-llm", "soft-t1-raw"),
+        ("ml-100k", "train-llm", "soft-t1-raw"), ("ml-100k", "evaluate-llm", "soft-t1-raw"),
+    ]
 
 
 def test_unknown_study_name_is_a_one_line_error_naming_the_pattern(tmp_path, capsys):

@@ -55,15 +55,23 @@ def _sets(values: tuple[str, ...] | list[str]) -> list[str]:
 
 def plan(suite: Suite, out: Path, datasets: list[str], methods: list[str], launcher: list[str],
          teacher_adapters: dict[tuple[str, int], Path] | None = None) -> list[PlannedStep]:
-    """Every step of every requested (dataset, method), dependencies first, each once.
-    `teacher_adapters[(dataset, E)]`: the adapter folder of SFT's epoch E, for a study row whose SFT run
-    does not keep that epoch (trained before RUN/epochs existed, or with keep_epoch_adapters off)."""
+    """Every step of every requested (dataset, method), dependencies first, each once: the headline
+    rows of every dataset before the training and evaluation of any "when does SOFT help" study row
+    (`teacher_of`), so that a many-hour run answers the main question on all its datasets first. A
+    study row's distillation keeps its place beside its SFT run: it needs SFT's weights, which a
+    change of machine loses (`--restore` carries targets, not weights). `teacher_adapters[(dataset, E)]`: the adapter folder of SFT's epoch E, for
+    a study row whose SFT run does not keep that epoch (trained before RUN/epochs existed, or with
+    keep_epoch_adapters off)."""
     steps: dict[str, PlannedStep] = {}
     for name in datasets:
         adapters = {epoch: path for (dataset, epoch), path in (teacher_adapters or {}).items() if dataset == name}
         for step in _DatasetPlan(suite, out, name, launcher, adapters).steps(methods):
             steps.setdefault(step.command, step)
-    return list(steps.values())
+    return sorted(steps.values(), key=_after_the_headline)  # stable: the plan's order otherwise
+
+
+def _after_the_headline(step: PlannedStep) -> bool:
+    return teacher_of(step.owner) is not None and step.kind != "distill"
 
 
 class _DatasetPlan:
