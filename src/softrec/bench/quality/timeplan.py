@@ -245,11 +245,6 @@ def render(rows: list[tuple[PlannedStep, float]], assume: Assumptions | None = N
     return "\n".join(lines)
 
 
-def assumptions(device: str, suite: Suite) -> Assumptions:
-    """`device`: a GPU_FLOPS name or CPU."""
-    return Assumptions.this_cpu(suite) if device == CPU else Assumptions(gpu=device)
-
-
 def shape_of(out: Path, name: str, suite: Suite) -> DatasetShape | None:
     """The dataset's shape read from OUT/data/NAME, or None while it is not prepared."""
     prepared = data_folder(out, name)
@@ -257,8 +252,17 @@ def shape_of(out: Path, name: str, suite: Suite) -> DatasetShape | None:
 
 
 def describe(steps: list[PlannedStep], suite: Suite, out: Path, datasets: list[str], device: str) -> str:
-    """The time plan of every dataset: its shape read from OUT/data/NAME once prepared, else amazon-books'."""
-    assume, parts = assumptions(device, suite), []
+    """The time plan of every dataset: its shape read from OUT/data/NAME once prepared, else amazon-books'.
+    On this CPU: the rate the suite's run recorded in OUT (timed between its steps), else timed now,
+    with a warning when the CPU is busy (beside a running suite a 2-core Xeon timed 5x low)."""
+    parts = []
+    if device == CPU:
+        saved = saved_cpu_rate(out)
+        assume = Assumptions.this_cpu(suite, saved)
+        if saved is None and (busy := _busy()):
+            parts.append(busy)
+    else:
+        assume = Assumptions(gpu=device)
     for name in datasets:
         shape = shape_of(out, name, suite)
         rows = estimate([s for s in steps if s.dataset == name], suite, shape or AMAZON_BOOKS, assume)
@@ -275,26 +279,48 @@ def suite_cpu_rate(out: Path, *, record: bool) -> float:
     none of its work running) when OUT/cpu_rate.json names this machine, else timed now and, when
     `record` (the run, which owns the folder), saved there. `--status` reads it: timed beside the
     running suite, its ETA swung 8.2-10.3 h from one call to the next."""
-    import json
+    from softrec.preflight import cpu_matmul_flops
+    from softrec.runs import atomic_write_json
+
+    if (saved := saved_cpu_rate(out)) is not None:
+        return saved
+    rate = cpu_matmul_flops()
+    if record and out.is_dir():
+        atomic_write_json(out / CPU_RATE, {"machine": _this_machine(), "fp32_flops": rate})
+    return rate
+
+
+def _this_machine() -> str:
     import os
 
     import torch
 
     from softrec.bench import cpu_model
-    from softrec.preflight import cpu_matmul_flops
-    from softrec.runs import atomic_write_json
 
-    here = f"{cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+
+
+def saved_cpu_rate(out: Path) -> float | None:
+    """The fp32 rate a suite's run recorded in OUT/cpu_rate.json, when it names this machine."""
+    import json
+
     try:
         saved = json.loads((out / CPU_RATE).read_text(encoding="utf-8"))
-        if saved.get("machine") == here:
-            return float(saved["fp32_flops"])
+        return float(saved["fp32_flops"]) if saved.get("machine") == _this_machine() else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    rate = cpu_matmul_flops()
-    if record and out.is_dir():
-        atomic_write_json(out / CPU_RATE, {"machine": here, "fp32_flops": rate})
-    return rate
+        return None
+
+
+def _busy() -> str | None:
+    """A warning when other work holds this CPU while its matmul rate is timed (1-minute load average
+    above 3/4 of its cores), else None."""
+    import os
+
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load <= 0.75 * cores:
+        return None
+    return (f"note: this CPU is busy (load {load:.1f} on {cores} cores) while its rate is timed, so the plan "
+            f"below is pessimistic; a suite's run records its rate between steps (OUT/{CPU_RATE}), reused here")
 
 
 class RunPlan:
