@@ -231,7 +231,7 @@ def render(rows: list[tuple[PlannedStep, float]], assume: Assumptions | None = N
     """The plan as text: one line per step (seconds, kind, row), the total, and the assumptions."""
     assume = assume or Assumptions()
     if assume.gpu == CPU:
-        lines = [f"time plan on this CPU (its fp32 matmul rate timed now x the preflight's fitted factors): "
+        lines = [f"time plan on this CPU (its fp32 matmul rate, as the suite recorded it or timed now, x the preflight's fitted factors): "
                  f"a softrec process {assume.process_s:g} s, {assume.train_flops / 1e12:.2g} TFLOP/s training, "
                  f"{assume.generate_flops / 1e12:.2g} TFLOP/s generation; every run to its epoch cap"]
     else:
