@@ -121,6 +121,25 @@ def test_a_row_whose_evaluation_is_a_siblings_says_so():
     assert report._copied_lines({"methods": {"soft-a1": row("BIGRec-SOFT alpha=1")}}) == []
 
 
+def test_the_finding_says_when_the_whole_sweep_is_one_model():
+    """Forked SOFT runs that all kept the shared epoch 1 print identical rows: the finding says why."""
+    def row(label, **summary):
+        return {"label": label, "summary": summary, "run_dir": f"/runs/{label}"}
+
+    first = "/runs/BIGRec-SOFT alpha=1"
+    dataset = {"methods": {"soft-a1": row("BIGRec-SOFT alpha=1"),
+                           "soft-a10": row("BIGRec-SOFT alpha=10", copied_from=first),
+                           "soft-sd-only": row("BIGRec-SOFT-sd-only", copied_from=first),
+                           "sft": row("BIGRec-SFT")}}
+    chosen = {"chosen": "soft-a1"}
+    assert report._one_model(dataset, chosen) == (
+        " Every other SOFT run (BIGRec-SOFT alpha=10, BIGRec-SOFT-sd-only) kept the epoch it shares with it: "
+        "one model, SOFT's first epoch (lambda = 1, the distilled targets only).")
+    dataset["methods"]["soft-a100"] = row("BIGRec-SOFT alpha=100")  # a later epoch won: a model of its own
+    assert report._one_model(dataset, chosen) == ""
+    assert report._one_model({"methods": {"soft-a1": row("BIGRec-SOFT alpha=1")}}, chosen) == ""
+
+
 def test_the_finding_states_the_answer_in_words_with_its_intervals_and_conditions():
     def row(label, hr10, ndcg10, vs=None, **extra):
         return {"label": label, "metrics": {"HR@10": {"value": hr10}, "NDCG@10": {"value": ndcg10}},

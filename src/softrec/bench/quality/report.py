@@ -113,6 +113,18 @@ def _verdict(vs: dict[str, dict[str, float]]) -> str:
     return "significantly " + " and ".join(found) if found else "no significant difference on " + " or ".join(signs)
 
 
+def _one_model(dataset: dict[str, Any], chosen: dict[str, Any]) -> str:
+    """When every other SOFT run on SFT's targets kept the epoch it shares with the chosen one (its
+    evaluation copied), the sweep compared one model: said, since the table shows identical rows."""
+    first = dataset["methods"].get(chosen.get("chosen") or "", {}).get("run_dir")
+    others = [r for m, r in own_runs(dataset).items()
+              if (alpha_of(m) is not None or m == "soft-sd-only") and m != chosen.get("chosen")]
+    if not first or not others or any(r["summary"].get("copied_from") != first for r in others):
+        return ""
+    return (f" Every other SOFT run ({', '.join(r['label'] for r in others)}) kept the epoch it shares with it: "
+            "one model, SOFT's first epoch (lambda = 1, the distilled targets only).")
+
+
 def _finding_lines(results: dict[str, Any]) -> list[str]:
     """The answer in words, per dataset: the headline SOFT row against SFT (paired 95% intervals, also
     relative to SFT, beside the paper's average gain), and what it is conditional on."""
@@ -136,7 +148,7 @@ def _finding_lines(results: dict[str, Any]) -> list[str]:
                    if row.get("pending") else "")
         soft = f"{LABELS['soft']} alpha={alpha_of(row['chosen']):g}" if row.get("chosen") else row["label"]
         lines.append(f"- **{name}** ({dataset['n']} test samples): {soft} vs {sft['label']}: "
-                     f"{_verdict(vs)}. " + "; ".join(parts) + "." + paper + pending)
+                     f"{_verdict(vs)}. " + "; ".join(parts) + "." + paper + pending + _one_model(dataset, row))
     if not lines:
         return []
     return ["## Finding", "", *lines, "",
