@@ -298,7 +298,7 @@ def tensors_fingerprint(run_dir: Path) -> str | None:
 def _sibling_result(sibling: Path, run_dir: Path, tensors: str, folder: Path, settings: dict[str, Any]) -> bool:
     """True when SIBLING holds a valid evaluation at `folder` with these settings (its own method
     aside) of the very tensors this run has (`tensors`): then it is this run's result too, to the byte."""
-    if sibling.resolve() == run_dir.resolve() or not (sibling / "run.json").is_file():
+    if sibling.resolve() == run_dir.resolve():  # evaluate_run checked that each sibling is a run
         return False
     from softrec.runs import RunDir, content_key
 

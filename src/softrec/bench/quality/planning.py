@@ -59,9 +59,9 @@ def plan(suite: Suite, out: Path, datasets: list[str], methods: list[str], launc
     rows of every dataset before the training and evaluation of any "when does SOFT help" study row
     (`teacher_of`), so that a many-hour run answers the main question on all its datasets first. A
     study row's distillation keeps its place beside its SFT run: it needs SFT's weights, which a
-    change of machine loses (`--restore` carries targets, not weights). `teacher_adapters[(dataset, E)]`: the adapter folder of SFT's epoch E, for
-    a study row whose SFT run does not keep that epoch (trained before RUN/epochs existed, or with
-    keep_epoch_adapters off)."""
+    change of machine loses (`--restore` carries targets, not weights).
+    `teacher_adapters[(dataset, E)]`: the adapter folder of SFT's epoch E, for a study row whose SFT run
+    does not keep that epoch (trained before RUN/epochs existed, or with keep_epoch_adapters off)."""
     steps: dict[str, PlannedStep] = {}
     for name in datasets:
         adapters = {epoch: path for (dataset, epoch), path in (teacher_adapters or {}).items() if dataset == name}

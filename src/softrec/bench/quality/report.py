@@ -113,12 +113,13 @@ def _verdict(vs: dict[str, dict[str, float]]) -> str:
     return "significantly " + " and ".join(found) if found else "no significant difference on " + " or ".join(signs)
 
 
-def _one_model(dataset: dict[str, Any], chosen: dict[str, Any]) -> str:
+def _one_model(dataset: dict[str, Any], soft_row: dict[str, Any]) -> str:
     """When every other SOFT run on SFT's targets kept the epoch it shares with the chosen one (its
     evaluation copied), the sweep compared one model: said, since the table shows identical rows."""
-    first = dataset["methods"].get(chosen.get("chosen") or "", {}).get("run_dir")
+    chosen = soft_row.get("chosen")
+    first = dataset["methods"].get(chosen or "", {}).get("run_dir")
     others = [r for m, r in own_runs(dataset).items()
-              if (alpha_of(m) is not None or m == "soft-sd-only") and m != chosen.get("chosen")]
+              if (alpha_of(m) is not None or m == "soft-sd-only") and m != chosen]
     if not first or not others or any(r["summary"].get("copied_from") != first for r in others):
         return ""
     return (f" Every other SOFT run ({', '.join(r['label'] for r in others)}) kept the epoch it shares with it: "

@@ -207,17 +207,17 @@ def _copies_its_sibling(step: PlannedStep) -> bool:
     """A forked row's evaluation (`--reuse-from`) once its training finished keeping the epoch it
     was forked at: the sibling's tensors, so its evaluation is copied in seconds. Until then it is
     priced in full (a later epoch may still win)."""
-    import json
+    from softrec.errors import UserError
+    from softrec.runs import RunDir
 
     if "--reuse-from" not in step.argv or "--run-dir" not in step.argv:
         return False
-    run_dir = Path(step.argv[step.argv.index("--run-dir") + 1])
-    try:
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    try:  # a damaged run.json prices the evaluation in full; it must not blank the whole ETA
+        info = RunDir(step.argv[step.argv.index("--run-dir") + 1]).info()
+    except UserError:
         return False
-    return (isinstance(info, dict) and info.get("status") == "finished"
-            and info.get("best_epoch") is not None and info.get("best_epoch") == info.get("forked_at_epoch"))
+    return (info.get("status") == "finished" and info.get("best_epoch") is not None
+            and info.get("best_epoch") == info.get("forked_at_epoch"))
 
 
 def estimate(steps: list[PlannedStep], suite: Suite, shape: DatasetShape,
