@@ -272,16 +272,16 @@ def test_a_forked_rows_evaluation_is_priced_as_a_copy_once_it_kept_the_shared_ep
 
 def test_the_cpu_time_plan_uses_the_suites_recorded_rate_or_warns_that_a_busy_cpu_times_low(tmp_path, monkeypatch):
     """Timed beside a running suite, a 2-core Xeon's matmul read 5x low and the plan 5x long."""
-    import os
+    import psutil
 
     from softrec import preflight
 
     suite = quality.SUITES["smoke"]
     steps = quality.plan(suite, tmp_path, ["demo"], ["sft"], [])
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.0 * (os.cpu_count() or 1), 0.0, 0.0))
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval: 97.0)
     monkeypatch.setattr(preflight, "cpu_matmul_flops", lambda: 20e9)
     busy = timeplan.describe(steps, suite, tmp_path, ["demo"], timeplan.CPU)
-    assert busy.startswith("note: this CPU is busy") and "pessimistic" in busy
+    assert busy.startswith("note: other work is using 97% of this CPU") and "reads low" in busy
 
     assert timeplan.suite_cpu_rate(tmp_path, record=True) == 20e9  # what the run records between its steps
     monkeypatch.setattr(preflight, "cpu_matmul_flops", lambda: pytest.fail("timed again"))
@@ -289,7 +289,7 @@ def test_the_cpu_time_plan_uses_the_suites_recorded_rate_or_warns_that_a_busy_cp
     assert "busy" not in recorded
     assert recorded.split("\n", 1)[1] == busy.split("\n\n", 1)[1].split("\n", 1)[1]  # the same rate, same plan
 
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval: 3.0)
     (tmp_path / timeplan.CPU_RATE).unlink()
     monkeypatch.setattr(preflight, "cpu_matmul_flops", lambda: 20e9)
     assert "busy" not in timeplan.describe(steps, suite, tmp_path, ["demo"], timeplan.CPU)

@@ -95,6 +95,18 @@ def test_cli_prints_the_estimate_and_refuses_with_exit_2(tiny_dataset, tmp_path,
     assert preflight.preflight_train(load_config(values={"model.name": "tiny"}), tiny_dataset, skip=True) is None
 
 
+def test_the_estimate_warns_when_other_work_holds_the_cpu(tiny_dataset, capsys, monkeypatch):
+    """On 2 cores a second torch process slowed `make run`'s SFT ~10x and its distillation ~17x."""
+    import psutil
+
+    config = load_config(values={"model.name": "tiny"})
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval: 95.0)
+    assert "other work is using 95% of this CPU" in preflight.preflight_train(config, tiny_dataset).summary()
+    assert "other work is using 95%" in capsys.readouterr().out
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval: 20.0)  # a quiet CPU: no note
+    assert "other work" not in preflight.preflight_train(config, tiny_dataset).summary()
+
+
 def test_unknown_backbone_skips_the_estimate(tiny_dataset, capsys):
     config = load_config(values={"model.name": "org/some-hub-model"})
     assert preflight.preflight_train(config, tiny_dataset) is None

@@ -421,8 +421,24 @@ def enabled(flag_off: bool = False) -> bool:
     return not flag_off and os.environ.get("SOFTREC_NO_PREFLIGHT", "") in ("", "0")
 
 
+def cpu_busy_note(interval: float = 0.3) -> str | None:
+    """A warning when other work holds more than half of this CPU right now (psutil's utilisation over
+    `interval` seconds; a load average would still count the step a suite just finished), else None.
+    On 2 cores two torch processes thrash: `make run` beside a suite's training ran its SFT ~10x and its
+    distillation ~17x slower than alone (2-core Intel Xeon, 2026-12-07)."""
+    import psutil
+
+    busy = psutil.cpu_percent(interval=interval)
+    if busy <= 50:
+        return None
+    return (f"note: other work is using {busy:.0f}% of this CPU's {os.cpu_count()} cores: this run shares them "
+            "and slows down with it, and the timed rate behind this estimate reads low")
+
+
 def run_preflight(estimate: Estimate, *, printer: Any = print) -> Estimate:
-    """Print the estimate (rank 0 only) and refuse when it cannot fit."""
+    """Print the estimate (rank 0 only), with `cpu_busy_note` on a busy CPU, and refuse when it cannot fit."""
+    if estimate.device == "cpu" and (busy := cpu_busy_note()):
+        estimate.notes.append(busy)
     if int(os.environ.get("RANK", "0")) == 0:
         printer(estimate.summary())
     check(estimate)

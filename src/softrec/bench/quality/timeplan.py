@@ -41,6 +41,7 @@ from softrec.preflight import (
     TYPICAL_RESPONSE_TOKENS,
     BackboneShape,
     catalogue_flops,
+    cpu_busy_note,
     generation_flops,
     model_shape,
     train_flops_per_token,
@@ -256,13 +257,13 @@ def shape_of(out: Path, name: str, suite: Suite) -> DatasetShape | None:
 def describe(steps: list[PlannedStep], suite: Suite, out: Path, datasets: list[str], device: str) -> str:
     """The time plan of every dataset: its shape read from OUT/data/NAME once prepared, else amazon-books'.
     On this CPU: the rate the suite's run recorded in OUT (timed between its steps), else timed now,
-    with a warning when the CPU is busy (beside a running suite a 2-core Xeon timed 5x low)."""
+    with `cpu_busy_note` when other work holds the CPU (beside a running suite a 2-core Xeon timed 5x low)."""
     parts = []
     if device == CPU:
         saved = saved_cpu_rate(out)
         assume = Assumptions.this_cpu(suite, saved)
-        if saved is None and (busy := _busy()):
-            parts.append(busy)
+        if saved is None and (busy := cpu_busy_note()):
+            parts.append(f"{busy}; a suite's run records its rate between steps (OUT/{CPU_RATE}), reused here")
     else:
         assume = Assumptions(gpu=device)
     for name in datasets:
@@ -311,18 +312,6 @@ def saved_cpu_rate(out: Path) -> float | None:
         return float(saved["fp32_flops"]) if saved.get("machine") == _this_machine() else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-
-
-def _busy() -> str | None:
-    """A warning when other work holds this CPU while its matmul rate is timed (1-minute load average
-    above 3/4 of its cores), else None."""
-    import os
-
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load <= 0.75 * cores:
-        return None
-    return (f"note: this CPU is busy (load {load:.1f} on {cores} cores) while its rate is timed, so the plan "
-            f"below is pessimistic; a suite's run records its rate between steps (OUT/{CPU_RATE}), reused here")
 
 
 class RunPlan:
