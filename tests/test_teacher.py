@@ -133,3 +133,32 @@ def test_full_fine_tuning_keeps_epoch_models_only_when_asked(tmp_path):
     assert (teacher / "model" / "model.safetensors").is_file() and not (teacher / "adapter").exists()
     model, _ = load_run_model(teacher)  # whole model and tokenizer, checked against run.json's key
     assert model is not None
+
+
+def test_evaluate_epoch_ranks_that_epochs_weights_beside_the_kept_result(trained, tmp_path, capsys):
+    """`softrec evaluate --epoch N` is the epoch-N teacher's evaluation, to the byte, in its own folder;
+    the run's latest metrics stay those of its kept weights."""
+    from softrec.runs import teacher_run
+
+    sft, dataset = trained
+    run = shutil.copytree(sft, tmp_path / "sft")
+    evaluate = ["evaluate", "--data", str(dataset.path), "--grounding", "l2", *SMALL]
+    assert main([*evaluate, "--run-dir", str(run)]) == 0
+    kept = (run / "metrics.json").read_bytes()
+    capsys.readouterr()
+    assert main([*evaluate, "--run-dir", str(run), "--epoch", "1"]) == 0
+    assert "latest copied" not in capsys.readouterr().out
+    assert (run / "metrics.json").read_bytes() == kept  # not published as the run's latest
+    teacher = teacher_run(run, tmp_path / "teacher-1", epoch=1)
+    assert main([*evaluate, "--run-dir", str(teacher)]) == 0
+    name = "test-l2-beams2-maxtok6"  # SMALL's decoding differs from the run's own
+    ours, theirs = run / "eval" / f"{name}-epoch1", teacher / "eval" / name
+    assert (ours / "predictions.jsonl").read_bytes() == (theirs / "predictions.jsonl").read_bytes()
+    assert json.loads((ours / "metrics.json").read_text()) == json.loads((theirs / "metrics.json").read_text())
+
+    assert main([*evaluate, "--run-dir", str(run), "--epoch", "1"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert (run / "metrics.json").read_bytes() == kept
+    assert main([*evaluate, "--run-dir", str(run), "--epoch", "5"]) == 2
+    error = capsys.readouterr().err
+    assert "--epoch 5:" in error and "epochs kept: 1, 2" in error

@@ -1,10 +1,11 @@
 """`softrec evaluate`: full-ranking metrics of a run (the stage is `softrec.evaluation.stage`).
 
 Works under `torchrun` (gloo on CPU): every rank evaluates its shard, rank 0 writes the files and
-prints. Results go to RUN_DIR/eval/<split>-<grounding>[-limitN][-beamsN...]/ (see
-`evaluation_name`: the suffixes name what differs from the full evaluation) and the latest evaluation is
-copied to RUN_DIR/metrics.json and RUN_DIR/predictions.jsonl. A rerun with the same settings, data
-and weights reuses the recorded result (manifest key) unless --force.
+prints. Results go to RUN_DIR/eval/<split>-<grounding>[-limitN][-beamsN...][-epochN]/ (see
+`evaluation_name`: the suffixes name what differs from the full evaluation) and the latest evaluation of
+the kept weights is copied to RUN_DIR/metrics.json and RUN_DIR/predictions.jsonl (`--epoch N` ranks
+another epoch's weights, e.g. one that early stopping did not keep, and copies nothing). A rerun with
+the same settings, data and weights reuses the recorded result (manifest key) unless --force.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run_info(run_dir)  # not a run directory: refused before its settings are read
         config = run_config(run_dir, args.config, args.overrides, _eval_flags(args))
         evaluate_run(run_dir, config, data=args.data, split=args.split, limit=args.limit, force=args.force,
-                     progress=not args.quiet, preflight=not args.no_preflight, reuse_from=args.reuse_from)
+                     progress=not args.quiet, preflight=not args.no_preflight, reuse_from=args.reuse_from,
+                     epoch=args.epoch)
     return 0
 
 
@@ -63,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--length-penalty", type=float, metavar="X", help="beam-search length penalty (eval.length_penalty, 1.0)")
     ev.add_argument("--batch-size", type=int, help="prompts per generate call")
     ev.add_argument("--limit", type=int, metavar="N", help="only the first N samples of the split")
+    ev.add_argument("--epoch", type=int, metavar="N",
+                    help="the weights after epoch N (RUN_DIR/epochs/epoch-N) instead of the kept best; "
+                         "into eval/<name>-epochN, not copied as the run's latest")
     ev.add_argument("--force", action="store_true", help="recompute even if a valid result exists")
     ev.add_argument("--reuse-from", action="append", default=[], metavar="RUN_DIR",
                     help="copy this run's evaluation (same settings) instead of recomputing it when its trained "

@@ -64,20 +64,22 @@ def _rank() -> int:
 # ---------------------------------------------------------------- naming
 def evaluation_name(split: str, grounding: str, *, limit: int | None = None, beams: int | None = None,
                     max_new_tokens: int | None = None, length_penalty: float | None = None,
-                    exclude_history: bool = False, dtype: str | None = None) -> str:
+                    exclude_history: bool = False, dtype: str | None = None, epoch: int | None = None) -> str:
     """The folder under RUN_DIR/eval/ of one evaluation. The full evaluation with the run's own
     decoding settings is `<split>-<grounding>` (what `softrec report` reads); anything else that changes
-    its numbers (a limit, other beams, ...) is in the name, so a quick rerun never overwrites it."""
+    its numbers (a limit, other beams, another epoch's weights, ...) is in the name, so a quick rerun
+    never overwrites it."""
     name = f"{split}-{grounding}"
     name += f"-limit{limit}" if limit else ""
     name += f"-beams{beams}" if beams is not None else ""
     name += f"-maxtok{max_new_tokens}" if max_new_tokens is not None else ""
     name += f"-lp{length_penalty:g}" if length_penalty is not None else ""
     name += "-exclhist" if exclude_history else ""
+    name += f"-epoch{epoch}" if epoch is not None else ""
     return name + (f"-{dtype}" if dtype is not None else "")
 
 
-def _name_for(run_dir: Path, config: Config, split: str, limit: int | None) -> str:
+def _name_for(run_dir: Path, config: Config, split: str, limit: int | None, epoch: int | None) -> str:
     """evaluation_name with the decoding settings that differ from the run's saved config.yaml."""
     from softrec.config import load_config
 
@@ -92,7 +94,7 @@ def _name_for(run_dir: Path, config: Config, split: str, limit: int | None) -> s
 
     return evaluation_name(split, ev.grounding, limit=limit, beams=changed("num_beams"),
                            max_new_tokens=changed("max_new_tokens"), length_penalty=changed("length_penalty"),
-                           exclude_history=bool(changed("exclude_history")), dtype=changed("dtype"))
+                           exclude_history=bool(changed("exclude_history")), dtype=changed("dtype"), epoch=epoch)
 
 
 # ---------------------------------------------------------------- what a run is
@@ -134,15 +136,17 @@ def run_dataset(path: str | Path | None, info: dict[str, Any]) -> Any:
     return dataset
 
 
-def _load_llm(run_dir: Path, info: dict[str, Any]) -> tuple[Any, Any, Any | None]:
-    """(model, tokenizer, grounding_model); full fine-tuning needs the untuned base for grounding."""
+def _load_llm(run_dir: Path, info: dict[str, Any], weights: Path | None) -> tuple[Any, Any, Any | None]:
+    """(model, tokenizer, grounding_model); full fine-tuning needs the untuned base for grounding.
+    `weights`: an epoch's folder instead of the run's best."""
     from softrec.models.registry import load_backbone, load_run_model
 
     if info.get("method") == "icl":
         model, tokenizer = load_backbone(info["base_model"])
         return model, tokenizer, None
-    model, tokenizer = load_run_model(run_dir)
-    base = load_backbone(info["base_model"])[0] if (run_dir / "model").is_dir() else None
+    model, tokenizer = load_run_model(run_dir, weights)
+    whole = weights is not None and not (weights / "adapter_config.json").is_file()
+    base = load_backbone(info["base_model"])[0] if whole or (weights is None and (run_dir / "model").is_dir()) else None
     return model, tokenizer, base
 
 
@@ -169,15 +173,16 @@ def _weights_fingerprint(run_dir: Path, info: dict[str, Any]) -> str:
 
 
 def rank_run(run_dir: Path, info: dict[str, Any], dataset: Any, samples: Sequence[Any], config: Config,
-             progress: bool, parts: Path | None = None) -> Any:
-    """EvalResult for `samples`, dispatching on run.json's method; LLM runs resume from `parts`."""
+             progress: bool, parts: Path | None = None, weights: Path | None = None) -> Any:
+    """EvalResult for `samples`, dispatching on run.json's method; LLM runs resume from `parts`;
+    `weights`: an epoch's folder (RUN_DIR/epochs/epoch-N) instead of the run's best."""
     from softrec.evaluation.evaluate import EvalResult, evaluate_scores, summarize
 
     if is_classic(info.get("method")):
         from softrec.baselines import load_ranker
 
         return evaluate_scores(load_ranker(run_dir)(samples), samples, config.eval)
-    model, tokenizer, grounding_model = _load_llm(run_dir, info)
+    model, tokenizer, grounding_model = _load_llm(run_dir, info, weights)
     template = info.get("template") or config.model.template
 
     def run(chunk: Sequence[Any]) -> Any:
@@ -222,7 +227,7 @@ def start_icl_run(out: Path, data: str | Path, *, model: str, shots: int, seed: 
 
 # ---------------------------------------------------------------- results
 def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: dict[str, Any],
-                   inputs: dict[str, Any]) -> Path:
+                   inputs: dict[str, Any], *, publish: bool = True) -> Path:
     from softrec.evaluation.evaluate import mean_decode_steps
     from softrec.runs import write_jsonl
 
@@ -231,21 +236,23 @@ def _write_results(run_dir: Path, name: str, key: str, result: Any, settings: di
     steps = mean_decode_steps(result.predictions)
     if steps is not None:  # what the time plan's typical new tokens are checked against
         payload["decode_steps"] = round(steps, 2)
-    _store(run_dir, folder, key, payload, lambda path: write_jsonl(path, result.predictions), {"inputs": inputs})
+    _store(run_dir, folder, key, payload, lambda path: write_jsonl(path, result.predictions), {"inputs": inputs},
+           publish=publish)
     return run_dir / folder
 
 
 def _store(run_dir: Path, folder: Path, key: str, payload: dict[str, Any], write_predictions: Callable[[Path], None],
-           record: dict[str, Any]) -> None:
+           record: dict[str, Any], *, publish: bool = True) -> None:
     """metrics.json (`payload`) and predictions.jsonl into RUN_DIR/`folder`, recorded under `key` with
-    `record`, then published as the run's latest."""
+    `record`, then (`publish`) published as the run's latest."""
     from softrec.runs import RunDir, atomic_write_json
 
     with RunDir(run_dir) as run:
         atomic_write_json(run.path / folder / "metrics.json", payload)
         write_predictions(run.path / folder / "predictions.jsonl")
         run.record_many({str(folder / f): record for f in LATEST}, key)
-        _publish_latest(run, folder, key)
+        if publish:
+            _publish_latest(run, folder, key)
 
 
 def _decoded_in(settings: dict[str, Any]) -> str | None:
@@ -336,12 +343,15 @@ def _copy_sibling(sibling: Path, run_dir: Path, folder: Path, key: str, inputs: 
 # ---------------------------------------------------------------- the stage
 def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None = None, split: str = "test",
                  limit: int | None = None, force: bool = False, progress: bool = True, preflight: bool = True,
-                 reuse_from: Sequence[str | Path] = (), say: Callable[[str], None] = print) -> Path:
+                 reuse_from: Sequence[str | Path] = (), epoch: int | None = None,
+                 say: Callable[[str], None] = print) -> Path:
     """Evaluate RUN_DIR on `split` of `data` (default: the run's dataset) with `config.eval` (see the
     module docstring); returns RUN_DIR/eval/<name>. `config` is usually `run_config(run_dir, ...)`:
     the run's own settings with the caller's changes. `reuse_from`: runs whose evaluation with these
     settings is copied, not recomputed, when their trained tensors are this run's (SOFT siblings that
-    kept their shared epoch 1); unless `force`. Rank 0 reports through `say`."""
+    kept their shared epoch 1); unless `force`. `epoch`: the weights after that epoch
+    (RUN_DIR/epochs/epoch-N) instead of the run's best, into eval/<name>-epochN, not published as the
+    run's latest. Rank 0 reports through `say`."""
     from softrec.data.prompts import prompt_fingerprint
     from softrec.runs import RunDir, content_key
 
@@ -353,7 +363,7 @@ def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None
         info = run_info(run_dir)
         dataset = run_dataset(data, info)
         samples = dataset.split(split)[:limit] if limit else dataset.split(split)
-        name = _name_for(run_dir, config, split, limit)
+        name = _name_for(run_dir, config, split, limit, epoch)
         settings = {**config.eval.model_dump(mode="json"), "split": split, "limit": limit,
                     "dataset": str(dataset.path), "dataset_key": dataset.checksum,
                     "method": info.get("method"), "base_model": info.get("base_model"),
@@ -362,6 +372,12 @@ def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None
         # chunk) decoded in bf16 on an AMX CPU is not reused by a rerun that decodes in fp32 elsewhere
         settings["decoded_in"] = _decoded_in(settings)
         weights = _weights_fingerprint(run_dir, info)
+        epoch_dir = None
+        if epoch is not None:  # the run's best weights are checked above, the epoch's here
+            from softrec.runs import checked_epoch_weights, path_sha256
+
+            epoch_dir = checked_epoch_weights(run_dir, epoch, f"retrain {run_dir}")
+            weights = path_sha256(epoch_dir)
         key = content_key(settings, weights, info.get("shots"))
         has_weights = any((run_dir / n).exists() for n in RunDir.WEIGHTS)  # icl: the untuned base
         inputs = {"weights": weights if has_weights else None, "dataset": dataset.checksum,
@@ -370,13 +386,14 @@ def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None
         reuse = not force and all(RunDir(run_dir).valid(str(folder / f), key) for f in LATEST)
         if reuse:
             if rank == 0:
-                with RunDir(run_dir) as run:
-                    _publish_latest(run, folder, key)
+                if epoch is None:
+                    with RunDir(run_dir) as run:
+                        _publish_latest(run, folder, key)
                 metrics = json.loads((run_dir / folder / "metrics.json").read_text())
                 say(f"up to date (use --force to recompute): {run_dir / folder}")
                 say(format_metrics(metrics))
             return run_dir / folder
-        sibling = None if force else _reusable_sibling(reuse_from, run_dir, folder, settings)
+        sibling = None if force or epoch is not None else _reusable_sibling(reuse_from, run_dir, folder, settings)
         if sibling is not None:
             if rank == 0:
                 metrics = _copy_sibling(sibling, run_dir, folder, key, inputs)
@@ -394,14 +411,16 @@ def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None
             preflight_generation(config, dataset, len(samples), stage="evaluate", skip=not preflight,
                                  model=info.get("base_model"))
         parts = run_dir / "eval" / f"{name}.parts"
-        result = rank_run(run_dir, info, dataset, samples, config, progress=progress, parts=parts / key)
+        result = rank_run(run_dir, info, dataset, samples, config, progress=progress, parts=parts / key,
+                          weights=epoch_dir)
         if rank == 0:
-            where = _write_results(run_dir, name, key, result, settings, inputs)
+            where = _write_results(run_dir, name, key, result, settings, inputs, publish=epoch is None)
             import shutil
 
             shutil.rmtree(parts, ignore_errors=True)  # after the result is written, never before
             say(format_metrics(result.metrics))
             say(f"wrote {where / 'metrics.json'} and {where / 'predictions.jsonl'}")
-            say(f"latest copied to {run_dir / 'metrics.json'} and {run_dir / 'predictions.jsonl'}")
+            if epoch is None:
+                say(f"latest copied to {run_dir / 'metrics.json'} and {run_dir / 'predictions.jsonl'}")
         _barrier()
     return run_dir / folder

@@ -159,10 +159,11 @@ def check_run_weights(run_dir: str | Path, info: dict[str, Any]) -> None:
                         f"{rebuild}")
 
 
-def load_run_model(run_dir: str | Path) -> ModelAndTokenizer:
+def load_run_model(run_dir: str | Path, weights: str | Path | None = None) -> ModelAndTokenizer:
     """Base model named in RUN_DIR/run.json with RUN_DIR/adapter (peft) applied, if present.
 
-    A run with full fine-tuning stores its weights in RUN_DIR/model instead.
+    A run with full fine-tuning stores its weights in RUN_DIR/model instead. `weights`: another
+    folder of the run's, an adapter or a whole model (RUN_DIR/epochs/epoch-N), instead of its best.
     """
     run_dir = Path(run_dir)
     info_path = run_dir / "run.json"
@@ -177,17 +178,21 @@ def load_run_model(run_dir: str | Path) -> ModelAndTokenizer:
     from softrec.models import llara
 
     check_run_weights(run_dir, info)
-    if (run_dir / "model").is_dir():
-        model, tokenizer = load_hf(str(run_dir / "model"))
+    whole = run_dir / "model"
+    adapter = run_dir / "adapter"
+    if weights is not None:
+        is_adapter = (Path(weights) / "adapter_config.json").is_file()
+        whole, adapter = (run_dir / "model-absent", Path(weights)) if is_adapter else (Path(weights), run_dir / "adapter-absent")
+    if whole.is_dir():
+        model, tokenizer = load_hf(str(whole))
         model, tokenizer = model.to(default_device()).eval(), prepare_tokenizer(tokenizer)
-        if llara.has_projector(run_dir / "model"):
-            model, tokenizer = llara.attach_saved(model, tokenizer, run_dir / "model")
+        if llara.has_projector(whole):
+            model, tokenizer = llara.attach_saved(model, tokenizer, whole)
         return model, tokenizer
     model, tokenizer = load_backbone(base_name)
-    adapter = run_dir / "adapter"
-    if llara.has_projector(adapter):  # LLaRA backbone: item tokens + projector before the adapter
+    if adapter is not None and llara.has_projector(adapter):  # LLaRA: item tokens + projector before the adapter
         model, tokenizer = llara.attach_saved(model, tokenizer, adapter)
-    if adapter.is_dir():
+    if adapter is not None and adapter.is_dir():
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))

@@ -48,11 +48,17 @@ from softrec.runs.ownership import (
 )
 from softrec.runs.provenance import content_key, environment, file_sha256, git_commit, path_sha256
 from softrec.runs.rundir import MANIFEST, RunDir
-from softrec.runs.teacher import EPOCHS, epoch_weights, kept_epochs, teacher_run
+from softrec.runs.teacher import (
+    EPOCHS,
+    checked_epoch_weights,
+    epoch_weights,
+    kept_epochs,
+    teacher_run,
+)
 
 __all__ = [
     "EPOCHS", "LOCK", "MANIFEST", "MARKER", "RunDir", "acquire_lock", "apply_umask", "atomic_dir",
-    "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_replaceable", "claim_dir",
+    "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_replaceable", "checked_epoch_weights", "claim_dir",
     "clean_leftovers", "content_key", "current_umask", "dir_lock", "dir_mode", "dumps_json", "environment",
     "epoch_weights", "file_mode", "file_sha256", "git_commit", "kept_epochs", "os_error", "path_sha256",
     "probe_writable", "read_json_object", "read_jsonl", "read_marker", "resumable_chunks", "teacher_run",

@@ -106,13 +106,19 @@ def _source(sft_run: Path, info: dict[str, Any], epoch: int | None, adapter: Pat
         if not weights.is_dir():
             raise UserError(f"{sft_run}: no trained adapter/ or model/ to make a teacher of (train it first)")
         return weights
+    return checked_epoch_weights(sft_run, epoch, f"that epoch cannot be a teacher; retrain {sft_run}")
+
+
+def checked_epoch_weights(run_dir: Path, epoch: int, rebuild: str) -> Path:
+    """RUN_DIR's weights after epoch `epoch`, refused (naming the epochs kept, or `rebuild` when the
+    manifest does not vouch for them) when they are missing or not the ones the training wrote."""
     name = epoch_weights(epoch)
-    if not (sft_run / name).is_dir():
-        kept = ", ".join(map(str, kept_epochs(sft_run))) or (
+    if not (run_dir / name).is_dir():
+        kept = ", ".join(map(str, kept_epochs(run_dir))) or (
             "none (train.keep_epoch_adapters or keep_epoch_models was off, or an older softrec trained it)")
-        raise UserError(f"--epoch {epoch}: {sft_run / name} does not exist; epochs kept: {kept}")
-    RunDir(sft_run).check(name, f"that epoch cannot be a teacher; retrain {sft_run}")
-    return sft_run / name
+        raise UserError(f"--epoch {epoch}: {run_dir / name} does not exist; epochs kept: {kept}")
+    RunDir(run_dir).check(name, rebuild)
+    return run_dir / name
 
 
 def _weight_files(folder: Path) -> list[Path]:
