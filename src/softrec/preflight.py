@@ -437,9 +437,9 @@ def cpu_busy_note(interval: float = 0.3) -> str | None:
 
 def run_preflight(estimate: Estimate, *, printer: Any = print) -> Estimate:
     """Print the estimate (rank 0 only), with `cpu_busy_note` on a busy CPU, and refuse when it cannot fit."""
-    if estimate.device == "cpu" and (busy := cpu_busy_note()):
-        estimate.notes.append(busy)
     if int(os.environ.get("RANK", "0")) == 0:
+        if estimate.device == "cpu" and (busy := cpu_busy_note()):
+            estimate.notes.append(busy)
         printer(estimate.summary())
     check(estimate)
     return estimate

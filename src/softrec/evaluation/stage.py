@@ -139,14 +139,18 @@ def run_dataset(path: str | Path | None, info: dict[str, Any]) -> Any:
 def _load_llm(run_dir: Path, info: dict[str, Any], weights: Path | None) -> tuple[Any, Any, Any | None]:
     """(model, tokenizer, grounding_model); full fine-tuning needs the untuned base for grounding.
     `weights`: an epoch's folder instead of the run's best."""
-    from softrec.models.registry import load_backbone, load_run_model
+    from softrec.models.registry import (
+        is_whole_model,
+        load_backbone,
+        load_run_model,
+        weights_folder,
+    )
 
     if info.get("method") == "icl":
         model, tokenizer = load_backbone(info["base_model"])
         return model, tokenizer, None
     model, tokenizer = load_run_model(run_dir, weights)
-    whole = weights is not None and not (weights / "adapter_config.json").is_file()
-    base = load_backbone(info["base_model"])[0] if whole or (weights is None and (run_dir / "model").is_dir()) else None
+    base = load_backbone(info["base_model"])[0] if is_whole_model(weights_folder(run_dir, weights)) else None
     return model, tokenizer, base
 
 
@@ -371,9 +375,10 @@ def evaluate_run(run_dir: str | Path, config: Config, *, data: str | Path | None
         # the dtype `auto` resolves to on this machine is part of the key: a result (or a finished
         # chunk) decoded in bf16 on an AMX CPU is not reused by a rerun that decodes in fp32 elsewhere
         settings["decoded_in"] = _decoded_in(settings)
-        weights = _weights_fingerprint(run_dir, info)
         epoch_dir = None
-        if epoch is not None:  # the run's best weights are checked above, the epoch's here
+        if epoch is None:
+            weights = _weights_fingerprint(run_dir, info)
+        else:  # that epoch's weights, checked against the manifest (load_run_model checks the best ones)
             from softrec.runs import checked_epoch_weights, path_sha256
 
             epoch_dir = checked_epoch_weights(run_dir, epoch, f"retrain {run_dir}")

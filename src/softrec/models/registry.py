@@ -136,6 +136,17 @@ def run_weights_name(run_dir: Path) -> str:
     return "model" if (run_dir / "model").is_dir() else "adapter"
 
 
+def weights_folder(run_dir: Path, weights: str | Path | None = None) -> Path:
+    """The folder `load_run_model` reads: `weights` (e.g. RUN_DIR/epochs/epoch-N) when given, else the
+    run's best, RUN_DIR/model (full fine-tuning) or RUN_DIR/adapter."""
+    return Path(weights) if weights is not None else run_dir / run_weights_name(run_dir)
+
+
+def is_whole_model(folder: Path) -> bool:
+    """A saved whole model (full fine-tuning: its config.json), not a peft adapter folder."""
+    return (folder / "config.json").is_file()
+
+
 def check_run_weights(run_dir: str | Path, info: dict[str, Any]) -> None:
     """UserError unless the run's trained weights can be used: a run `softrec train` made (run.json
     has its `train_key`) must hold adapter/ or model/, recorded in manifest.json under that key and
@@ -178,21 +189,18 @@ def load_run_model(run_dir: str | Path, weights: str | Path | None = None) -> Mo
     from softrec.models import llara
 
     check_run_weights(run_dir, info)
-    whole = run_dir / "model"
-    adapter = run_dir / "adapter"
-    if weights is not None:
-        is_adapter = (Path(weights) / "adapter_config.json").is_file()
-        whole, adapter = (run_dir / "model-absent", Path(weights)) if is_adapter else (Path(weights), run_dir / "adapter-absent")
-    if whole.is_dir():
-        model, tokenizer = load_hf(str(whole))
+    folder = weights_folder(run_dir, weights)
+    if is_whole_model(folder):
+        model, tokenizer = load_hf(str(folder))
         model, tokenizer = model.to(default_device()).eval(), prepare_tokenizer(tokenizer)
-        if llara.has_projector(whole):
-            model, tokenizer = llara.attach_saved(model, tokenizer, whole)
+        if llara.has_projector(folder):
+            model, tokenizer = llara.attach_saved(model, tokenizer, folder)
         return model, tokenizer
     model, tokenizer = load_backbone(base_name)
-    if adapter is not None and llara.has_projector(adapter):  # LLaRA: item tokens + projector before the adapter
+    adapter = folder
+    if llara.has_projector(adapter):  # LLaRA backbone: item tokens + projector before the adapter
         model, tokenizer = llara.attach_saved(model, tokenizer, adapter)
-    if adapter is not None and adapter.is_dir():
+    if adapter.is_dir():
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))

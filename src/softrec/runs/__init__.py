@@ -58,8 +58,8 @@ from softrec.runs.teacher import (
 
 __all__ = [
     "EPOCHS", "LOCK", "MANIFEST", "MARKER", "RunDir", "acquire_lock", "apply_umask", "atomic_dir",
-    "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_replaceable", "checked_epoch_weights", "claim_dir",
-    "clean_leftovers", "content_key", "current_umask", "dir_lock", "dir_mode", "dumps_json", "environment",
+    "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_replaceable",
+    "checked_epoch_weights", "claim_dir", "clean_leftovers", "content_key", "current_umask", "dir_lock", "dir_mode", "dumps_json", "environment",
     "epoch_weights", "file_mode", "file_sha256", "git_commit", "kept_epochs", "os_error", "path_sha256",
     "probe_writable", "read_json_object", "read_jsonl", "read_marker", "resumable_chunks", "teacher_run",
     "write_jsonl",
