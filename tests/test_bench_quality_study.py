@@ -162,7 +162,14 @@ def test_results_record_the_teacher_and_keep_study_rows_out_of_the_average(tmp_p
     assert "When does SOFT help?" in text and "| BIGRec-SOFT teacher epoch 1, quoted | 0.750 | 0.250 | 0.1000 |" in text
     import matplotlib.image
 
-    assert matplotlib.image.imread(out / "study.png").shape[:2] == (540, 840)  # 7 x 4.5 in at 120 dpi
+    assert matplotlib.image.imread(out / "study.png").shape[:2] == (540, 1320)  # 11 x 4.5 in at 120 dpi
+    # the plotted points carry the paired interval over SFT's value (4 of 20 hits), around the gain
+    points = {(p["rule"], p["epoch"]): p for p in quality.study.study_points(payload["results"])}
+    assert set(points) == {("quoted", 1), ("raw", None)}
+    vs = quoted["vs_sft"]["HR@10"]
+    assert (points["quoted", 1]["low"], points["quoted", 1]["high"]) == pytest.approx((vs["low"] / 0.2 * 100, vs["high"] / 0.2 * 100))
+    assert points["quoted", 1]["low"] <= points["quoted", 1]["gain"] <= points["quoted", 1]["high"]
+    assert points["quoted", 1]["exact_title_share"] == 0.75 and points["raw", None]["valid_HR@10"] == 0.15
 
     # without study rows the report writes no study.png, and removes the earlier one
     assert cli_main(["bench", "quality", "--suite", "cpu-medium", "--datasets", "amazon-books", "--out", str(out),

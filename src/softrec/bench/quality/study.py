@@ -1,5 +1,5 @@
 """The "when does SOFT help?" study (#15): the soft-t{E}-{rule} rows' teachers, their section of
-results.md and study.png (gain over SFT against the teacher's validation HR@10)."""
+results.md and study.png (gain over SFT against the teacher's validation HR@10 and target titles)."""
 
 from __future__ import annotations
 
@@ -81,11 +81,30 @@ def study_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def study_points(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plotted study rows: the teacher's validation HR@10 and exact-title share, the test HR@10
+    gain over SFT (%) and its 95% interval (the paired difference's interval over SFT's value, SFT's
+    value taken as fixed, as the finding lines state it); rows without a gain or a teacher HR@10 drop out."""
+    points = []
+    for name, dataset in results.items():
+        for row in study_rows(dataset).values():
+            t, gain, vs = row["teacher"], row.get("gains", {}).get("HR@10"), row.get("vs_sft", {}).get("HR@10")
+            baseline = dataset["methods"].get(row.get("vs_sft_baseline", "sft"), {})
+            sft = baseline.get("metrics", {}).get("HR@10", {}).get("value")
+            if t["valid_HR@10"] is None or gain is None:
+                continue
+            low, high = (vs["low"] / sft * 100, vs["high"] / sft * 100) if vs and sft else (gain, gain)
+            points.append({"dataset": name, "epoch": t["epoch"], "rule": t["rule"], "valid_HR@10": t["valid_HR@10"],
+                           "exact_title_share": t["exact_title_share"], "gain": gain, "low": low, "high": high})
+    return points
+
+
 def study_plot(results: dict[str, Any], path: Path) -> Path | None:
-    """Relative HR@10 gain over SFT against the teacher's validation HR@10, a marker per rule, each
-    point labelled by its epoch; nothing written without a study row that has both numbers."""
-    points = [(name, row) for name, d in results.items() for row in study_rows(d).values()
-              if row["teacher"]["valid_HR@10"] is not None and row.get("gains", {}).get("HR@10") is not None]
+    """Relative HR@10 gain over SFT with its 95% interval, against the teacher's validation HR@10 (left)
+    and against the share of its targets that are exact titles (right: where the target rules of one
+    teacher separate); a marker per rule, a colour per dataset, each point labelled by its epoch.
+    Nothing written without a study row that has both numbers."""
+    points = study_points(results)
     if not points:
         return None
     from softrec.bench import pyplot, write_png
@@ -93,20 +112,22 @@ def study_plot(results: dict[str, Any], path: Path) -> Path | None:
     plt = pyplot()
     markers = dict(zip(STUDY_RULES, "os^", strict=False))
     colours = {name: f"C{i}" for i, name in enumerate(results)}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, row in points:
-        t = row["teacher"]
-        x, y = t["valid_HR@10"], row["gains"]["HR@10"]
-        ax.scatter(x, y, marker=markers.get(t["rule"], "x"), color=colours[name])
-        ax.annotate("best" if t["epoch"] is None else str(t["epoch"]), (x, y), textcoords="offset points", xytext=(4, 4))
-    for rule in dict.fromkeys(row["teacher"]["rule"] for _, row in points):
-        ax.scatter([], [], marker=markers.get(rule, "x"), color="grey", label=rule)
-    for name in dict.fromkeys(name for name, _ in points):  # datasets by colour, not by a rule's marker
-        ax.plot([], [], color=colours[name], linewidth=6, label=name)
-    ax.axhline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("teacher's validation HR@10 (SFT at that epoch)")
-    ax.set_ylabel("test HR@10 gain over SFT (%)")
-    ax.set_title("When does SOFT help? (labels: teacher epoch)")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, key, label in ((axes[0], "valid_HR@10", "teacher's validation HR@10 (SFT at that epoch)"),
+                           (axes[1], "exact_title_share", "share of its distilled targets that are exact titles")):
+        for p in (p for p in points if p[key] is not None):
+            ax.errorbar(p[key], p["gain"], yerr=[[p["gain"] - p["low"]], [p["high"] - p["gain"]]], capsize=3,
+                        marker=markers.get(p["rule"], "x"), color=colours[p["dataset"]], linestyle="none")
+            ax.annotate("best" if p["epoch"] is None else str(p["epoch"]), (p[key], p["gain"]),
+                        textcoords="offset points", xytext=(5, 3))
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xlabel(label)
+    for rule in dict.fromkeys(p["rule"] for p in points):
+        axes[1].scatter([], [], marker=markers.get(rule, "x"), color="grey", label=rule)
+    for name in dict.fromkeys(p["dataset"] for p in points):  # datasets by colour, not by a rule's marker
+        axes[1].plot([], [], color=colours[name], linewidth=6, label=name)
+    axes[0].set_ylabel("test HR@10 gain over SFT (%), 95% interval")
+    fig.suptitle("When does SOFT help? (labels: teacher epoch)")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     return write_png(fig, path)
