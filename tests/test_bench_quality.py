@@ -169,6 +169,38 @@ def test_the_finding_states_the_answer_in_words_with_its_intervals_and_condition
     assert "+12% to +88% relative" in better_line and "above the interval on NDCG@10." in better_line
     assert "Provisional" not in better_line and "one seed" in conditions
     assert report._finding_lines({"no-soft-yet": results["no-soft-yet"]}) == []
+    # over all datasets: the paper's averaged gain with its interval, read against +37.59%
+    results["industrial"]["gains"] = results["books"]["gains"] = {"soft/sft": {}}
+    average = {"mean_percent": -4.6, "low_percent": -12.0, "high_percent": 3.5, "terms": 20, "undefined": 0}
+    overall = report._finding_lines(results, {"soft/sft": average})[4]
+    assert overall.startswith("- **Over 2 dataset(s)**") and "**-4.6%** [-12.0%, +3.5%] (20 terms" in overall
+    assert overall.endswith("the interval includes 0, and the paper's +37.59% lies above it.")
+    average.update(low_percent=30.0, high_percent=60.0)
+    assert "the interval above 0, and the paper's +37.59% lies inside it." in report._finding_lines(results, {"soft/sft": average})[4]
+    assert len(report._finding_lines(results, {"soft/sft": {"mean_percent": 1.0, "terms": 2}})) == 7, "no interval, no line"
+
+
+def test_the_average_gain_interval_is_a_stratified_paired_bootstrap():
+    import numpy as np
+
+    from softrec.metrics import paired_bootstrap, stratified_mean_gain
+
+    rng = np.random.default_rng(1)
+    a, b = (rng.random((300, 1)) < 0.1).astype(float), (rng.random((300, 1)) < 0.15).astype(float)
+    _, low, high, _ = paired_bootstrap(a, b, resamples=2000)  # one dataset, one metric: the same draws
+    mean, low_g, high_g, terms = stratified_mean_gain([(a, b)], resamples=2000)
+    base = a.mean()
+    assert (low_g, high_g) == pytest.approx((100 * low[0] / base, 100 * high[0] / base)) and terms == 1
+    assert mean == pytest.approx(100 * (b.mean() - base) / base)
+    # a column where the baseline scored 0 drops out; identical rows give a zero-width interval
+    zero = np.zeros((300, 1))
+    assert stratified_mean_gain([(np.hstack([a, zero]), np.hstack([a, b]))], resamples=500)[1:] == (0.0, 0.0, 1)
+    # two strata: the mean is over all their terms, and its interval narrows against either alone
+    c, d = (rng.random((300, 1)) < 0.1).astype(float), (rng.random((300, 1)) < 0.15).astype(float)
+    both = stratified_mean_gain([(a, b), (c, d)], resamples=2000)
+    alone = stratified_mean_gain([(c, d)], resamples=2000)
+    assert both[0] == pytest.approx((mean + alone[0]) / 2) and both[3] == 2
+    assert both[2] - both[1] < min(high_g - low_g, alone[2] - alone[1])
 
 
 def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, bench_steps_in_process, capsys):

@@ -61,7 +61,7 @@ from softrec.bench.quality.execution import StepLog, execute, run_in_background,
 from softrec.bench.quality.pack import pack
 from softrec.bench.quality.planning import STEP_KINDS, plan
 from softrec.bench.quality.report import curves_plot, markdown, plot, save_predictions
-from softrec.bench.quality.results import average_gains, collect
+from softrec.bench.quality.results import collect
 from softrec.bench.quality.study import study_plot
 from softrec.bench.quality.suites import (
     GROUNDING,
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"softrec bench quality: {len(steps)} steps; {suite.scale()}\n  log: {out / 'bench.log'}", flush=True)
     chosen = [step for step in steps if kinds is None or step.kind in kinds]
     log = StepLog(out) if args.report_only else execute(chosen, out, env, RunPlan(steps, suite, out, record=True))
-    results = collect(suite, out, datasets, methods, log, resamples=args.resamples)
+    results, averages = collect(suite, out, datasets, methods, log, resamples=args.resamples)
     if not results and kinds is not None:
         print(f"{out}: no finished evaluations to report yet")
         return 0
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         shlex.join(["softrec", "bench", "quality", "--suite", args.suite, "--out", str(args.out)]),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
         "steps": _steps_in_order(steps, log, datasets),
-        "results": results, "average_gains": average_gains(results),
+        "results": results, "average_gains": averages,
     }
     atomic_write_json(out / "results.json", payload)
     atomic_write_text(out / "results.md", markdown(payload))

@@ -38,8 +38,9 @@ NOT_RECORDED = "not recorded (a step finished before steps.json named machines)"
 
 
 def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], log: StepLog,
-            resamples: int = 10_000) -> dict[str, Any]:
-    """Per dataset and method: test metrics with 95% bootstrap intervals, paired differences vs SFT."""
+            resamples: int = 10_000) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Per dataset and method: test metrics with 95% bootstrap intervals, paired differences vs SFT;
+    and the average relative gains over datasets (`average_gains`) with their intervals."""
     import numpy as np
 
     from softrec.evaluation.compare import load_predictions, metric_matrix, paired_bootstrap
@@ -55,6 +56,7 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
             resumed.add(key)
         ran_on.setdefault(key, set()).add(info.get("ran_on") or NOT_RECORDED)
     results: dict[str, Any] = {}
+    strata: dict[str, list[tuple[Any, Any]]] = {}  # per SOFT/SFT pair: each dataset's gain columns
     twins = [t for m in methods if (t := sweep_twin(m, suite)) is not None and t not in methods]
     for name in datasets:
         rows: dict[str, Any] = {}
@@ -102,9 +104,14 @@ def collect(suite: Suite, out: Path, datasets: list[str], methods: list[str], lo
         _study(rows, out / name)
         _choose_alpha(rows, [m for m in methods if alpha_of(m) is not None and m not in rows])
         results[name] = {"n": len(ids), "methods": rows, "gains": _gains(rows)}
+        columns = [names.index(metric) for metric in GAIN_METRICS]
+        for soft, sft in SOFT_PAIRS.items():
+            run = rows.get(soft, {}).get("chosen", soft)  # the sweep's chosen alpha for the headline row
+            if soft in rows and sft in matrices and run in matrices:
+                strata.setdefault(f"{soft}/{sft}", []).append((matrices[sft][:, columns], matrices[run][:, columns]))
         if (out / name / "sft" / DISTILLED).exists():  # the SOFT rows' targets: SFT's kept epoch, raw text
             results[name]["distilled"] = distillation_facts(out / name / "sft", data_folder(out, name))
-    return results
+    return results, average_gains(results, strata, resamples)
 
 
 def _history(run: Path) -> list[dict[str, Any]] | None:
@@ -179,8 +186,13 @@ def _gains(rows: dict[str, Any]) -> dict[str, dict[str, float | None]]:
             for soft, sft in SOFT_PAIRS.items() if soft in rows and sft in rows}
 
 
-def average_gains(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The paper's headline: the mean relative gain over datasets and metrics (defined ones only)."""
+def average_gains(results: dict[str, Any], strata: dict[str, list[tuple[Any, Any]]] | None = None,
+                  resamples: int = 10_000) -> dict[str, dict[str, Any]]:
+    """The paper's headline: the mean relative gain over datasets and metrics (defined ones only); with
+    each dataset's per-sample metric columns of the pair (`strata`), its 95% interval from a stratified
+    paired bootstrap over the test samples (`softrec.metrics.stratified_mean_gain`)."""
+    from softrec.metrics import stratified_mean_gain
+
     pooled: dict[str, list[float]] = {}
     skipped: dict[str, int] = {}
     for dataset in results.values():
@@ -190,6 +202,11 @@ def average_gains(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     skipped[pair] = skipped.get(pair, 0) + 1
                 else:
                     pooled.setdefault(pair, []).append(value)
-    return {pair: {"mean_percent": statistics.fmean(values), "terms": len(values), "undefined": skipped.get(pair, 0)}
-            for pair, values in pooled.items()}
-
+    averages: dict[str, dict[str, Any]] = {
+        pair: {"mean_percent": statistics.fmean(values), "terms": len(values), "undefined": skipped.get(pair, 0)}
+        for pair, values in pooled.items()}
+    for pair, pair_strata in (strata or {}).items():
+        if pair in averages:
+            _, low, high, _ = stratified_mean_gain(pair_strata, resamples=resamples)
+            averages[pair].update(low_percent=low, high_percent=high)
+    return averages
