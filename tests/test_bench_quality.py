@@ -180,6 +180,16 @@ def test_the_finding_states_the_answer_in_words_with_its_intervals_and_condition
     assert len(report._finding_lines(results, {"soft/sft": {"mean_percent": 1.0, "terms": 2}})) == 7, "no interval, no line"
 
 
+def test_the_sweep_choice_says_its_margin_in_validation_hits():
+    soft = {"chosen": "soft-a10", "chosen_from": {"soft-a1": [0.0117, 0.01, 0.3], "soft-a10": [0.0156, 0.01, 0.1],
+                                                  "soft-a100": [0.0117, 0.02, 0.2]}}
+    line = report._selection_line(soft, 256)
+    assert line.endswith("Top-10 hits on the 256 validation samples: soft-a1 3, soft-a10 4, soft-a100 3; a margin of 1 hit(s).")
+    soft["chosen_from"]["soft-a10"][0] = 0.0117
+    assert "a margin of 0 hit(s) (a tie on HR@10" in report._selection_line(soft, 256)
+    assert report._selection_line(soft, None) == "SOFT row: soft-a10 (best validation HR@10, then NDCG@10, validity)."
+
+
 def test_the_average_gain_interval_is_a_stratified_paired_bootstrap():
     import numpy as np
 

@@ -79,7 +79,7 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += ["", *_copied_lines(dataset), *_sensitivity_lines(dataset), *_distilled_lines(dataset)]
     lines += _gain_lines(results, payload["average_gains"])
     lines += study_lines(results)
-    lines += _history_lines(results)
+    lines += _history_lines(results, suite.get("valid_size"))
     out = payload["out"]
     lines += ["## Commands", "", "```sh", f"# {payload['command']}", f"OUT={shlex.quote(out)}"]
     lines += [s["command"].replace(out, "$OUT") for s in payload["steps"]]
@@ -235,8 +235,9 @@ def _average_interval(average: dict[str, Any]) -> str:
     return f" [{average['low_percent']:+.1f}%, {average['high_percent']:+.1f}%]"
 
 
-def _history_lines(results: dict[str, Any]) -> list[str]:
-    """Every LLM run's validation curve (the teacher's included) and, for SOFT, lambda and d_k per epoch."""
+def _history_lines(results: dict[str, Any], valid_samples: int | None = None) -> list[str]:
+    """Every LLM run's validation curve (the teacher's included) and, for SOFT, lambda and d_k per epoch;
+    then how the alpha sweep's run was chosen (`_selection_line`)."""
     lines = []
     for name, dataset in results.items():
         runs = llm_curves(dataset)
@@ -258,9 +259,23 @@ def _history_lines(results: dict[str, Any]) -> list[str]:
                 cells.append(cell + (" *" if e.get("epoch") == kept else ""))
             lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
         if "soft" in dataset["methods"] and "chosen" in dataset["methods"]["soft"]:
-            lines += ["", f"SOFT row: {dataset['methods']['soft']['chosen']} (best validation HR@10, then NDCG@10, validity)."]
+            lines += ["", _selection_line(dataset["methods"]["soft"], valid_samples)]
         lines.append("")
     return lines
+
+
+def _selection_line(soft: dict[str, Any], valid_samples: int | None) -> str:
+    """The sweep's choice and its margin: each run's best validation HR@10 as hits in the top 10 of the
+    validation samples, so that a choice made on one or two hits reads as the coin flip it is."""
+    line = f"SOFT row: {soft['chosen']} (best validation HR@10, then NDCG@10, validity)."
+    scores = {m: key[0] for m, key in soft.get("chosen_from", {}).items() if key[0] != float("-inf")}
+    if not valid_samples or len(scores) < 2 or soft["chosen"] not in scores:
+        return line
+    hits = {m: round(score * valid_samples) for m, score in scores.items()}
+    margin = hits[soft["chosen"]] - max(h for m, h in hits.items() if m != soft["chosen"])
+    return (f"{line} Top-10 hits on the {valid_samples} validation samples: "
+            f"{', '.join(f'{m} {h}' for m, h in hits.items())}; a margin of {margin} hit(s)"
+            + (" (a tie on HR@10: decided by NDCG@10, validity, then the sweep's order)." if margin == 0 else "."))
 
 
 def plot(results: dict[str, Any], path: Path) -> Path | None:
