@@ -196,21 +196,24 @@ def test_the_average_gain_interval_is_a_stratified_paired_bootstrap():
     from softrec.metrics import paired_bootstrap, stratified_mean_gain
 
     rng = np.random.default_rng(1)
-    a, b = (rng.random((300, 1)) < 0.1).astype(float), (rng.random((300, 1)) < 0.15).astype(float)
-    _, low, high, _ = paired_bootstrap(a, b, resamples=2000)  # one dataset, one metric: the same draws
-    mean, low_g, high_g, terms = stratified_mean_gain([(a, b)], resamples=2000)
-    base = a.mean()
-    assert (low_g, high_g) == pytest.approx((100 * low[0] / base, 100 * high[0] / base)) and terms == 1
-    assert mean == pytest.approx(100 * (b.mean() - base) / base)
+    a, b = (rng.random((300, 1)) < 0.05).astype(float), (rng.random((300, 1)) < 0.07).astype(float)
+    mean, low, high, terms = stratified_mean_gain([(a, b)], resamples=2000)
+    assert mean == pytest.approx(100 * (b.mean() - a.mean()) / a.mean()) and terms == 1
+    # one dataset, one metric: the ratio of each resample's means, on the same draws
+    index = np.random.default_rng(0).integers(0, 300, size=(2000, 300))
+    ratios = (b[index, 0].mean(axis=1) - a[index, 0].mean(axis=1)) / a[index, 0].mean(axis=1)
+    assert (low, high) == pytest.approx(tuple(np.percentile(100 * ratios, [2.5, 97.5])))
+    # the baseline's own uncertainty widens it against holding the baseline fixed
+    _, fixed_low, fixed_high, _ = paired_bootstrap(a, b, resamples=2000)
+    assert high - low > 100 * (fixed_high[0] - fixed_low[0]) / a.mean()
     # a column where the baseline scored 0 drops out; identical rows give a zero-width interval
     zero = np.zeros((300, 1))
     assert stratified_mean_gain([(np.hstack([a, zero]), np.hstack([a, b]))], resamples=500)[1:] == (0.0, 0.0, 1)
     # two strata: the mean is over all their terms, and its interval narrows against either alone
-    c, d = (rng.random((300, 1)) < 0.1).astype(float), (rng.random((300, 1)) < 0.15).astype(float)
-    both = stratified_mean_gain([(a, b), (c, d)], resamples=2000)
-    alone = stratified_mean_gain([(c, d)], resamples=2000)
+    c, d = (rng.random((300, 1)) < 0.05).astype(float), (rng.random((300, 1)) < 0.07).astype(float)
+    both, alone = stratified_mean_gain([(a, b), (c, d)], resamples=2000), stratified_mean_gain([(c, d)], resamples=2000)
     assert both[0] == pytest.approx((mean + alone[0]) / 2) and both[3] == 2
-    assert both[2] - both[1] < min(high_g - low_g, alone[2] - alone[1])
+    assert both[2] - both[1] < min(high - low, alone[2] - alone[1])
 
 
 def test_smoke_suite_end_to_end_then_resumes_without_rerunning(tmp_path, bench_steps_in_process, capsys):

@@ -83,27 +83,31 @@ def stratified_mean_gain(strata: Sequence[tuple[Any, Any]], *, resamples: int = 
                          chunk: int = 1000) -> tuple[float, float, float, int]:
     """The mean relative gain (%) of `b` over `a` across strata (datasets) and columns (metrics), with
     its 95% interval: each stratum's [n, m] arrays resampled on their own (a stratified paired
-    bootstrap), each gain taken over `a`'s observed column mean (held fixed, as a single paired
-    interval is read relative to it). Columns where `a` scored 0 are left out (no gain defined).
-    Returns (mean, low, high, terms). This is the paper's averaged gain with the uncertainty of the
-    test samples attached; no statistics library in the dependencies bootstraps a stratified mean."""
+    bootstrap) and every gain recomputed over the resample's own mean of `a`, so the baseline's
+    uncertainty is in the interval too (at a baseline of ~15 hits in 1000 that widens it by half
+    against holding the baseline fixed). Columns where `a` scored 0 are left out (no gain defined), as
+    are the rare resamples where such a column's baseline draws 0. Returns (mean, low, high, terms).
+    This is the paper's averaged gain with the test samples' uncertainty attached; no statistics
+    library in the dependencies bootstraps a stratified mean of ratios."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    totals, observed, terms = np.zeros(resamples), 0.0, 0
+    totals, defined, observed, terms = np.zeros(resamples), np.ones(resamples, dtype=bool), 0.0, 0
     for a, b in strata:
-        base = a.mean(axis=0)
-        keep = base > 0
-        diffs = (b - a)[:, keep] / base[keep]
+        keep = a.mean(axis=0) > 0
+        a, b = a[:, keep], b[:, keep]
         terms += int(keep.sum())
-        observed += float(diffs.mean(axis=0).sum())
-        n = diffs.shape[0]
+        observed += float(((b.mean(axis=0) - a.mean(axis=0)) / a.mean(axis=0)).sum())
         for start in range(0, resamples, chunk):
             size = min(chunk, resamples - start)
-            totals[start : start + size] += diffs[rng.integers(0, n, size=(size, n))].mean(axis=1).sum(axis=1)
+            index = rng.integers(0, a.shape[0], size=(size, a.shape[0]))
+            base, value = a[index].mean(axis=1), b[index].mean(axis=1)
+            zero = (base == 0).any(axis=1)
+            defined[start : start + size] &= ~zero
+            totals[start : start + size] += ((value - base) / np.where(base == 0, 1.0, base)).sum(axis=1)
     if not terms:
         raise ValueError("no column with a non-zero baseline: no relative gain is defined")
-    low, high = np.percentile(100 * totals / terms, [2.5, 97.5])
+    low, high = np.percentile(100 * totals[defined] / terms, [2.5, 97.5])
     return 100 * observed / terms, float(low), float(high), terms
 
 

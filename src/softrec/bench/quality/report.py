@@ -170,7 +170,7 @@ def _overall_line(results: dict[str, Any], average: dict[str, Any] | None) -> li
     counted = sum(1 for d in results.values() if "soft/sft" in d.get("gains", {}))
     return [f"- **Over {counted} dataset(s)**, the paper's measure (the relative gain averaged over datasets and "
             f"the {len(GAIN_METRICS)} HR/NDCG@K): **{average['mean_percent']:+.1f}%** [{low:+.1f}%, {high:+.1f}%] "
-            f"({average['terms']} terms; 95% stratified paired bootstrap over the test samples, SFT's values fixed); "
+            f"({average['terms']} terms; 95% stratified paired bootstrap over the test samples, SFT's values resampled too); "
             f"the interval {sign}, and the paper's +{PAPER_MEAN_GAIN_PERCENT}% lies {where} it."]
 
 
@@ -229,7 +229,7 @@ def _gain_lines(results: dict[str, Any], averages: dict[str, Any]) -> list[str]:
 
 
 def _average_interval(average: dict[str, Any]) -> str:
-    """An average gain's 95% interval (stratified paired bootstrap, SFT's values fixed), where known."""
+    """An average gain's 95% interval (stratified paired bootstrap), where known."""
     if "low_percent" not in average:
         return ""
     return f" [{average['low_percent']:+.1f}%, {average['high_percent']:+.1f}%]"
