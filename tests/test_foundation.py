@@ -87,3 +87,15 @@ def test_tiny_backbone_is_deterministic(tiny_backbone):
     again, _ = load_backbone("tiny")
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True))
     assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+
+
+def test_peak_memory_is_the_process_high_water_mark():
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from softrec.hardware import peak_memory_gib; before = peak_memory_gib()['rss']; "
+            "block = np.ones(2**27); after = peak_memory_gib()['rss']; del block; "
+            "print(before, after, peak_memory_gib()['rss'])")
+    before, after, later = map(float, subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                                     text=True).stdout.split())
+    assert after - before >= 0.9 and later == after, (before, after, later)  # 1 GiB touched; freeing keeps the mark

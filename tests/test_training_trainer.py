@@ -52,6 +52,8 @@ def test_lora_training_lowers_the_loss_and_writes_the_run(tiny_dataset, tmp_path
     info = json.loads((out / "run.json").read_text())
     assert info["base_model"] == "tiny" and info["method"] == "sft" and info["status"] == "finished"
     assert (out / "config.yaml").exists() and (out / "history.json").exists()
+    peaks = [r["peak_memory_gib"]["rss"] for r in json.loads((out / "history.json").read_text())]
+    assert len(peaks) == 3 and 0.05 < peaks[0] <= peaks[1] <= peaks[2], peaks  # a high-water mark per epoch
     rows = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     step_rows = [r for r in rows if "loss" in r]
     assert len(step_rows) == result.global_step == 9

@@ -35,3 +35,15 @@ def use_bf16(setting: str, device_type: str = "cpu") -> bool:
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return device_type == "cpu" and cpu_has_bf16()
+
+
+def peak_memory_gib() -> dict[str, float]:
+    """This process's peak memory so far, in GiB: resident host memory (`rss`, the kernel's high-water
+    mark) and, on CUDA, the caching allocator's peak (`cuda`). Recorded per epoch so that a run shows
+    what it really needed next to the preflight's estimate, and a leak shows as a climb."""
+    import resource
+
+    peak = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # Linux: KiB
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak["cuda"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return peak

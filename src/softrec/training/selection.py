@@ -18,6 +18,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState
 from transformers.trainer_callback import ExportableState
 
+from softrec.hardware import peak_memory_gib
 from softrec.runs import atomic_write_json
 from softrec.training.soft_trainer import SoftTrainer, new_stats, reduce_stats
 
@@ -119,6 +120,7 @@ class EpochEndCallback(TrainerCallback, ExportableState):
         else:
             self.bad_epochs += 1
         record["best"] = improved
+        record["peak_memory_gib"] = peak_memory_gib()  # after validation: its decoding counts too
         self.history.append(record)
         if state.is_world_process_zero:
             atomic_write_json(self.out / "history.json", self.history)
