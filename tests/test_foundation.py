@@ -93,9 +93,12 @@ def test_peak_memory_is_the_process_high_water_mark():
     import subprocess
     import sys
 
-    code = ("import numpy as np; from softrec.hardware import peak_memory_gib; before = peak_memory_gib()['rss']; "
-            "block = np.ones(2**27); after = peak_memory_gib()['rss']; del block; "
-            "print(before, after, peak_memory_gib()['rss'])")
-    before, after, later = map(float, subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                                     text=True).stdout.split())
-    assert after - before >= 0.9 and later == after, (before, after, later)  # 1 GiB touched; freeing keeps the mark
+    # The mark is compared with the resident size while a 1 GiB block is held, not with the mark before
+    # it: Linux carries the parent's mark into a forked and exec'd child (CI saw pytest's 1.01 GiB as
+    # "before"), so "before + 1 GiB" is not a lower bound.
+    code = ("import numpy as np; from softrec.hardware import peak_memory_gib; block = np.ones(2**27); "
+            "held = int(open('/proc/self/statm').read().split()[1]) * __import__('os').sysconf('SC_PAGE_SIZE') / 2**30; "
+            "mark = peak_memory_gib()['rss']; del block; print(held, mark, peak_memory_gib()['rss'])")
+    held, mark, later = map(float, subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                                  text=True).stdout.split())
+    assert held >= 1.0 and mark >= held - 0.01 and later == mark, (held, mark, later)  # freeing keeps the mark

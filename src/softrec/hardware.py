@@ -40,7 +40,8 @@ def use_bf16(setting: str, device_type: str = "cpu") -> bool:
 def peak_memory_gib() -> dict[str, float]:
     """This process's peak memory so far, in GiB: resident host memory (`rss`, the kernel's high-water
     mark) and, on CUDA, the caching allocator's peak (`cuda`). Recorded per epoch so that a run shows
-    what it really needed next to the preflight's estimate, and a leak shows as a climb."""
+    what it really needed next to the preflight's estimate, and a leak shows as a climb. Linux starts a
+    child's `rss` mark at its parent's, so a step launched from a large process reads at least that."""
     import resource
 
     peak = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}  # Linux: KiB
