@@ -180,6 +180,29 @@ def test_the_finding_states_the_answer_in_words_with_its_intervals_and_condition
     assert len(report._finding_lines(results, {"soft/sft": {"mean_percent": 1.0, "terms": 2}})) == 7, "no interval, no line"
 
 
+def test_the_per_metric_relative_interval_resamples_sfts_values_too():
+    import numpy as np
+
+    from softrec.bench.quality.results import _relative_intervals
+    from softrec.bench.quality.study import relative_bounds
+    from softrec.metrics import stratified_mean_gain
+
+    rng = np.random.default_rng(2)
+    base = (rng.random((500, 3)) < [0.03, 0.02, 0.0]).astype(float)  # few SFT hits: the case that matters
+    soft = (rng.random((500, 3)) < [0.03, 0.02, 0.01]).astype(float)
+    vs = {"HR@10": {"low": -0.01, "high": 0.01}, "NDCG@10": {"low": -0.01, "high": 0.01}, "HR@1": {}}
+    _relative_intervals(vs, ["HR@10", "NDCG@10", "HR@1"], base, soft, 1000)
+    expected = stratified_mean_gain([(base[:, [0]], soft[:, [0]])], resamples=1000)
+    assert relative_bounds(vs["HR@10"], base[:, 0].mean()) == pytest.approx(expected[1:3])
+    assert "relative_low_percent" in vs["NDCG@10"] and vs["HR@1"] == {}, "only the table's metrics"
+    fixed = (100 * -0.01 / base[:, 0].mean(), 100 * 0.01 / base[:, 0].mean())
+    assert relative_bounds({"low": -0.01, "high": 0.01}, base[:, 0].mean()) == pytest.approx(fixed)  # an older table
+    base[:, 1] = 0  # SFT never scored: no relative gain, no interval
+    vs["NDCG@10"] = {"low": 0.0, "high": 0.0}
+    _relative_intervals(vs, ["HR@10", "NDCG@10", "HR@1"], base, soft, 1000)
+    assert "relative_low_percent" not in vs["NDCG@10"]
+
+
 def test_the_sweep_choice_says_its_margin_in_validation_hits():
     soft = {"chosen": "soft-a10", "chosen_from": {"soft-a1": [0.0117, 0.01, 0.3], "soft-a10": [0.0156, 0.01, 0.1],
                                                   "soft-a100": [0.0117, 0.02, 0.2]}}

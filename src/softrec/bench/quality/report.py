@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from softrec.bench.quality.planning import eval_folder
-from softrec.bench.quality.study import study_lines
+from softrec.bench.quality.study import relative_bounds, study_lines
 from softrec.bench.quality.suites import (
     GAIN_METRICS,
     LABELS,
@@ -101,8 +101,8 @@ def _copied_lines(dataset: dict[str, Any]) -> list[str]:
 
 
 def _relative_interval(facts: dict[str, float], base: float) -> str:
-    """A paired difference's 95% interval relative to SFT's value (SFT's value taken as fixed)."""
-    return f"{100 * facts['low'] / base:+.0f}% to {100 * facts['high'] / base:+.0f}%"
+    low, high = relative_bounds(facts, base)
+    return f"{low:+.0f}% to {high:+.0f}%"
 
 
 def _verdict(vs: dict[str, dict[str, float]]) -> str:
@@ -143,7 +143,7 @@ def _finding_lines(results: dict[str, Any], averages: dict[str, Any] | None = No
             parts.append(f"{metric} {base:.4f} -> {value:.4f} ({vs[metric]['diff']:+.4f} "
                          f"[{vs[metric]['low']:+.4f}, {vs[metric]['high']:+.4f}]{relative})")
         outside = [m for m in WITH_INTERVAL if sft["metrics"][m]["value"] > 0
-                   and 100 * vs[m]["high"] / sft["metrics"][m]["value"] < PAPER_MEAN_GAIN_PERCENT]
+                   and relative_bounds(vs[m], sft["metrics"][m]["value"])[1] < PAPER_MEAN_GAIN_PERCENT]
         paper = (f" The paper's +{PAPER_MEAN_GAIN_PERCENT}% lies above the interval on {' and '.join(outside)}."
                  if outside else "")
         pending = (" Provisional: alpha " + ", ".join(f"{alpha_of(m):g}" for m in row["pending"]) + " not finished."

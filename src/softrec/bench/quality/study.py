@@ -81,10 +81,17 @@ def study_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def relative_bounds(facts: dict[str, float], base: float) -> tuple[float, float]:
+    """A metric's 95% interval of the gain over SFT in %: resampled with SFT's values where results.json
+    has it, else (an older table) the paired difference's interval over SFT's value taken as fixed."""
+    if "relative_high_percent" in facts:
+        return facts["relative_low_percent"], facts["relative_high_percent"]
+    return 100 * facts["low"] / base, 100 * facts["high"] / base
+
+
 def study_points(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The plotted study rows: the teacher's validation HR@10 and exact-title share, the test HR@10
-    gain over SFT (%) and its 95% interval (the paired difference's interval over SFT's value, SFT's
-    value taken as fixed, as the finding lines state it); rows without a gain or a teacher HR@10 drop out."""
+    gain over SFT (%) and its 95% interval (`relative_bounds`, as the finding lines state it); rows without a gain or a teacher HR@10 drop out."""
     points = []
     for name, dataset in results.items():
         for row in study_rows(dataset).values():
@@ -93,7 +100,7 @@ def study_points(results: dict[str, Any]) -> list[dict[str, Any]]:
             sft = baseline.get("metrics", {}).get("HR@10", {}).get("value")
             if t["valid_HR@10"] is None or gain is None:
                 continue
-            low, high = (vs["low"] / sft * 100, vs["high"] / sft * 100) if vs and sft else (gain, gain)
+            low, high = relative_bounds(vs, sft) if vs and sft else (gain, gain)
             points.append({"dataset": name, "epoch": t["epoch"], "rule": t["rule"], "valid_HR@10": t["valid_HR@10"],
                            "exact_title_share": t["exact_title_share"], "gain": gain, "low": low, "high": high})
     return points
