@@ -21,7 +21,7 @@ def test_a_saved_suite_is_restored_without_weights_and_goes_on_without_redoing_i
     assert cli_main([*SMOKE, "--out", str(out), "--methods", "sasrec,sft,soft", "--save", str(saved)]) == 0
     assert "kept in" in capsys.readouterr().out
     index = json.loads((saved / "carry" / "carry.json").read_text())
-    assert set(index["runs"]) == {"demo/sft", "demo/soft"}  # the classic row reruns instead
+    assert set(index["runs"]) == {"demo/sasrec", "demo/sft", "demo/soft"}  # the classic row too, without weights
     kept = {p.relative_to(saved / "carry").as_posix() for p in (saved / "carry").rglob("*") if p.is_file()}
     assert "demo/sft/distilled.jsonl.gz" in kept and "demo/soft/history.json" in kept
     assert not any(part in name for name in kept for part in ("adapter", "checkpoints", "epochs", "safetensors"))
@@ -31,7 +31,7 @@ def test_a_saved_suite_is_restored_without_weights_and_goes_on_without_redoing_i
     for folder in ("demo/sft", "demo/sft/eval/test-l2-limit8", "demo/soft"):  # each names its machine
         machines = json.loads((saved / "carry" / folder / "ran_on.json").read_text())["ran_on"]
         assert machines and all(m.startswith(cpu_model()) for m in machines)
-    before = _metrics(out, "soft")
+    before, sasrec = _metrics(out, "soft"), _metrics(out, "sasrec")
 
     shutil.move(out, tmp_path / "elsewhere")  # another machine: --out is gone, the saved folder is not
     calls.clear()
@@ -39,12 +39,12 @@ def test_a_saved_suite_is_restored_without_weights_and_goes_on_without_redoing_i
                      "--restore", str(saved)]) == 0
     assert "restored from" in capsys.readouterr().out
     trained = [c[2] for c in calls if c[0] == "train"]
-    assert trained == ["sasrec", "soft-sd-only"]  # SFT and SOFT restored; sd-only trains on the restored targets
+    assert trained == ["soft-sd-only"]  # SASRec, SFT and SOFT restored; sd-only trains on the restored targets
     assert not (out / "demo" / "sft" / "adapter").exists()
-    assert _metrics(out, "soft") == before
+    assert _metrics(out, "soft") == before and _metrics(out, "sasrec") == sasrec
     log = json.loads((out / "steps.json").read_text())
     restored = [info for info in log.values() if "restored_from" in info]
-    assert len(restored) == 5 and all(info["restored_from"] == str(saved) for info in restored)
+    assert len(restored) == 7 and all(info["restored_from"] == str(saved) for info in restored)
 
     assert cli_main([*SMOKE, "--out", str(out), "--methods", "sft,soft", "--status"]) == 0
     assert f"restored from {saved} (no weights here)" in capsys.readouterr().out

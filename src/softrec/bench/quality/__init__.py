@@ -19,7 +19,7 @@ rows, kept out of the average gain, with their teacher's facts and DIR/study.png
 Resumable: finished steps are recorded in DIR/steps.json and skipped; an interrupted step is rerun,
 and `softrec train` picks up its last checkpoint (`--resume`), evaluation and distillation their
 finished chunks. `--status` shows where a suite stands and its ETA; `--pack FILE` carries the folder
-to another machine (restore: `tar xzf FILE -C DIR`); `--save DIR` also keeps the finished LLM runs
+to another machine (restore: `tar xzf FILE -C DIR`); `--save DIR` also keeps the finished runs
 without their weights in DIR/carry/, which `--restore DIR` writes back on another machine (`carry`).
 `--steps distill` runs only the distillations (every teacher's targets while its weights are here). `--time-plan GPU` prints each step's estimated
 seconds on one such GPU (assumed rates, unmeasured), `--time-plan cpu` on this CPU (its timed matmul
@@ -142,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(steps, data, finished rows, each run's newest checkpoint); restore it with "
                         "`tar xzf FILE -C OUT` on the same --out path")
     parser.add_argument("--restore", type=Path, action="append", default=[], metavar="SAVED",
-                        help="first write back the finished LLM runs (no weights) that a --save folder keeps in "
+                        help="first write back the finished runs (no weights) that a --save folder keeps in "
                         "SAVED/carry/, where --out lacks them, so the suite goes on without redoing them on another "
                         "machine; into the same --out path; repeatable")
     parser.add_argument("--steps", metavar="KINDS", help="run only the plan's steps of these kinds (comma-separated: "

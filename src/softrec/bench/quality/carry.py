@@ -1,4 +1,4 @@
-"""A suite's finished LLM runs without their weights: kept by `--save DIR` in DIR/carry/, written
+"""A suite's finished runs without their weights: kept by `--save DIR` in DIR/carry/, written
 back by `--restore DIR` on another machine so the suite goes on from there.
 
 Why: a long suite spans sessions, a session may land on another machine, and only the repository
@@ -10,8 +10,9 @@ validation curve. Restoring an SFT teacher that way saves its 1-3 h of training 
 Kept of each run folder: every file but its weights (adapter/, model/, epochs/, checkpoints/,
 fork-point/, *.safetensors), its TensorBoard logs/ and its predictions.jsonl files, which are taken from the
 save's predictions/ when their bytes are there (gzipped; else kept here); *.jsonl gzipped. A run is
-kept only when every planned step writing into it has finished. Classic rows (a minute each) are not
-kept: they rerun. DIR/carry/carry.json lists the runs, their predictions and their finished steps.
+kept only when every planned step writing into it has finished. Classic rows are kept too (SASRec
+took 7.5 min on ml-100k, and a `--report-only` rebuild from a restore must not drop their rows: it
+did, before they were kept). DIR/carry/carry.json lists the runs, their predictions and their finished steps.
 
 Restore writes back each kept run that OUT lacks (never over an existing folder), checks every
 restored artefact against the run's manifest.json checksums, and merges its steps into
@@ -60,11 +61,11 @@ def _run_of(step: PlannedStep, out: Path) -> Path | None:
 
 
 def _carried_runs(steps: list[PlannedStep], out: Path, log: StepLog) -> dict[Path, list[PlannedStep]]:
-    """The LLM run folders every planned step of which has finished, with those steps."""
+    """The run folders every planned step of which has finished, with those steps."""
     runs: dict[Path, list[PlannedStep]] = {}
     unfinished: set[Path] = set()
     for step in steps:
-        if (run := _run_of(step, out)) is None or step.kind in ("train-classic", "evaluate-classic", "prepare"):
+        if (run := _run_of(step, out)) is None or step.kind == "prepare":
             continue
         if log.finished(step):
             runs.setdefault(run, []).append(step)
@@ -74,7 +75,7 @@ def _carried_runs(steps: list[PlannedStep], out: Path, log: StepLog) -> dict[Pat
 
 
 def save_carry(steps: list[PlannedStep], out: Path, save: Path) -> dict[str, Any]:
-    """Write SAVE/carry/ for OUT's finished LLM runs (after SAVE/predictions/ is written); returns the index."""
+    """Write SAVE/carry/ for OUT's finished runs (after SAVE/predictions/ is written); returns the index."""
     from softrec.runs import atomic_write_bytes, atomic_write_json
 
     saved = {_sha(gzip.decompress(p.read_bytes())): p.relative_to(save).as_posix()

@@ -99,9 +99,9 @@ class _DatasetPlan:
         return eval_folder(self.bench_out, self.name, method, self.suite.test_limit) / "metrics.json"
 
     def classic(self, method: str) -> None:
-        run = self.root / method
+        run = self.root / method  # done: history.json, not the weights (a restored run has none)
         self.step("train-classic", method, ["train", "--method", method, "--data", str(self.data), "--out", str(run),
-                                            *_sets(self.suite.classic_sets)], run / "classic.safetensors")
+                                            *_sets(self.suite.classic_sets)], run / "history.json")
         self.step("evaluate-classic", method, ["evaluate", "--run-dir", str(run), "--data", str(self.data),
                                                *self.evaluation], self.metrics(method))
 
