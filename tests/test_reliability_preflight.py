@@ -218,3 +218,26 @@ def test_training_time_counts_real_tokens_and_the_padding_of_random_micro_batche
     assert f"~{token_counts.expected_longest(lengths, 8):.0f} tokens each as micro-batches of 8 pad them" in estimate.summary()
     grouped = preflight.estimate_train(config.with_(train={"group_by_length": True}), tiny_dataset)
     assert grouped.seconds < estimate.seconds  # length-grouped micro-batches pad (almost) nothing
+
+
+def test_memory_is_priced_at_the_longest_training_sample_with_softs_distilled_target(tiny_dataset):
+    from softrec.data.subsets import training_samples
+
+    config = load_config(values={"model.name": "tiny"})
+    trained = training_samples(tiny_dataset, config)
+    assert len(trained) > 3
+    longest = max(token_counts.sample_lengths(tiny_dataset, config, samples=trained))
+    assert token_counts.longest_training_tokens(tiny_dataset, config) == longest  # every trained sample, not 64
+    soft = config.with_(train={"method": "soft"})
+    short = {s.sample_id: '"x"' for s in trained}
+    run_on = {**short, trained[2].sample_id: " ".join(["word"] * 80)}  # one distilled target runs on
+    assert token_counts.longest_training_tokens(tiny_dataset, soft, short) == longest
+    with_run_on = token_counts.longest_training_tokens(tiny_dataset, soft, run_on)
+    assert with_run_on > longest
+    # not distilled yet (the pipeline's preflight): a prompt plus the distillation's token cap
+    prompts = token_counts.sample_lengths(tiny_dataset, config, samples=trained, responses=dict.fromkeys(short, ""))
+    assert token_counts.longest_training_tokens(tiny_dataset, soft) == min(
+        config.model.max_length, max(max(prompts) + config.soft.distill_max_new_tokens, longest))
+    plain = preflight.estimate_train(soft, tiny_dataset, distilled=short)
+    long = preflight.estimate_train(soft, tiny_dataset, distilled=run_on)
+    assert long.memory["activations"] > plain.memory["activations"]

@@ -7,6 +7,8 @@ backbones), its config.json (a local HF checkpoint) or the tiny test model's con
     trainable    LoRA: layers x targets x r x (in + out); full fine-tuning: every parameter
     grads+AdamW  trainable x 4 bytes x 3 (gradient, two moments)
     activations  micro_batch x seq x layers x (12 hidden + 2 intermediate [+ heads x seq on CPU]) x 4
+                 seq: the longest prompt + response among the samples the run trains on (a SOFT row's
+                 distilled target included: `longest_training_tokens`)
     LM head      micro_batch x labelled tokens x vocab x 4 x 3 (logits, softmax, gradient); every
                  position instead of the labelled ones when train.logits_at_labels_only is off
     generation   batch x beams x (prompt + new tokens) x layers x 2 x kv_dim x 4 (KV cache)
@@ -54,6 +56,7 @@ from softrec.methods import is_soft
 from softrec.models.token_counts import (
     TIME_PROBE,
     expected_longest,
+    longest_training_tokens,
     prompt_tokens,
     sample_lengths,
     title_tokens,
@@ -289,13 +292,14 @@ def catalogue_flops(shape: BackboneShape, titles: int, title_tokens: float) -> f
 
 
 def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, device: str | None = None,
-                   world_size: int | None = None) -> Estimate:
-    """Peak memory per process and wall time of `train_llm` with these settings."""
+                   world_size: int | None = None, distilled: dict[str, str] | None = None) -> Estimate:
+    """Peak memory per process and wall time of `train_llm` with these settings (`distilled`: a SOFT
+    run's targets, whose length the memory is priced at too)."""
     device = device or device_name()
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     shape = model_shape(config.model.name)
     train = config.train
-    seq = prompt_tokens(dataset, config)
+    seq = longest_training_tokens(dataset, config, distilled)
     per_param = BYTES[config.model.dtype]
     act = 2 if train.bf16 == "on" or (train.bf16 == "auto" and device != "cpu") else 4
     lora = train.lora
@@ -445,11 +449,12 @@ def run_preflight(estimate: Estimate, *, printer: Any = print) -> Estimate:
     return estimate
 
 
-def preflight_train(config: Any, dataset: Any, *, skip: bool = False) -> Estimate | None:
+def preflight_train(config: Any, dataset: Any, *, skip: bool = False,
+                    distilled: dict[str, str] | None = None) -> Estimate | None:
     if not enabled(skip):
         return None
     try:
-        estimate = estimate_train(config, dataset)
+        estimate = estimate_train(config, dataset, distilled=distilled)
     except UnknownModel as exc:
         print(exc)
         return None

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from softrec.preflight import preflight_train
     from softrec.training.trainer import train_llm
 
-    preflight_train(config, dataset, skip=args.no_preflight)
+    preflight_train(config, dataset, skip=args.no_preflight, distilled=distilled)
 
     info = {"command": getattr(args, "command_line", None)}
     if distilled is not None:
