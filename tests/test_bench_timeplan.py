@@ -142,6 +142,20 @@ def test_eta_corrects_the_plan_by_what_each_kind_of_step_took(tmp_path):
     log.mark(steps[3], 20.0)  # an evaluation copied from a sibling (--reuse-from): no rate
     assert eta(steps, log, 1, planned) == "ETA 0:33 h for 1 step(s) (planned x1.5 as measured so far)"
     assert eta(steps, StepLog(tmp_path / "new"), 0, dict.fromkeys(planned, 30_000.0)).startswith("ETA 33:20 h")
+    # steps timed on another machine (restored) or another kind of CPU say nothing of this one's rate
+    other = StepLog(tmp_path / "other")
+    steps[0].output.touch()
+    other.mark(steps[0], 500.0)
+    other.done[steps[0].command]["restored_from"] = "saved"
+    steps[2].output.touch()
+    other.mark(steps[2], 100.0)
+    other.done[steps[2].command]["ran_on"] = "Some Other CPU, 2 CPUs"
+    assert eta(steps, other, 1, planned) == "ETA 0:25 h for 2 step(s) (planned, no long step timed yet)"
+    classic = PlannedStep("train-classic", "demo", "sasrec", ["train", "sasrec"], tmp_path / "sasrec")
+    classic.output.touch()
+    other.mark(classic, 100.0)  # a classic model 10x faster than planned: no rate for the LLM's steps
+    assert eta(steps, other, 1, {**planned, classic.command: 1000.0}) == \
+        "ETA 0:25 h for 2 step(s) (planned, no long step timed yet)"
 
 
 def test_a_short_step_does_not_rescale_the_long_ones(tmp_path):

@@ -121,17 +121,24 @@ def eta(steps: list[PlannedStep], log: StepLog, start: int, planned: dict[str, f
     """The remaining steps' time: each one's planned seconds (`timeplan`: every run to its epoch cap),
     less what its checkpoints have done, times how far off the plan was on the finished steps of its
     kind (the median of measured / planned), or, while none of its kind has finished, on all the
-    finished long steps together. A long step done in under LONG_STEP_S skipped its work (an
-    evaluation copied from a sibling, `--reuse-from`) and says nothing of the rate. Hours count on past 24."""
+    finished long LLM steps together (a classic model's rate says nothing of the LLM's). A long step done in under LONG_STEP_S skipped its work (an
+    evaluation copied from a sibling, `--reuse-from`) and says nothing of the rate; nor does one timed
+    on another kind of CPU (restored with `--restore` or `--pack`: an AMX Xeon's SOFT training, ~2x
+    faster, put an AMD EPYC's ETA at half the truth). Hours count on past 24."""
     if not planned:
         return "ETA unknown (no time plan)"
+    from softrec.bench import cpu_model
+
+    here = cpu_model()
     ratios: dict[str, list[float]] = {}
     measured = plan = 0.0
     for command, info in log.done.items():
+        if "restored_from" in info or not str(info.get("ran_on") or "").startswith(here):
+            continue
         timed_plan = planned.get(command, 0.0) * info.get("share_timed", 1.0)
         if timed_plan and not (info["seconds"] < LONG_STEP_S <= timed_plan):
             ratios.setdefault(info["kind"], []).append(info["seconds"] / timed_plan)
-            if timed_plan >= LONG_STEP_S:
+            if timed_plan >= LONG_STEP_S and not info["kind"].endswith("-classic"):  # not the LLM's rate
                 measured, plan = measured + info["seconds"], plan + timed_plan
     overall = measured / plan if plan else 1.0
     left = [s for s in steps[start:] if not log.finished(s)]
