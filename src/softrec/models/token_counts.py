@@ -56,14 +56,15 @@ def longest_training_tokens(dataset: Any, config: Any, distilled: dict[str, str]
     """The longest prompt + response among the samples the run trains on, what memory is priced at:
     a micro-batch pads to its longest, and the run meets every sample. A SOFT row carries both targets,
     so its distilled text counts too: as given, else (not distilled yet) up to soft.distill_max_new_tokens
-    tokens. The first 64 samples' real targets alone priced a cpu-medium SOFT run at 475 tokens against
-    a true 579 (its raw distilled targets run on), one cause of a 10.7 GiB estimate against ~16 GiB RSS."""
+    tokens. The first 64 samples priced a cpu-medium amazon-industrial SOFT run at 475 tokens against
+    a true 570 (reached by a real target; its distilled ones add 1), one cause of a 10.7 GiB estimate
+    against ~15-16.7 GiB RSS."""
     from softrec.data.subsets import training_samples
     from softrec.methods import is_soft
 
     samples = training_samples(dataset, config)[:MEMORY_PROBE] or dataset.split("test")[:64]
     longest = max(sample_lengths(dataset, config, samples=samples))
-    if is_soft(config.train.method) and samples:
+    if is_soft(config.train.method):
         if distilled:
             known = [s for s in samples if s.sample_id in distilled]
             longest = max(longest, *sample_lengths(dataset, config, samples=known, responses=distilled))

@@ -91,7 +91,8 @@ def relative_bounds(facts: dict[str, float], base: float) -> tuple[float, float]
 
 def study_points(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The plotted study rows: the teacher's validation HR@10 and exact-title share, the test HR@10
-    gain over SFT (%) and its 95% interval (`relative_bounds`, as the finding lines state it); rows without a gain or a teacher HR@10 drop out."""
+    gain over SFT (%) and its 95% interval (`relative_bounds`, as the finding lines state it); rows
+    without a gain or a teacher HR@10 drop out."""
     points = []
     for name, dataset in results.items():
         for row in study_rows(dataset).values():
