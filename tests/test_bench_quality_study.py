@@ -187,3 +187,31 @@ def test_results_record_the_teacher_and_keep_study_rows_out_of_the_average(tmp_p
         assert averages[pair]["mean_percent"] == pytest.approx(gain)
         assert averages[pair]["low_percent"] < gain < averages[pair]["high_percent"]
     assert "- **Over 1 dataset(s)**, the paper's measure" in (out / "results.md").read_text()
+
+
+def _study_row(epoch, rule, valid_hr, share, gain, low, high):
+    teacher = {"epoch": epoch, "rule": rule, "valid_HR@10": valid_hr, "valid_epoch": epoch or 2,
+               "exact_title_share": share}
+    vs = {"diff": 0.0, "low": 0.0, "high": 0.0, "p": 1.0, "relative_low_percent": low, "relative_high_percent": high}
+    return {"teacher": teacher, "gains": {"HR@10": gain}, "vs_sft": {"HR@10": vs}}
+
+
+def test_study_paragraph_sets_rules_and_teachers_side_by_side_and_names_significant_rows():
+    methods = {"sft": {"metrics": {"HR@10": {"value": 0.1}}},
+               "soft-tbest-raw": _study_row(None, "raw", 0.098, 0.705, 0.0, -12.0, 14.0),
+               "soft-tbest-grounded": _study_row(None, "grounded", 0.098, 1.0, 20.0, 5.0, 36.0),
+               "soft-t1-raw": _study_row(1, "raw", 0.082, 0.6, -30.0, -45.0, -12.0)}
+    lines = quality.study.study_finding_lines({"amazon-industrial": {"n": 1000, "methods": methods}})
+    [paragraph] = [line for line in lines if line.startswith("- **amazon-industrial**")]
+    assert "(1000 test samples, 3 study row(s))" in paragraph
+    assert ("teacher best epoch (2), by target rule: raw +0% [-12%, +14%], 70.5% exact titles, "
+            "grounded +20% [+5%, +36%], 100.0% exact titles") in paragraph
+    # the raw rule's teachers, weakest (lowest validation HR@10) first
+    assert ("raw targets, by teacher: epoch 1 -30% [-45%, -12%] (teacher validation HR@10 0.082), "
+            "best epoch (2) +0% [-12%, +14%] (teacher validation HR@10 0.098)") in paragraph
+    assert paragraph.endswith("Intervals that exclude 0: above SFT: best epoch (2) grounded; below SFT: epoch 1 raw.")
+    assert any("cannot test a trend" in line for line in lines)
+    # one study row: no side-by-side clause, the row stated alone
+    alone = quality.study.study_finding_lines({"d": {"n": 9, "methods": {k: methods[k] for k in ("sft", "soft-t1-raw")}}})
+    assert "teacher epoch 1, raw targets -30% [-45%, -12%], 60.0% exact titles. Intervals that exclude 0: below SFT" in alone[2]
+    assert quality.study.study_finding_lines({"d": {"n": 9, "methods": {"sft": methods["sft"]}}}) == []
