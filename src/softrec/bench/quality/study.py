@@ -172,15 +172,26 @@ def study_plot(results: dict[str, Any], path: Path) -> Path | None:
     markers = dict(zip(STUDY_RULES, "os^", strict=False))
     colours = {name: f"C{i}" for i, name in enumerate(results)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    rules = list(dict.fromkeys(p["rule"] for p in points))
     for ax, key, label in ((axes[0], "valid_HR@10", "teacher's validation HR@10 (SFT at that epoch)"),
                            (axes[1], "exact_title_share", "share of its distilled targets that are exact titles")):
-        for p in (p for p in points if p[key] is not None):
-            ax.errorbar(p[key], p["gain"], yerr=[[p["gain"] - p["low"]], [p["high"] - p["gain"]]], capsize=3,
-                        marker=markers.get(p["rule"], "x"), color=colours[p["dataset"]], linestyle="none")
-            ax.annotate("best" if p["epoch"] is None else str(p["epoch"]), (p[key], p["gain"]),
-                        textcoords="offset points", xytext=(5, 3))
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xlabel(label)
+        shown = [p for p in points if p[key] is not None]
+        xs = [p[key] for p in shown]
+        if not xs:
+            continue
+        width = (max(xs) - min(xs)) or 0.2 * (abs(xs[0]) or 1.0)
+        if max(xs) == min(xs):  # one teacher: a window around it, not an axis stretched by the dodge alone
+            ax.set_xlim(xs[0] - width / 2, xs[0] + width / 2)
+        step = 0.02 * width
+        for p in shown:
+            # one teacher's rules share its validation HR@10: dodged sideways so their intervals stay apart
+            x = p[key] + step * (rules.index(p["rule"]) - (len(rules) - 1) / 2)
+            ax.errorbar(x, p["gain"], yerr=[[p["gain"] - p["low"]], [p["high"] - p["gain"]]], capsize=3,
+                        marker=markers.get(p["rule"], "x"), color=colours[p["dataset"]], linestyle="none")
+            ax.annotate("best" if p["epoch"] is None else str(p["epoch"]), (x, p["gain"]),
+                        textcoords="offset points", xytext=(5, 3))
     for rule in dict.fromkeys(p["rule"] for p in points):
         axes[1].scatter([], [], marker=markers.get(rule, "x"), color="grey", label=rule)
     for name in dict.fromkeys(p["dataset"] for p in points):  # datasets by colour, not by a rule's marker
