@@ -215,3 +215,19 @@ def test_study_paragraph_sets_rules_and_teachers_side_by_side_and_names_signific
     alone = quality.study.study_finding_lines({"d": {"n": 9, "methods": {k: methods[k] for k in ("sft", "soft-t1-raw")}}})
     assert "teacher epoch 1, raw targets -30% [-45%, -12%], 60.0% exact titles. Intervals that exclude 0: below SFT" in alone[2]
     assert quality.study.study_finding_lines({"d": {"n": 9, "methods": {"sft": methods["sft"]}}}) == []
+
+
+def test_study_plot_dodges_one_teachers_rules_and_keeps_its_value_in_view(tmp_path, monkeypatch):
+    import softrec.bench
+
+    figures = []
+    monkeypatch.setattr(softrec.bench, "write_png", lambda fig, path: figures.append(fig) or path)
+    methods = {"sft": {"metrics": {"HR@10": {"value": 0.1}}},
+               "soft-tbest-raw": _study_row(None, "raw", 0.098, 0.705, 0.0, -12.0, 14.0),
+               "soft-tbest-grounded": _study_row(None, "grounded", 0.098, 1.0, 20.0, 5.0, 36.0)}
+    quality.study.study_plot({"d": {"n": 9, "methods": methods}}, tmp_path / "study.png")
+    left = figures[0].axes[0]
+    low, high = left.get_xlim()
+    assert low < 0.098 < high and high - low < 0.05, "a window around the one teacher, not matplotlib's default"
+    xs = sorted({float(line.get_xdata()[0]) for line in left.lines if len(line.get_xdata()) == 1})  # marker, caps
+    assert len(xs) == 2 and xs[0] < 0.098 < xs[1], "the two rules' markers sit either side of the teacher's value"
