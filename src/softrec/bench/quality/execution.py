@@ -123,8 +123,9 @@ def eta(steps: list[PlannedStep], log: StepLog, start: int, planned: dict[str, f
     kind (the median of measured / planned), or, while none of its kind has finished, on all the
     finished long LLM steps together (a classic model's rate says nothing of the LLM's). A long step
     done in under LONG_STEP_S skipped its work (an evaluation copied from a sibling, `--reuse-from`)
-    and says nothing of the rate; nor does one timed on another kind of CPU (restored with `--restore` or `--pack`: an AMX Xeon's SOFT training, ~2x
-    faster, put an AMD EPYC's ETA at half the truth). Hours count on past 24."""
+    and says nothing of the rate; nor does one timed on another kind of CPU (restored with `--restore`
+    or `--pack`: an AMX Xeon's SOFT training, ~2x faster, put an AMD EPYC's ETA at half the truth).
+    Hours count on past 24."""
     if not planned:
         return "ETA unknown (no time plan)"
     from softrec.bench import cpu_model

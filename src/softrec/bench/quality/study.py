@@ -126,10 +126,9 @@ def study_finding_lines(results: dict[str, Any]) -> list[str]:
     side, then of one rule's teacher epochs (weakest teacher first), and which intervals exclude 0.
     Stated as a description: a handful of teachers cannot test a trend, and the text says so."""
     lines: list[str] = []
-    for name in results:
-        points = [p for p in study_points(results) if p["dataset"] == name]
-        if not points:
-            continue
+    every = study_points(results)
+    for name in dict.fromkeys(p["dataset"] for p in every):
+        points = [p for p in every if p["dataset"] == name]
         clauses = []
         for epoch in dict.fromkeys(p["epoch"] for p in points):
             same = [p for p in points if p["epoch"] == epoch]
@@ -143,11 +142,9 @@ def study_finding_lines(results: dict[str, Any]) -> list[str]:
                     f"{_teacher_name(p)} {_gain(p)} (teacher validation HR@10 {p['valid_HR@10']:.3f})" for p in same))
         if not clauses:
             clauses = [f"teacher {_teacher_name(p)}, {p['rule']} targets {_gain(p)}{_share(p)}" for p in points]
-        above = [p for p in points if p["low"] > 0]
-        below = [p for p in points if p["high"] < 0]
-        significant = "; ".join(part for part in (
-            ("above SFT: " + ", ".join(f"{_teacher_name(p)} {p['rule']}" for p in above)) if above else "",
-            ("below SFT: " + ", ".join(f"{_teacher_name(p)} {p['rule']}" for p in below)) if below else "") if part)
+        sides = {"above SFT": [p for p in points if p["low"] > 0], "below SFT": [p for p in points if p["high"] < 0]}
+        significant = "; ".join(f"{side}: " + ", ".join(f"{_teacher_name(p)} {p['rule']}" for p in found)
+                                for side, found in sides.items() if found)
         lines.append(f"- **{name}** ({results[name]['n']} test samples, {len(points)} study row(s)), HR@10 gain over SFT "
                      f"[95% interval]: " + "; ".join(clauses) + ". Intervals that exclude 0: "
                      + (significant or "none") + ".")
@@ -192,7 +189,7 @@ def study_plot(results: dict[str, Any], path: Path) -> Path | None:
                         marker=markers.get(p["rule"], "x"), color=colours[p["dataset"]], linestyle="none")
             ax.annotate("best" if p["epoch"] is None else str(p["epoch"]), (x, p["gain"]),
                         textcoords="offset points", xytext=(5, 3))
-    for rule in dict.fromkeys(p["rule"] for p in points):
+    for rule in rules:
         axes[1].scatter([], [], marker=markers.get(rule, "x"), color="grey", label=rule)
     for name in dict.fromkeys(p["dataset"] for p in points):  # datasets by colour, not by a rule's marker
         axes[1].plot([], [], color=colours[name], linewidth=6, label=name)
