@@ -81,6 +81,28 @@ def test_generation_time_grows_with_samples_and_beams(tiny_dataset):
     assert seconds(200, 4) > 1.9 * seconds(100, 4) and seconds(100, 8) > seconds(100, 4)
 
 
+
+def test_bf16_decoding_of_fp32_weights_prices_its_copy_and_same_dtype_decoding_does_not(tiny_dataset):
+    """`decoding_model` decodes a bf16 copy when the weights are fp32: 0.5 GiB for Gemma 3 270M."""
+    def copy_bytes(**values):
+        config = load_config(values={"model.name": "gemma-3-270m", **values})
+        return preflight.estimate_generation(config, tiny_dataset, 10, stage="evaluate", num_beams=4,
+                                             max_new_tokens=64, batch_size=8, device="cpu").memory.get("decoding_copy")
+
+    assert copy_bytes(**{"eval.dtype": "bfloat16"}) == 268_098_176 * 2
+    assert copy_bytes(**{"eval.dtype": "float32"}) is None
+    assert copy_bytes(**{"eval.dtype": "bfloat16", "model.dtype": "bfloat16"}) is None
+
+
+def test_the_kv_cache_is_priced_for_the_prompts_a_batch_really_holds(tiny_dataset):
+    config = load_config(values={"model.name": "gemma-3-270m"})
+
+    def kv_cache(n):
+        return preflight.estimate_generation(config, tiny_dataset, n, stage="validate", num_beams=4,
+                                             max_new_tokens=64, batch_size=32, device="cpu").memory["kv_cache"]
+
+    assert kv_cache(16) * 2 == kv_cache(32) == kv_cache(1000)
+
 def test_cli_prints_the_estimate_and_refuses_with_exit_2(tiny_dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(preflight, "available_memory", lambda device: GiB // 4)  # less than tiny needs
     args = ["train", "--data", str(tiny_dataset.path), "--out", str(tmp_path / "run"), "--model", "tiny"]

@@ -375,7 +375,10 @@ def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str
     model = model or config.model.name
     shape = model_shape(model)
     seq = prompt_tokens(dataset, config) + max_new_tokens
-    rows = batch_size * num_beams
+    rows = min(batch_size, n_samples) * num_beams  # fewer prompts than a batch fill only their rows
+    from softrec.hardware import use_bf16
+
+    native = config.eval.dtype == "bfloat16" or (config.eval.dtype == "auto" and use_bf16("auto", device if device == "cpu" else "cuda"))
     memory = {
         "weights": shape.params * BYTES[config.model.dtype],
         "kv_cache": rows * seq * shape.layers * 2 * shape.kv_dim * 4,
@@ -383,14 +386,13 @@ def estimate_generation(config: Any, dataset: Any, n_samples: int, *, stage: str
         "catalogue": len(dataset.titles) * shape.hidden * 4,
         "runtime": int(0.5 * GiB) if device == "cpu" else int(1.0 * GiB),
     }
+    if native and BYTES[config.model.dtype] == 4:  # `decoding_model`'s merged bf16 copy of the weights
+        memory["decoding_copy"] = shape.params * 2
     prompt = prompt_tokens(dataset, config, TIME_PROBE, mean=True)
     titles = title_tokens(dataset, config)
     steps = typical_new_tokens(titles, max_new_tokens)
     flops = generation_flops(shape, n_samples, prompt_tokens=prompt, num_beams=num_beams, new_tokens=steps)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    from softrec.hardware import use_bf16
-
-    native = config.eval.dtype == "bfloat16" or (config.eval.dtype == "auto" and use_bf16("auto", device if device == "cpu" else "cuda"))
     seconds = flops / (device_flops(device, generate=True, bf16=native) * world)
     # the catalogue is embedded by the fp32 base model (once; later runs read it from the disk cache)
     seconds += catalogue * catalogue_flops(shape, len(dataset.titles), titles) / device_flops(device, catalogue=True)
