@@ -166,9 +166,9 @@ def decoding_model(model: Any, dtype: torch.dtype | None = None) -> Iterator[Any
     """The model to decode with: LoRA folded into the weights (one matmul per projection instead of
     three), in `dtype`. In the model's own dtype the merge happens in place and is undone afterwards;
     another dtype decodes a merged copy made straight in that dtype, the caller's model untouched.
-    Never a full-precision copy: Gemma 3 270M's took 1 GiB more at its peak, and glibc kept part of
-    it resident once freed, in every training process that validates. LLaRA's embedding hooks stay
-    on the original."""
+    Never a full-precision copy first: for Gemma 3 270M that raised the peak by 1.28 GiB instead of
+    0.51 and left 0.34 GiB resident once freed, in every training process that validates
+    (`benchmarks/bench_decoding_copy_memory.py`). LLaRA's embedding hooks stay on the original."""
     current = next(model.parameters()).dtype
     if dtype is None or dtype == current or hasattr(causal_lm_of(model), "llara_projector"):
         with _merged_in_place(model):
