@@ -120,9 +120,13 @@ def test_the_bf16_copy_is_the_merged_model_cast_without_a_full_precision_copy(ad
         for name, param in tied.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.2)
-    for model, is_tied in ((adapted[0], False), (tied, True)):
+    full = copy.deepcopy(tiny_backbone[0])  # full fine-tuning: no adapter to fold
+    for model, is_tied in ((adapted[0], False), (tied, True), (full, False)):
         before = {name: p.detach().clone() for name, p in model.named_parameters()}
-        expected = copy.deepcopy(model).merge_and_unload().to(torch.bfloat16).state_dict()
+        reference = copy.deepcopy(model)
+        if hasattr(reference, "merge_and_unload"):
+            reference = reference.merge_and_unload()
+        expected = reference.to(torch.bfloat16).state_dict()
         with decoding_model(model, torch.bfloat16) as decoder:
             got = decoder.state_dict()
             assert (decoder.get_input_embeddings().weight is decoder.get_output_embeddings().weight) == is_tied
