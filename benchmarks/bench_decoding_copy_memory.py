@@ -17,13 +17,12 @@ once the copy is freed (what glibc keeps), all in GiB; then the ratio of the pea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 WAYS = ("straightforward", "softrec")
 
@@ -40,6 +39,7 @@ def measure(way: str, model_name: str) -> dict[str, float]:
     import torch
 
     from softrec.config import load_config
+    from softrec.hardware import peak_memory_gib
     from softrec.inference.generate import decoding_model
     from softrec.models.registry import load_backbone
     from softrec.training.trainer import prepare_model
@@ -53,15 +53,13 @@ def measure(way: str, model_name: str) -> dict[str, float]:
             parameter.add_(0)  # every page resident, as in a training process
     model.eval()
     before = _rss_gib()
-    if way == "straightforward":
-        twin = copy.deepcopy(model).merge_and_unload().to(torch.bfloat16)
-    else:
-        context = decoding_model(model, torch.bfloat16)
-        twin = context.__enter__()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-    if way == "softrec":
-        context.__exit__(None, None, None)
-    del twin
+    with contextlib.ExitStack() as stack:
+        if way == "straightforward":
+            twin = copy.deepcopy(model).merge_and_unload().to(torch.bfloat16)
+        else:
+            twin = stack.enter_context(decoding_model(model, torch.bfloat16))
+        peak = peak_memory_gib()["rss"]
+        del twin
     return {"before": before, "peak": peak, "after": _rss_gib()}
 
 
@@ -73,9 +71,9 @@ def main() -> int:
     if args.child:
         print(json.dumps(measure(args.child, args.model)))
         return 0
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
-    print(f"# {' '.join(sys.argv)}\n# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cpu}")
+    from softrec.bench import describe, machine
+
+    print(f"# {' '.join(sys.argv)}\n# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {describe(machine())}")
     grown = {}
     for way in WAYS:
         done = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", way],
