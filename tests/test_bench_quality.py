@@ -58,6 +58,23 @@ def test_the_sweeps_other_soft_runs_fork_from_its_first_and_are_priced_one_epoch
     assert seconds["soft-a10"] == seconds["soft-sd-only"] < seconds["soft-a1"]
 
 
+def test_steps_recorded_before_the_soft_cap_replaced_the_suites_epochs_still_count(tmp_path):
+    import shlex
+
+    steps = _plan(tmp_path, ["soft-a1"], suite="cpu-medium", datasets=["amazon-books"])
+    sft, soft = (next(s for s in steps if s.kind == "train-llm" and s.owner == o) for o in ("sft", "soft-a1"))
+    assert soft.argv.count("--epochs") == 1 and soft.argv[-2:] == ["--epochs", "4"]
+    assert quality.planning.canonical_command(sft.command) == sft.command  # one --epochs: unchanged
+    # how the plan wrote it until 2026-12-07: the suite's --epochs 7 where SFT has it, the cap at the end
+    assert sft.argv[sft.argv.index("--epochs"):][:4] == ["--epochs", "7", "--effective-batch", "32"]
+    at = soft.argv.index("--effective-batch")
+    legacy = [*soft.argv[:at], "--epochs", "7", *soft.argv[at:]]
+    (tmp_path / "steps.json").write_text(json.dumps({shlex.join(["softrec", *legacy]): {"kind": "train-llm"}}))
+    soft.output.parent.mkdir(parents=True)
+    soft.output.write_text("[]")
+    assert quality.execution.StepLog(tmp_path).finished(soft)
+
+
 def test_launcher_prefixes_llm_training_and_evaluation_only(tmp_path):
     steps = quality.plan(quality.SUITES["gpu"], tmp_path, ["ml-100k"], ["sft", "sasrec"], ["torchrun", "--nproc_per_node", "2"])
     for step in steps:

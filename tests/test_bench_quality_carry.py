@@ -99,3 +99,24 @@ def test_a_study_teacher_is_kept_and_a_run_still_training_is_not(tmp_path, bench
     assert set(index["runs"]) == {"demo/sft", "demo/teacher-tbest-quoted"}
     assert "distilled.jsonl" in index["runs"]["demo/teacher-tbest-quoted"]["files"]
     assert not any("adapter" in name for name in index["runs"]["demo/teacher-tbest-quoted"]["files"])
+
+
+def test_a_save_whose_steps_repeat_epochs_is_restored_under_todays_commands(tmp_path, bench_steps_in_process, capsys):
+    """Saves made before 2026-12-07 recorded SOFT's training as `--epochs 7 ... --epochs 4` (argparse
+    keeps the last); restored, those steps must count as today's single `--epochs 4`, not rerun."""
+    calls = bench_steps_in_process
+    out, saved = tmp_path / "bench", tmp_path / "saved"
+    assert cli_main([*SMOKE, "--out", str(out), "--methods", "sft", "--save", str(saved)]) == 0
+    index_path = saved / "carry" / "carry.json"
+    index = json.loads(index_path.read_text())
+    today = [c for c in index["steps"] if " train " in f" {c} "]
+    assert len(today) == 1 and today[0].count("--epochs") == 1
+    legacy = today[0].replace(" --epochs ", " --epochs 99 --epochs ", 1)
+    index["steps"][legacy] = index["steps"].pop(today[0])
+    index_path.write_text(json.dumps(index))
+    shutil.rmtree(out)
+    calls.clear()
+    assert cli_main([*SMOKE, "--out", str(out), "--methods", "sft", "--restore", str(saved)]) == 0
+    capsys.readouterr()
+    assert not [c for c in calls if c[0] == "train"], "the restored training step counts as finished"
+    assert today[0] in json.loads((out / "steps.json").read_text())

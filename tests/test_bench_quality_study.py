@@ -39,6 +39,7 @@ def test_plan_distils_the_epoch_by_the_rule_then_trains_soft_on_it(tmp_path):
     assert train.argv[:9] == ["train", "--method", "soft", "--alpha", "1", "--distilled", str(teacher),
                               "--out", str(root / "soft-t1-quoted")]
     assert train.argv[-2:] == ["--epochs", "4"], "the suite's soft_epochs cap, as for the alpha rows"
+    assert train.argv.count("--epochs") == 1, "the cap replaces the suite's epochs, not repeats them"
     assert evaluate.argv[:3] == ["evaluate", "--run-dir", str(root / "soft-t1-quoted")]
     assert evaluate.output == quality.planning.eval_folder(tmp_path, "amazon-books", "soft-t1-quoted") / "metrics.json"
     assert steps[4].output == root / "sft" / "distilled.jsonl" and "--epoch" not in steps[4].argv

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from softrec.bench.quality.execution import StepLog
-from softrec.bench.quality.planning import PlannedStep
+from softrec.bench.quality.planning import PlannedStep, canonical_command
 from softrec.errors import UserError
 
 CARRY = "carry"
@@ -134,7 +134,7 @@ def restore(saved: Path, out: Path) -> list[str]:
                         "into that path (the steps' commands and the runs' configs name it)")
     restored = [name for name, entry in index["runs"].items() if _restore_run(saved, out, name, entry)]
     log = StepLog(out)
-    for command, carried in index["steps"].items():
+    for command, carried in ((canonical_command(c), s) for c, s in index["steps"].items()):
         if command not in log.done and carried["output"].startswith(tuple(f"{name}/" for name in restored)):
             log.done[command] = {**carried["step"], "restored_from": str(saved)}
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from softrec.bench.quality.planning import PlannedStep
+from softrec.bench.quality.planning import PlannedStep, canonical_command
 from softrec.errors import UserError
 
 
@@ -24,7 +24,8 @@ class StepLog:
 
     def __init__(self, out: Path):
         self.path = out / "steps.json"
-        self.done: dict[str, dict[str, Any]] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        recorded = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.done: dict[str, dict[str, Any]] = {canonical_command(c): info for c, info in recorded.items()}
         self._machine: str | None = None  # this process's machine, looked up at the first mark
 
     def finished(self, step: PlannedStep) -> bool:
@@ -209,7 +210,7 @@ def status(steps: list[PlannedStep], out: Path, planned: dict[str, float]) -> st
             first = index if first is None else first
             done = training_progress(step)
             state = f"trained {done[0]}/{done[1]} optimizer steps" if done else "to run"
-            if now.get("command") == step.command:
+            if canonical_command(now.get("command", "")) == step.command:
                 state = f"running since {now['started']} (suite pid {now['pid']})" + (f", {state}" if done else "")
             state += _validation_so_far(step)
         lines.append(f"[{index + 1}/{len(steps)}] {step.dataset} {step.owner} {step.kind}: {state}")

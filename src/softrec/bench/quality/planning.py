@@ -49,6 +49,21 @@ def eval_folder(out: Path, dataset: str, method: str, limit: int | None = None) 
     return out / dataset / method / "eval" / evaluation_name(SPLIT, GROUNDING, limit=limit)
 
 
+def last_epochs_only(argv: list[str]) -> list[str]:
+    """`argv` without every `--epochs N` but the last (argparse keeps the last: the same command).
+    SOFT's steps were planned as the suite's `--epochs 7` then their cap `--epochs 4` until 2026-12-07;
+    `canonical_command` maps those recorded commands onto today's, so their finished steps still count."""
+    at = [i for i, arg in enumerate(argv) if arg == "--epochs"][:-1]
+    return [arg for i, arg in enumerate(argv) if not any(i in (j, j + 1) for j in at)]
+
+
+def canonical_command(command: str) -> str:
+    """A recorded step's command as today's plan writes it (see `last_epochs_only`)."""
+    argv = shlex.split(command)
+    canonical = last_epochs_only(argv)
+    return command if canonical == argv else shlex.join(canonical)
+
+
 def _sets(values: tuple[str, ...] | list[str]) -> list[str]:
     return [part for value in values for part in ("--set", value)]
 
@@ -145,7 +160,7 @@ class _DatasetPlan:
     def train_evaluate(self, method: str, train_args: list[str], soft: bool, sibling: Path | None = None) -> None:
         run = self.root / method
         cap = ["--epochs", str(self.suite.soft_epochs)] if soft and self.suite.soft_epochs else []
-        self.step("train-llm", method, ["train", *train_args, "--out", str(run), *self.llm_train, *cap],
+        self.step("train-llm", method, last_epochs_only(["train", *train_args, "--out", str(run), *self.llm_train, *cap]),
                   run / "history.json", launcher=True)
         # a forked run that kept the shared epoch 1 has its sibling's tensors: its evaluation is copied
         reuse = ["--reuse-from", str(sibling)] if sibling else []
