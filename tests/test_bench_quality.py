@@ -72,7 +72,10 @@ def test_steps_recorded_before_the_soft_cap_replaced_the_suites_epochs_still_cou
     (tmp_path / "steps.json").write_text(json.dumps({shlex.join(["softrec", *legacy]): {"kind": "train-llm"}}))
     soft.output.parent.mkdir(parents=True)
     soft.output.write_text("[]")
-    assert quality.execution.StepLog(tmp_path).finished(soft)
+    log = quality.execution.StepLog(tmp_path)
+    assert log.finished(soft)
+    log.mark(sft, 1.0)  # written back as recorded: the softrec that recorded it still finds the step
+    assert set(json.loads((tmp_path / "steps.json").read_text())) == {shlex.join(["softrec", *legacy]), sft.command}
 
 
 def test_launcher_prefixes_llm_training_and_evaluation_only(tmp_path):

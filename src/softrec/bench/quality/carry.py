@@ -119,7 +119,6 @@ def restore(saved: Path, out: Path) -> list[str]:
     """Write back SAVED/carry/'s runs that OUT lacks and merge their steps into OUT/steps.json; returns
     the restored runs' names. Each run folder is written whole or not at all; UserError before anything
     is written for a save without carry/ or one made for another --out."""
-    from softrec.runs import atomic_write_json
 
     index_path = saved / CARRY / INDEX
     try:
@@ -134,11 +133,13 @@ def restore(saved: Path, out: Path) -> list[str]:
                         "into that path (the steps' commands and the runs' configs name it)")
     restored = [name for name, entry in index["runs"].items() if _restore_run(saved, out, name, entry)]
     log = StepLog(out)
-    for command, carried in ((canonical_command(c), s) for c, s in index["steps"].items()):
+    for recorded, carried in index["steps"].items():
+        command = canonical_command(recorded)
         if command not in log.done and carried["output"].startswith(tuple(f"{name}/" for name in restored)):
             log.done[command] = {**carried["step"], "restored_from": str(saved)}
+            log.recorded_as.setdefault(command, recorded)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(log.path, log.done)
+    log.save()
     return restored
 
 

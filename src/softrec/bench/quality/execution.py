@@ -26,7 +26,14 @@ class StepLog:
         self.path = out / "steps.json"
         recorded = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.done: dict[str, dict[str, Any]] = {canonical_command(c): info for c, info in recorded.items()}
+        # canonical -> as recorded: written back so, that an older softrec resuming the suite finds its steps
+        self.recorded_as = {canonical_command(c): c for c in recorded}
         self._machine: str | None = None  # this process's machine, looked up at the first mark
+
+    def save(self) -> None:
+        from softrec.runs import atomic_write_json
+
+        atomic_write_json(self.path, {self.recorded_as.get(c, c): info for c, info in self.done.items()})
 
     def finished(self, step: PlannedStep) -> bool:
         return step.command in self.done and step.output.exists()
@@ -34,7 +41,6 @@ class StepLog:
     def mark(self, step: PlannedStep, seconds: float, share: float = 1.0) -> None:
         """`share`: the part of the step its final process ran (a resumed training: what its checkpoints
         had not done); the time of processes killed before it is not known."""
-        from softrec.runs import atomic_write_json
 
         if self._machine is None:  # a resumed suite may run on another machine than the steps before it
             from softrec.bench import describe, machine
@@ -44,7 +50,7 @@ class StepLog:
                                    "finished": datetime.now(UTC).isoformat(timespec="seconds"), "ran_on": self._machine}
         if share < 1.0:
             self.done[step.command]["share_timed"] = round(share, 3)
-        atomic_write_json(self.path, self.done)
+        self.save()
 
 
 SUITE_LOCK = ".suite.lock"  # held by the process that runs the suite's steps, for as long as it runs
