@@ -119,7 +119,6 @@ def restore(saved: Path, out: Path) -> list[str]:
     """Write back SAVED/carry/'s runs that OUT lacks and merge their steps into OUT/steps.json; returns
     the restored runs' names. Each run folder is written whole or not at all; UserError before anything
     is written for a save without carry/ or one made for another --out."""
-
     index_path = saved / CARRY / INDEX
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))

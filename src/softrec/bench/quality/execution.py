@@ -25,9 +25,9 @@ class StepLog:
     def __init__(self, out: Path):
         self.path = out / "steps.json"
         recorded = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.done: dict[str, dict[str, Any]] = {canonical_command(c): info for c, info in recorded.items()}
-        # canonical -> as recorded: written back so, that an older softrec resuming the suite finds its steps
+        # canonical -> as recorded: saved under the recorded key, so the older softrec that wrote it still resumes
         self.recorded_as = {canonical_command(c): c for c in recorded}
+        self.done: dict[str, dict[str, Any]] = {c: recorded[r] for c, r in self.recorded_as.items()}
         self._machine: str | None = None  # this process's machine, looked up at the first mark
 
     def save(self) -> None:
@@ -41,7 +41,6 @@ class StepLog:
     def mark(self, step: PlannedStep, seconds: float, share: float = 1.0) -> None:
         """`share`: the part of the step its final process ran (a resumed training: what its checkpoints
         had not done); the time of processes killed before it is not known."""
-
         if self._machine is None:  # a resumed suite may run on another machine than the steps before it
             from softrec.bench import describe, machine
 

@@ -53,8 +53,9 @@ def last_epochs_only(argv: list[str]) -> list[str]:
     """`argv` without every `--epochs N` but the last (argparse keeps the last: the same command).
     SOFT's steps were planned as the suite's `--epochs 7` then their cap `--epochs 4` until 2026-12-07;
     `canonical_command` maps those recorded commands onto today's, so their finished steps still count."""
-    at = [i for i, arg in enumerate(argv) if arg == "--epochs"][:-1]
-    return [arg for i, arg in enumerate(argv) if not any(i in (j, j + 1) for j in at)]
+    earlier = [i for i, arg in enumerate(argv) if arg == "--epochs"][:-1]
+    dropped = {k for i in earlier for k in (i, i + 1)}
+    return [arg for i, arg in enumerate(argv) if i not in dropped]
 
 
 def canonical_command(command: str) -> str:
