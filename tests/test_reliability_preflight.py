@@ -263,3 +263,22 @@ def test_memory_is_priced_at_the_longest_training_sample_with_softs_distilled_ta
     plain = preflight.estimate_train(soft, tiny_dataset, distilled=short)
     long = preflight.estimate_train(soft, tiny_dataset, distilled=run_on)
     assert long.memory["activations"] > plain.memory["activations"]
+
+
+def test_cpu_training_prices_the_heap_glibc_keeps_and_a_gpu_does_not(tiny_dataset, monkeypatch):
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    small = preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m"}), tiny_dataset)
+    big = preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m", "train.micro_batch": 32}),
+                                   tiny_dataset)
+    transient = lambda e: e.memory["activations"] + e.memory["lm_head"]  # noqa: E731
+    assert small.memory["heap"] == GiB + int(0.3 * transient(small))
+    assert big.memory["heap"] - small.memory["heap"] == int(0.3 * transient(big)) - int(0.3 * transient(small)) > 0
+    assert "heap" in small.summary()
+    gpu = preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m"}), tiny_dataset, device="NVIDIA H100")
+    assert "heap" not in gpu.memory
+    # a fixed mmap threshold of 1 MiB or less keeps small blocks out of the heap: only the constant stays
+    assert preflight.heap_retention(8 * GiB, {"MALLOC_MMAP_THRESHOLD_": "131072"}) == GiB
+    assert preflight.heap_retention(8 * GiB, {"MALLOC_MMAP_THRESHOLD_": str(8 << 20)}) == GiB + int(0.3 * 8 * GiB)
+    assert preflight.heap_retention(8 * GiB, {"MALLOC_MMAP_THRESHOLD_": "junk"}) == GiB + int(0.3 * 8 * GiB)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m"}), tiny_dataset).memory["heap"] == GiB
