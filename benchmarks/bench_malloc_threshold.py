@@ -1,11 +1,12 @@
-"""Peak memory and wall time of LLM training and decoding under glibc's default malloc and with a fixed
-mmap threshold (MALLOC_MMAP_THRESHOLD_): the trade-off, measured.
+"""Peak memory and wall time of LLM training and decoding under glibc's default malloc, with a fixed
+mmap threshold (MALLOC_MMAP_THRESHOLD_), and with another allocator preloaded: the trade-off, measured.
 
     .venv/bin/python benchmarks/bench_malloc_threshold.py --data PREPARED_DIR [--workload train|evaluate] \
         [--model gemma-3-270m] [--train-samples 96] [--micro-batch 4] [--test-samples 48] \
-        [--thresholds 0,128] [--repeats 1]
+        [--thresholds 0,128] [--allocators jemalloc,tcmalloc] [--repeats 1]
 
-Thresholds in KiB; 0 is glibc's default (its dynamic threshold).
+Thresholds in KiB; 0 is glibc's default (its dynamic threshold). Allocators by name, LD_PRELOADed from
+the system (Debian: `apt-get install libjemalloc2 libtcmalloc-minimal4`; no PyPI wheel ships them).
 
 Why: in cpu-medium's SOFT runs (2-core AMD EPYC Zen 4, 2-minute samples of /proc/PID/smaps) the
 training process's RSS climbed step by step and the growth sat in the main malloc arena ([heap]: 4.2
@@ -15,9 +16,12 @@ below 32 MiB comes from the heap, which micro-batches of varying padded length f
 shrinks from its top. A fixed threshold keeps such blocks in their own mappings, handed back when freed,
 at the price of mapping (and the kernel zeroing) fresh pages for each of them.
 
-What: each variant runs in a fresh process with MALLOC_MMAP_THRESHOLD_ set in its environment (as a
-user would), variants interleaved (A B A B ...) so that other load falls on all alike. A thread samples
-RSS every 0.2 s; at the end the child reads its [heap] RSS; the wall time is the command's.
+What: each variant runs in a fresh process with MALLOC_MMAP_THRESHOLD_ or LD_PRELOAD set in its
+environment (as a user would), variants interleaved (A B A B ...) so that other load falls on all
+alike. Peak RSS is the kernel's high-water mark (`softrec.hardware.peak_memory_gib`; the 2026-12-07
+result sampled RSS every 0.2 s instead); at the end the child reads the [heap] mapping's RSS (glibc's
+main arena; tcmalloc grows the same brk heap, jemalloc maps its own arenas and leaves it near 0) and
+checks that a preloaded allocator is really mapped; the wall time is the command's.
 - train: `softrec train` SFT, one epoch, no validation.
 - evaluate: `softrec evaluate` of the untuned backbone (ICL, zero-shot, beam search) on the first
   --test-samples test prompts: decoding as validation, distillation and evaluation do it.
@@ -36,6 +40,7 @@ import tempfile
 from pathlib import Path
 
 ENV = "MALLOC_MMAP_THRESHOLD_"
+ALLOCATORS = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}  # sonames for LD_PRELOAD
 
 
 def heap_rss_gib() -> float:
@@ -52,24 +57,19 @@ def heap_rss_gib() -> float:
 
 def child(cli_args: list[str], report: Path) -> int:
     """One `softrec` command in this process; writes its peak RSS, final [heap] RSS and wall time."""
-    import threading
     import time
 
-    page, peak = os.sysconf("SC_PAGE_SIZE"), [0.0]
-
-    def sample() -> None:
-        while True:
-            with open("/proc/self/statm") as statm:
-                peak[0] = max(peak[0], int(statm.read().split()[1]) * page / 2**30)
-            time.sleep(0.2)
-
-    threading.Thread(target=sample, daemon=True).start()
     from softrec.cli import main
+    from softrec.hardware import peak_memory_gib
 
+    preload = os.environ.get("LD_PRELOAD", "")
+    if preload and preload not in Path("/proc/self/maps").read_text():  # ld.so only warns when it fails
+        raise SystemExit(f"bench_malloc_threshold: {preload} was not preloaded")
     start = time.perf_counter()
     code = main(["-q", *cli_args])
     seconds = time.perf_counter() - start
-    report.write_text(json.dumps({"peak_rss_gib": peak[0], "heap_gib": heap_rss_gib(), "seconds": seconds}))
+    report.write_text(json.dumps({"peak_rss_gib": peak_memory_gib()["rss"], "heap_gib": heap_rss_gib(),
+                                  "seconds": seconds}))
     return code
 
 
@@ -83,11 +83,39 @@ def command(args: argparse.Namespace, out: Path) -> list[str]:
             "--set", "train.validate_every_epoch=false", "--set", "train.warmup_steps=1"]
 
 
-def run_child(args: argparse.Namespace, work: Path, name: str, threshold_kib: str) -> dict[str, float]:
+def variant_env(variant: str) -> dict[str, str]:
+    """The environment of one variant: a threshold in KiB (0: glibc's default) or an allocator's name."""
+    env = {k: v for k, v in os.environ.items() if k not in (ENV, "LD_PRELOAD")} | {"HF_HUB_OFFLINE": "1"}
+    if variant in ALLOCATORS:
+        env["LD_PRELOAD"] = ALLOCATORS[variant]
+    elif variant != "0":
+        env[ENV] = str(int(variant) << 10)
+    return env
+
+
+def variant_name(variant: str) -> str:
+    if variant in ALLOCATORS:
+        return f"LD_PRELOAD={ALLOCATORS[variant]}"
+    return "glibc default" if variant == "0" else f"{ENV}={int(variant) << 10} ({variant} KiB)"
+
+
+def check_allocators(names: list[str]) -> None:
+    """Exit 2 with one line when an allocator is unknown or not installed, before any run starts (looked
+    up, not loaded: jemalloc cannot be dlopen()ed into a running process, only preloaded)."""
+    import ctypes.util
+
+    for name in names:
+        problem = (f"unknown {name!r} (known: {', '.join(ALLOCATORS)})" if name not in ALLOCATORS else
+                   None if ctypes.util.find_library(ALLOCATORS[name][3:].split(".so")[0]) else
+                   f"{ALLOCATORS[name]} is not installed (Debian: apt-get install libjemalloc2 libtcmalloc-minimal4)")
+        if problem:
+            print(f"bench_malloc_threshold: --allocators: {problem}", file=sys.stderr)
+            sys.exit(2)
+
+
+def run_child(args: argparse.Namespace, work: Path, name: str, variant: str) -> dict[str, float]:
     out, report = work / f"run-{name}", work / f"report-{name}.json"
-    env = {k: v for k, v in os.environ.items() if k != ENV} | {"HF_HUB_OFFLINE": "1"}
-    if threshold_kib != "0":
-        env[ENV] = str(int(threshold_kib) << 10)
+    env = variant_env(variant)
     subprocess.run([sys.executable, __file__, "--child", str(report), "--out", str(out), *sys.argv[1:]],
                    env=env, check=True)
     return json.loads(report.read_text())
@@ -102,6 +130,7 @@ def main() -> int:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--test-samples", type=int, default=48)
     parser.add_argument("--thresholds", default="0,128", help="comma-separated KiB; 0: glibc's default")
+    parser.add_argument("--allocators", default="", help="comma-separated, LD_PRELOADed: " + ", ".join(ALLOCATORS))
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -111,7 +140,9 @@ def main() -> int:
 
     from softrec.bench import describe, machine
 
-    variants = [t.strip() for t in args.thresholds.split(",")]
+    allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
+    check_allocators(allocators)
+    variants = [t.strip() for t in args.thresholds.split(",") if t.strip()] + allocators
     measured: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as work:
         for repeat in range(args.repeats):
@@ -126,8 +157,7 @@ def main() -> int:
         return statistics.median(r[key] for r in measured[variant])
 
     for variant in variants:
-        name = "glibc default" if variant == "0" else f"{ENV}={int(variant) << 10} ({variant} KiB)"
-        print(f"{name:44s} peak RSS {median(variant, 'peak_rss_gib'):5.2f} GiB "
+        print(f"{variant_name(variant):44s} peak RSS {median(variant, 'peak_rss_gib'):5.2f} GiB "
               f"(x{median(variant, 'peak_rss_gib') / median(base, 'peak_rss_gib'):.2f})  "
               f"[heap] at the end {median(variant, 'heap_gib'):5.2f} GiB  "
               f"wall {median(variant, 'seconds'):6.1f} s (x{median(variant, 'seconds') / median(base, 'seconds'):.2f})")
