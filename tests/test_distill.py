@@ -88,6 +88,12 @@ def test_distill_covers_only_the_training_subset(sft_run, tiny_dataset):
     ('"Dune Messiah', '"Dune Messiah'),  # no closing quote: as generated
     ("", ""),
     ('""\n"Emma"', '""'),
+    ('"Dune", "Emma"', '"Dune"'),  # amazon-industrial's teacher runs on like this
+    # a quote followed by a word belongs to the title: inch marks, quoted words
+    ('"Anytime Tools 5 Piece 3/8" MINI LATHE BIT SET", "Loctite 243"', '"Anytime Tools 5 Piece 3/8" MINI LATHE BIT SET"'),
+    ('"3/8" and 1/2" Housings"\n"Emma"', '"3/8" and 1/2" Housings"'),
+    ('"The "Dune" Poster"', '"The "Dune" Poster"'),
+    ('"Rod, 0.5""\n"Emma"', '"Rod, 0.5""'),  # a title ending in an inch mark, then its closing quote
 ])
 def test_first_quoted_cuts_after_the_first_closing_quote(text, cut):
     from softrec.data.prompts import first_quoted
@@ -112,6 +118,11 @@ def test_quoted_mode_keeps_one_quoted_title_per_target(sft_run, tiny_dataset, mo
     # the run-ons became catalogue titles (raw's whole-text rule reads them as one long non-title)
     assert [r["exact_title"] for r in rows] == [r["target_text"] != '"Hamlet, Prince' for r in rows]
     assert stage.distill_key(sft_run, tiny_dataset, config) != stage.distill_key(sft_run, tiny_dataset, _config())
+    # targets cut by another version of the rule are not reused; raw's key does not depend on it
+    before = stage.distill_key(sft_run, tiny_dataset, config), stage.distill_key(sft_run, tiny_dataset, _config())
+    monkeypatch.setattr(stage, "QUOTED_RULE", "closing-quote-v3")
+    assert stage.distill_key(sft_run, tiny_dataset, config) != before[0]
+    assert stage.distill_key(sft_run, tiny_dataset, _config()) == before[1]
 
 
 def test_the_schema_and_the_cli_accept_exactly_the_distill_modes():

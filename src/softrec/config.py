@@ -31,7 +31,8 @@ FORMATS: tuple[str, ...] = ("recbole", "windows", "d3", "amazon2023", "grouplens
 # SOFT's distilled-target rules (soft.distill_mode, `softrec distill --mode`; inference/distill.py applies them)
 DISTILL_MODES: dict[str, str] = {
     "raw": "the top beam as generated (reference)",
-    "quoted": 'the top beam cut after its first closing quote ("A"\\n"B" -> "A"); no closing quote: as generated',
+    "quoted": ('the top beam cut after its first closing quote ("A"\\n"B" or "A", "B" -> "A"; a quote followed '
+               'by a word, like an inch mark, closes nothing); no closing quote: as generated'),
     "grounded": "the top beam's nearest catalogue title (L2 grounding)",
     "sample": "one sampled continuation (top-p 0.9) instead of beam search",
 }

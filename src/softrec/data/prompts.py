@@ -10,6 +10,7 @@ appends the end token (EOS). `softrec data prompt` prints the exact training tex
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,14 +78,24 @@ def strip_response(text: str, rule: str = "whole") -> str:
     return text.strip('"').strip()
 
 
+# A quote closes a title when the text ends after it, or a newline or another quoted title follows
+# (after optional spaces and one separator: `"A", "B"`, `"A" and "B"`). A quote followed by a word is
+# part of the title: an inch mark (`3/8" Bit`), or a title's own quoted word; a doubled quote (`0.5""`)
+# is an inch mark, then the closing quote.
+CLOSING_QUOTE = re.compile(r'"(?!")(?=\s*$|[ \t]*\n|\s*(?:,|;|and|or)?\s*")')
+QUOTED_RULE = "closing-quote-v2"  # in distill keys: targets cut by an older rule are not reused
+
+
 def first_quoted(text: str) -> str:
-    """`text` cut right after its first closing quote: '"Title A"\n"Title B"' -> '"Title A"'. An
-    opening quote (after leading spaces) is skipped; a text with no closing quote stays as generated."""
+    """`text` cut right after its first closing quote (`CLOSING_QUOTE`): '"Title A"\n"Title B"' ->
+    '"Title A"', but '"Bit 3/8" Set"' stays whole. An opening quote (after leading spaces) is
+    skipped; a text with no closing quote stays as generated. (Version 1 cut at any quote: on
+    amazon-industrial, where 21% of titles hold an inch mark, it truncated 11% of exact titles.)"""
     start = len(text) - len(text.lstrip())
     if text.startswith('"', start):
         start += 1
-    end = text.find('"', start)
-    return text if end < 0 else text[: end + 1]
+    end = CLOSING_QUOTE.search(text, start)
+    return text if end is None else text[: end.start() + 1]
 
 
 def build_prompt(

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from softrec.config import Config
 from softrec.data.dataset import PreparedDataset, Sample
 from softrec.data.prompts import (
+    QUOTED_RULE,
     first_quoted,
     prompt_fingerprint,
     response_text,
@@ -52,7 +53,7 @@ def distill_key(run_dir: Path, dataset: PreparedDataset, config: Config) -> str:
     soft = config.soft
     return content_key(
         path_sha256(weights), dataset.checksum, config.model.template,
-        soft.distill_mode, soft.distill_beams, soft.distill_max_new_tokens, config.train.seed,
+        f"quoted:{QUOTED_RULE}" if soft.distill_mode == "quoted" else soft.distill_mode, soft.distill_beams, soft.distill_max_new_tokens, config.train.seed,
         config.train.train_samples, config.data.seed,
         prompt_fingerprint(config.model.template), config.eval.response_rule, "raw-text-v2",
     )
