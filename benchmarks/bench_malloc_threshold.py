@@ -117,7 +117,7 @@ def run_child(args: argparse.Namespace, work: Path, name: str, variant: str) -> 
     out, report = work / f"run-{name}", work / f"report-{name}.json"
     env = variant_env(variant)
     subprocess.run([sys.executable, __file__, "--child", str(report), "--out", str(out), *sys.argv[1:]],
-                   env=env, check=True)
+                   env=env, check=True, stdout=subprocess.DEVNULL)  # the trainer logs to stdout
     return json.loads(report.read_text())
 
 

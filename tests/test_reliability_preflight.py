@@ -276,9 +276,11 @@ def test_cpu_training_prices_the_heap_glibc_keeps_and_a_gpu_does_not(tiny_datase
     assert "heap" in small.summary()
     gpu = preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m"}), tiny_dataset, device="NVIDIA H100")
     assert "heap" not in gpu.memory
-    # a fixed mmap threshold of 1 MiB or less keeps small blocks out of the heap: only the constant stays
+    # a fixed mmap threshold of 1 MiB or less, or another allocator, keeps the heap small: only the constant stays
     assert preflight.heap_retention(8 * GiB, {"MALLOC_MMAP_THRESHOLD_": "131072"}) == GiB
     assert preflight.heap_retention(8 * GiB, {"MALLOC_MMAP_THRESHOLD_": str(8 << 20)}) == GiB + int(0.3 * 8 * GiB)
     assert preflight.heap_retention(8 * GiB, {"MALLOC_MMAP_THRESHOLD_": "junk"}) == GiB + int(0.3 * 8 * GiB)
+    assert preflight.heap_retention(8 * GiB, {"LD_PRELOAD": "libtcmalloc_minimal.so.4"}) == GiB
+    assert preflight.heap_retention(8 * GiB, {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == GiB
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m"}), tiny_dataset).memory["heap"] == GiB

@@ -363,10 +363,12 @@ def heap_retention(transient: int, environ: dict[str, str] | None = None) -> int
     from one heap that micro-batches of varying length fragment (benchmarks/results/malloc-threshold-
     2026-12-07.txt). An upper envelope of measured peaks over the estimate without it: short SFT
     (micro-batch 4), 5.48 GiB vs 3.77 (AMD EPYC Zen 4); cpu-medium SOFT (micro-batch 8, 4 epochs), 14.6-14.9
-    GiB (Zen 4) and 16.7 (Intel Xeon AMX) vs 12.4. MALLOC_MMAP_THRESHOLD_ <= 1 MiB keeps the heap small."""
+    GiB (Zen 4) and 16.7 (Intel Xeon AMX) vs 12.4. MALLOC_MMAP_THRESHOLD_ <= 1 MiB or a preloaded
+    tcmalloc/jemalloc keeps it small (that short SFT: 4.12-4.57 GiB): only the constant is kept."""
     environ = os.environ if environ is None else environ
     threshold = environ.get("MALLOC_MMAP_THRESHOLD_", "")
-    if threshold.isdigit() and int(threshold) <= 1 << 20:
+    preloaded = environ.get("LD_PRELOAD", "")
+    if (threshold.isdigit() and int(threshold) <= 1 << 20) or "tcmalloc" in preloaded or "jemalloc" in preloaded:
         return GiB
     return GiB + int(0.3 * transient)
 
