@@ -12,7 +12,7 @@ backbones), its config.json (a local HF checkpoint) or the tiny test model's con
     LM head      micro_batch x labelled tokens x vocab x 4 x 3 (logits, softmax, gradient); every
                  position instead of the labelled ones when train.logits_at_labels_only is off
     heap         CPU training only: 1 GiB + 0.3 x (activations + LM head), what glibc's main heap keeps
-                 (`heap_retention`); none on a GPU, or when MALLOC_MMAP_THRESHOLD_ <= 1 MiB is set
+                 (`heap_retention`; 1 GiB under tcmalloc, jemalloc or a small MALLOC_MMAP_THRESHOLD_)
     generation   batch x beams x (prompt + new tokens) x layers x 2 x kv_dim x 4 (KV cache)
                  + batch x beams x vocab x 4 x 2 (last logits)
 
@@ -435,7 +435,7 @@ def check(estimate: Estimate) -> None:
         "logits": "a smaller eval.batch_size (--batch-size) or eval.num_beams",
         "catalogue": "a smaller catalogue",
         "runtime": "freeing memory on the device",
-        "heap": "a smaller train.micro_batch (--micro-batch), or MALLOC_MMAP_THRESHOLD_=131072 (slower)",
+        "heap": "a smaller train.micro_batch (--micro-batch), or LD_PRELOAD=libtcmalloc_minimal.so.4 (docs/scaling.md)",
     }[biggest]
     raise UserError(
         f"preflight: {estimate.stage} needs ~{estimate.peak / GiB:.1f} GiB on {estimate.device} but only "

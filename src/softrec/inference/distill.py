@@ -51,9 +51,10 @@ def distill_key(run_dir: Path, dataset: PreparedDataset, config: Config) -> str:
     if not weights.exists():
         raise UserError(f"{run_dir}: no trained adapter/ or model/ to distil from (train it first)")
     soft = config.soft
+    mode = f"quoted:{QUOTED_RULE}" if soft.distill_mode == "quoted" else soft.distill_mode  # the rule's version
     return content_key(
         path_sha256(weights), dataset.checksum, config.model.template,
-        f"quoted:{QUOTED_RULE}" if soft.distill_mode == "quoted" else soft.distill_mode, soft.distill_beams, soft.distill_max_new_tokens, config.train.seed,
+        mode, soft.distill_beams, soft.distill_max_new_tokens, config.train.seed,
         config.train.train_samples, config.data.seed,
         prompt_fingerprint(config.model.template), config.eval.response_rule, "raw-text-v2",
     )
