@@ -267,6 +267,7 @@ def test_memory_is_priced_at_the_longest_training_sample_with_softs_distilled_ta
 
 def test_cpu_training_prices_the_heap_glibc_keeps_and_a_gpu_does_not(tiny_dataset, monkeypatch):
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)  # a machine that preloads tcmalloc prices only the constant
     small = preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m"}), tiny_dataset)
     big = preflight.estimate_train(load_config(values={"model.name": "gemma-3-270m", "train.micro_batch": 32}),
                                    tiny_dataset)

@@ -317,7 +317,7 @@ def estimate_train(config: Any, dataset: Any, *, n_samples: int | None = None, d
         "grads+optimizer": trainable * 4 * 3,
         "activations": micro * seq * shape.layers * per_token * act,
         "lm_head": micro * labelled * shape.vocab * 4 * 3,
-        "runtime": int(0.5 * GiB) if device == "cpu" else int(1.0 * GiB),  # framework, allocator slack
+        "runtime": int(0.5 * GiB) if device == "cpu" else int(1.0 * GiB),  # framework (GPU: allocator slack)
     }
     if device == "cpu":
         memory["heap"] = heap_retention(memory["activations"] + memory["lm_head"])
